@@ -1,0 +1,48 @@
+# raytorch: `make serve` sets up and serves the quickstart; `make test` sets up and runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/quickstart.yaml
+# torch/torchvision are pinned to the builds this project is tested with (CPU or CUDA alike).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: setup serve test test-unit test-e2e lint format bench clean
+
+setup: $(DEPS_STAMP)
+	@# Re-point the editable install at this checkout (cheap; the venv may be shared by clones).
+	@$(BIN)/pip install -q --no-deps --no-build-isolation -e . >/dev/null
+
+$(DEPS_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+	$(BIN)/pip install -q $(TORCH_PINS)
+	$(BIN)/pip install -q -e '.[test]'
+	rm -f $(VENV)/.deps-*
+	touch $@
+
+serve: setup  ## Start a local Ray cluster and serve $(CONFIG) on http://127.0.0.1:8000
+	@echo "Serving $(CONFIG): try  curl -T image.jpg http://127.0.0.1:8000/predictions/efficientnet_lite0"
+	@echo "Ray dashboard: http://127.0.0.1:8265 (Serve tab)"
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/serve run $(CONFIG)
+
+lint: setup
+	$(BIN)/ruff check handlers deployments tests benchmarks
+
+format: setup
+	$(BIN)/ruff format handlers deployments tests benchmarks
+
+test: setup lint  ## Unit, integration and end-to-end tests
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests
+
+test-unit: setup
+	$(BIN)/python -m pytest tests/unit tests/integration
+
+test-e2e: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests/e2e
+
+bench: setup
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/serving_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

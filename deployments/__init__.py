@@ -1,0 +1,1 @@
+"""Ray Serve wiring: the ingress, model deployments and their typed application builders."""

@@ -1,0 +1,27 @@
+"""What a model deployment sends back to the ingress for one request (plain, picklable)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from handlers.errors import RaytorchError
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A prediction and the size of the batch it ran in (sent as ``x-batch-size``)."""
+
+    result: Any
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A request refused on purpose (bad input, limits): returned, not raised.
+
+    Raising would make Ray log a traceback per bad request and wrap the error in a
+    RayTaskError; the ingress turns this into the error's HTTP status instead.
+    """
+
+    error: RaytorchError

@@ -1,0 +1,114 @@
+"""The ingress's view of which model versions exist and whether they can serve.
+
+Built from ``serve.status()`` snapshots: every deployment named by
+:func:`deployments.settings.model_deployment_name` is a model version, whatever application
+holds it (config files and runtime registration alike). Pure data, no Ray calls, so it is
+unit-testable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from packaging.version import InvalidVersion, Version
+
+from deployments.settings import parse_model_deployment_name
+from handlers.errors import ModelNotFoundError, ModelNotReadyError
+
+NOT_READY_RETRY_AFTER_S = 5.0
+
+
+@dataclass(frozen=True)
+class ModelVersionState:
+    """One model version as Serve reports it."""
+
+    model: str
+    version: str
+    app_name: str
+    deployment_name: str
+    app_status: str
+    running_replicas: int
+    message: str = ""
+
+    @property
+    def ready(self) -> bool:
+        """True when at least one replica can take requests."""
+        return self.running_replicas > 0 and self.app_status not in ("DELETING", "DEPLOY_FAILED")
+
+
+def _version_key(version: str) -> tuple[int, Version | str]:
+    try:
+        return (1, Version(version))
+    except InvalidVersion:
+        return (0, version)
+
+
+@dataclass
+class ModelTable:
+    """Model name -> versions, with lookup rules for the prediction routes."""
+
+    versions: dict[str, dict[str, ModelVersionState]] = field(default_factory=dict)
+
+    @classmethod
+    def from_status(cls, applications: dict[str, object]) -> ModelTable:
+        """Build from ``serve.status().applications`` (objects with .status/.deployments)."""
+        table = cls()
+        for app_name, app in applications.items():
+            for deployment_name, deployment in getattr(app, "deployments", {}).items():
+                parsed = parse_model_deployment_name(deployment_name)
+                if parsed is None:
+                    continue
+                model, version = parsed
+                replicas = getattr(deployment, "replica_states", {}) or {}
+                state = ModelVersionState(
+                    model=model,
+                    version=version,
+                    app_name=app_name,
+                    deployment_name=deployment_name,
+                    app_status=str(getattr(app.status, "value", app.status)),  # type: ignore[attr-defined]
+                    running_replicas=int(replicas.get("RUNNING", 0)),
+                    message=(getattr(deployment, "message", "") or getattr(app, "message", "") or ""),
+                )
+                table.versions.setdefault(model, {})[version] = state
+        return table
+
+    def default_version(self, model: str) -> ModelVersionState | None:
+        """The highest version of ``model``, preferring versions that are ready."""
+        candidates = list(self.versions.get(model, {}).values())
+        if not candidates:
+            return None
+        return max(candidates, key=lambda s: (s.ready, _version_key(s.version)))
+
+    def lookup(self, model: str, version: str | None) -> ModelVersionState:
+        """The state to route to, or 404 / 503 errors that say why not."""
+        state = self.versions.get(model, {}).get(version) if version else self.default_version(model)
+        if state is None:
+            if model not in self.versions:
+                raise ModelNotFoundError(f"Model not found: {model}")
+            known = ", ".join(sorted(self.versions[model]))
+            raise ModelNotFoundError(f"Model version not found: {model} version {version} (known: {known})")
+        if not state.ready:
+            raise ModelNotReadyError(self.not_ready_reason(state), retry_after_s=NOT_READY_RETRY_AFTER_S)
+        return state
+
+    @staticmethod
+    def not_ready_reason(state: ModelVersionState) -> str:
+        """A sentence for users: why this version cannot serve now."""
+        detail = f": {state.message}" if state.message else ""
+        if state.app_status == "DEPLOY_FAILED":
+            return f'Model "{state.model}" version {state.version} failed to start{detail}'
+        if state.app_status == "DELETING":
+            return f'Model "{state.model}" version {state.version} is being unregistered'
+        return (
+            f'Model "{state.model}" version {state.version} has no ready replica yet '
+            f"(application {state.app_status}){detail}"
+        )
+
+    def unhealthy(self) -> dict[str, str]:
+        """Model versions without a ready replica, keyed 'model/version'."""
+        return {
+            f"{s.model}/{s.version}": self.not_ready_reason(s)
+            for versions in self.versions.values()
+            for s in versions.values()
+            if not s.ready
+        }

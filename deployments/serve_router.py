@@ -1,0 +1,118 @@
+"""Route predictions to model deployments through Ray Serve handles.
+
+The model table is refreshed from ``serve.status()`` in the background; a lookup of an
+unknown model refreshes once before answering 404, so a model that just appeared is found.
+Every handle call has a deadline, and handles of versions that disappear or stop being
+ready are dropped at once (a call through a handle of an app being deleted would hang).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
+
+from deployments.messages import Answer, Rejected
+from deployments.model_table import ModelTable, ModelVersionState
+from deployments.settings import IngressArgs
+from handlers.errors import ModelNotFoundError, ModelNotReadyError, RaytorchError, RequestTimeoutError
+
+logger = logging.getLogger("ray.serve")
+
+OVERLOAD_RETRY_AFTER_S = 1.0
+MIN_FORCED_REFRESH_GAP_S = 0.25
+
+
+class ServeRouter:
+    """A :class:`deployments.http_api.Router` over Ray Serve."""
+
+    def __init__(self, settings: IngressArgs) -> None:
+        self._settings = settings
+        self._table = ModelTable()
+        self._handles: dict[tuple[str, str], Any] = {}
+        self._refreshed_at = 0.0
+        self._lock = asyncio.Lock()
+        self._poller: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> None:
+        """Take a fresh snapshot of Serve's applications."""
+        async with self._lock:
+            status = await asyncio.to_thread(serve.status)
+            table = ModelTable.from_status(status.applications)
+            live = {
+                (s.app_name, s.deployment_name)
+                for versions in table.versions.values()
+                for s in versions.values()
+                if s.ready
+            }
+            for key in list(self._handles):
+                if key not in live:
+                    del self._handles[key]
+            self._table = table
+            self._refreshed_at = time.monotonic()
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.discovery_interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # keep polling; the next round may succeed
+                logger.exception("Refreshing the model table failed")
+
+    async def _ensure_started(self) -> None:
+        if self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
+            await self.refresh()
+
+    async def lookup(self, model: str, version: str | None) -> ModelVersionState:
+        """Find a ready version, refreshing once if the table does not know it yet."""
+        await self._ensure_started()
+        try:
+            return self._table.lookup(model, version)
+        except (ModelNotFoundError, ModelNotReadyError):
+            if time.monotonic() - self._refreshed_at < MIN_FORCED_REFRESH_GAP_S:
+                raise
+        await self.refresh()
+        return self._table.lookup(model, version)
+
+    def _handle(self, state: ModelVersionState) -> Any:
+        key = (state.app_name, state.deployment_name)
+        if key not in self._handles:
+            self._handles[key] = serve.get_deployment_handle(state.deployment_name, app_name=state.app_name)
+        return self._handles[key]
+
+    async def predict(self, model: str, version: str | None, body: bytes, content_type: str | None) -> Answer:
+        """Send one input to the model version and wait for its answer within the deadline."""
+        state = await self.lookup(model, version)
+        response = self._handle(state).predict.remote(body, content_type)
+        try:
+            result = await asyncio.wait_for(response, timeout=self._settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise RequestTimeoutError(
+                f'Model "{model}" did not answer within {self._settings.request_timeout_s:g}s'
+            ) from None
+        except BackPressureError:
+            raise ModelNotReadyError(
+                f'Model "{model}" is overloaded: its queue is full. Retry later.',
+                retry_after_s=OVERLOAD_RETRY_AFTER_S,
+            ) from None
+        except (DeploymentUnavailableError, RayServeException) as exc:
+            raise ModelNotReadyError(f'Model "{model}" is unavailable: {exc}', retry_after_s=5) from None
+        except Exception as exc:
+            # Errors raised in the replica arrive wrapped in a RayTaskError; unwrap ours.
+            cause = getattr(exc, "cause", None)
+            if isinstance(exc, RaytorchError) or isinstance(cause, RaytorchError):
+                raise (cause if isinstance(cause, RaytorchError) else exc) from None
+            raise
+        if isinstance(result, Rejected):
+            raise result.error
+        return result
+
+    def unhealthy_models(self) -> dict[str, str]:
+        """Model versions without a ready replica in the latest snapshot."""
+        return self._table.unhealthy()

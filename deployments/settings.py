@@ -1,0 +1,92 @@
+"""Typed ``args:`` of the Serve applications in ``configs/*.yaml``.
+
+``serve run`` validates these through the typed builders in ``deployments.app`` before
+anything starts, so a typo is reported with the field's name. No Ray import here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from handlers.spec import ModelSpec, StrictModel
+
+MODEL_DEPLOYMENT_PREFIX = "model:"
+
+
+def model_deployment_name(name: str, version: str) -> str:
+    """Serve deployment name of a model version; the ingress discovers models by it."""
+    return f"{MODEL_DEPLOYMENT_PREFIX}{name}@{version}"
+
+
+def parse_model_deployment_name(deployment: str) -> tuple[str, str] | None:
+    """Inverse of :func:`model_deployment_name`; None for deployments that are not models."""
+    if not deployment.startswith(MODEL_DEPLOYMENT_PREFIX):
+        return None
+    name, sep, version = deployment[len(MODEL_DEPLOYMENT_PREFIX) :].rpartition("@")
+    return (name, version) if sep and name and version else None
+
+
+class BatchingConfig(StrictModel):
+    """Dynamic batching; also changeable at runtime through the deployment's user_config."""
+
+    max_batch_size: int = Field(8, ge=1, le=512, description="Largest batch the model runs.")
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, le=10, description="How long a partial batch waits for more requests."
+    )
+
+
+class ResourcesConfig(StrictModel):
+    """Replicas and the Ray resources each one takes."""
+
+    num_replicas: int = Field(1, ge=0, le=1024, description="Replicas of this model version.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved per replica (fractions allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica, e.g. 0.5 to share one GPU.")
+    gpu_policy: Literal["auto", "required"] = Field(
+        "auto",
+        description=(
+            "'auto': when the cluster has no GPU, run on CPU and say so instead of waiting "
+            "forever for one. 'required': always ask Ray for the GPU (for autoscaling GPU nodes)."
+        ),
+    )
+    max_ongoing_requests: int | None = Field(
+        None, ge=1, description="Per-replica concurrency limit; default 2 x max_batch_size."
+    )
+    max_queued_requests: int = Field(
+        -1, ge=-1, description="Requests waiting for a replica before 503 (-1: unbounded)."
+    )
+
+
+class ModelAppArgs(StrictModel):
+    """``args`` of one model application (``deployments.app:build_model``)."""
+
+    model: ModelSpec = Field(..., description="What to load and how to preprocess.")
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @model_validator(mode="after")
+    def _enough_concurrency(self) -> ModelAppArgs:
+        limit = self.resources.max_ongoing_requests
+        if limit is not None and limit < self.batching.max_batch_size:
+            raise ValueError(
+                f"resources.max_ongoing_requests ({limit}) is below batching.max_batch_size "
+                f"({self.batching.max_batch_size}): batches could never fill"
+            )
+        return self
+
+
+class IngressArgs(StrictModel):
+    """``args`` of the HTTP ingress application (``deployments.app:build_ingress``)."""
+
+    max_body_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="Largest request body accepted (413 above)."
+    )
+    request_timeout_s: float = Field(
+        60.0, gt=0, le=3600, description="Deadline of one HTTP prediction (504 after it)."
+    )
+    discovery_interval_s: float = Field(
+        1.0, gt=0, le=60, description="How often the ingress refreshes the model table."
+    )
+    num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
+    num_cpus: float = Field(0.1, ge=0, description="CPUs reserved per ingress replica.")

@@ -1,0 +1,113 @@
+"""The handler lifecycle every model goes through.
+
+``load()`` once per replica; ``preprocess()`` per request, before batching, so a bad input
+fails alone; ``inference()`` once per batch; ``postprocess()`` splits the batch output into
+exactly one result per request. Subclasses override the few steps that differ.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+from handlers.errors import InferenceError, RaytorchError
+from handlers.labels import resolve_labels
+from handlers.loading import build_model
+from handlers.spec import ModelSpec
+
+logger = logging.getLogger("raytorch.handlers")
+
+
+class BaseHandler(ABC):
+    """Loads a model from a :class:`ModelSpec` and runs batches through it."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.model: nn.Module | None = None
+        self.labels: list[str] | None = None
+        self.device = torch.device("cpu")
+        self.load_seconds: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def load(self) -> None:
+        """Build the model, move it to its device, and warm it up."""
+        started = time.perf_counter()
+        if self.spec.torch_threads:
+            torch.set_num_threads(self.spec.torch_threads)
+        self.device = self.select_device()
+        model, categories = build_model(self.spec.source)
+        self.labels = resolve_labels(self.spec.labels, categories)
+        self.model = model.to(self.device).eval()
+        if self.spec.warmup:
+            self.warmup()
+        self.load_seconds = time.perf_counter() - started
+        logger.info(
+            "Loaded model %s version %s on %s in %.2fs (torch threads %d)",
+            self.spec.name,
+            self.spec.version,
+            self.device,
+            self.load_seconds,
+            torch.get_num_threads(),
+        )
+
+    def select_device(self) -> torch.device:
+        """The device named by the spec; 'auto' takes a GPU only when one is visible."""
+        if self.spec.device == "cuda" and not torch.cuda.is_available():
+            raise RaytorchError("device 'cuda' was requested but no GPU is visible to this replica")
+        if self.spec.device == "cpu" or not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda")
+
+    def warmup(self) -> None:
+        """Run one example batch so lazy initialisation is not paid by the first user."""
+        example = self.example_input()
+        if example is not None:
+            self.predict_batch([example])
+
+    def example_input(self) -> Any:
+        """A preprocessed input for warm-up, or None to skip it."""
+        return None
+
+    @abstractmethod
+    def preprocess(self, data: bytes, content_type: str | None = None) -> Any:
+        """Decode and validate one request body; raise a RaytorchError for bad input."""
+
+    def collate(self, items: list[Any]) -> Any:
+        """Join preprocessed items into one batch (stacked tensors by default)."""
+        return torch.stack(items)
+
+    def inference(self, batch: Any) -> Any:
+        """Run the model once over a batch."""
+        assert self.model is not None, "load() must run before inference()"
+        with torch.inference_mode():
+            return self.model(batch.to(self.device, non_blocking=True))
+
+    @abstractmethod
+    def postprocess(self, output: Any, count: int) -> list[Any]:
+        """Split a batch output into one JSON-serialisable result per request."""
+
+    # -- driver ----------------------------------------------------------------------------
+    def predict_batch(self, items: list[Any]) -> list[Any]:
+        """Collate, infer and postprocess; exactly one result per item or an error."""
+        if not items:
+            return []
+        try:
+            results = self.postprocess(self.inference(self.collate(items)), len(items))
+        except RaytorchError:
+            raise
+        except Exception as exc:
+            raise InferenceError(f"Model {self.spec.name} failed on a batch of {len(items)}: {exc}") from exc
+        if len(results) != len(items):
+            raise InferenceError(
+                f"Handler of {self.spec.name} returned {len(results)} results for {len(items)} requests"
+            )
+        return results
+
+    def predict(self, data: bytes, content_type: str | None = None) -> Any:
+        """One request end to end, without batching (CLI, tests, debugging)."""
+        return self.predict_batch([self.preprocess(data, content_type)])[0]

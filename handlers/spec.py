@@ -1,0 +1,134 @@
+"""Typed specifications of a model: how to build it, label it and feed it.
+
+A :class:`ModelSpec` is what a config file's ``model:`` block (or a registration) turns into.
+Every field is described and unknown keys are refused, so a typo in YAML fails with the
+field's name instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+DEFAULT_VERSION = "1.0"
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class StrictModel(BaseModel):
+    """Base for every spec: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSource(StrictModel):
+    """Where the network and its weights come from: exactly one of three forms."""
+
+    architecture: str | None = Field(
+        None,
+        description="A torchvision.models builder name, e.g. 'densenet161' or 'resnet18'.",
+    )
+    weights: str | None = Field(
+        None,
+        description=(
+            "With `architecture`: 'DEFAULT', a weights enum member ('IMAGENET1K_V1' or "
+            "'DenseNet161_Weights.IMAGENET1K_V1'), a local state_dict file, or null for "
+            "random initialisation. Enum weights come from the torch hub cache, downloaded "
+            "there when the network allows."
+        ),
+    )
+    torchscript: str | None = Field(
+        None, description="Path to a TorchScript file (torch.jit.save) to load as the model."
+    )
+    factory: str | None = Field(
+        None,
+        description="Import path 'package.module:callable' returning an nn.Module.",
+    )
+    factory_kwargs: dict[str, object] = Field(
+        default_factory=dict, description="Keyword arguments passed to `factory`."
+    )
+    state_dict: str | None = Field(
+        None,
+        description=(
+            "With `factory`: a state_dict file loaded with weights_only=True. A path, or "
+            "'pkg://package/relative/path' for a file shipped inside an installed package."
+        ),
+    )
+    download_timeout_s: float = Field(
+        20.0, gt=0, description="Bound on fetching weights that are not cached yet."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ModelSource:
+        chosen = [k for k in ("architecture", "torchscript", "factory") if getattr(self, k)]
+        if len(chosen) != 1:
+            raise ValueError(
+                f"set exactly one of `architecture`, `torchscript` or `factory` (got {chosen or 'none'})"
+            )
+        if self.weights is not None and not self.architecture:
+            raise ValueError("`weights` applies only to `architecture`")
+        if self.state_dict is not None and not self.factory:
+            raise ValueError("`state_dict` applies only to `factory`")
+        if self.factory_kwargs and not self.factory:
+            raise ValueError("`factory_kwargs` applies only to `factory`")
+        if self.factory and not re.fullmatch(r"[\w.]+:[\w.]+", self.factory):
+            raise ValueError(f"`factory` must look like 'package.module:callable', got {self.factory!r}")
+        return self
+
+
+class ImagePreprocess(StrictModel):
+    """How an image becomes the model's input tensor (TorchServe's defaults)."""
+
+    resize: int | None = Field(256, gt=0, description="Resize the shorter side to this many pixels.")
+    crop: int | None = Field(224, gt=0, description="Center-crop a square of this size.")
+    mean: tuple[float, float, float] = Field(IMAGENET_MEAN, description="Per-channel mean (0-1 scale).")
+    std: tuple[float, float, float] = Field(IMAGENET_STD, description="Per-channel std (0-1 scale).")
+    interpolation: Literal["nearest", "bilinear", "bicubic"] = Field(
+        "bilinear", description="Resampling filter used by `resize`."
+    )
+    max_pixels: int = Field(
+        40_000_000, gt=0, description="Refuse images with more pixels (decompression bombs)."
+    )
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s <= 0 for s in v):
+            raise ValueError("every std value must be > 0")
+        return v
+
+
+class ModelSpec(StrictModel):
+    """Everything a handler needs to load a model and answer requests for it."""
+
+    name: str = Field(..., pattern=NAME_PATTERN, description="Model name used in URLs.")
+    version: str = Field(DEFAULT_VERSION, pattern=VERSION_PATTERN, description="Model version.")
+    handler: str = Field(
+        "image_classifier",
+        description="A default handler name or an import path 'pkg.module:HandlerClass'.",
+    )
+    source: ModelSource = Field(..., description="How to build the network and its weights.")
+    labels: str | None = Field(
+        None,
+        description=(
+            "'imagenet' for torchvision's ImageNet categories, 'weights' for the categories of "
+            "the torchvision weights, or a TorchServe index_to_name.json path. Default: the "
+            "weights' categories when there are some, else class indices."
+        ),
+    )
+    preprocess: ImagePreprocess = Field(
+        default_factory=ImagePreprocess, description="Image preprocessing parameters."
+    )
+    top_k: int = Field(5, ge=1, le=1000, description="How many classes a classifier returns.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' uses a GPU when the replica has one, else the CPU."
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads; default: Ray's OMP_NUM_THREADS."
+    )
+    warmup: bool = Field(True, description="Run one dummy batch at load so the first request is fast.")

@@ -1,0 +1,118 @@
+"""Run a real ``serve run`` in a subprocess, on its own ports and RAY_TMPDIR, for e2e tests.
+
+The process gets its own session (process group) so that, after SIGTERM has let it stop its
+local Ray cluster, anything it left behind can be killed without touching other clusters on
+the machine. Never ``ray stop``: it would stop every Ray instance here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServeCluster:
+    """A running ``serve run`` and how to reach it."""
+
+    process: subprocess.Popen
+    base_url: str
+    workdir: Path
+    log_path: Path
+    started_at: float
+
+    def log(self) -> str:
+        """Everything ``serve run`` printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, timeout: float = 60.0) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def wait_for(self, check: Callable[[], bool], timeout: float, what: str) -> float:
+        """Poll ``check`` until true; return the seconds waited or fail with the log tail."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve run exited ({self.process.returncode}):\n{self.log()[-4000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if check():
+                    return time.monotonic() - self.started_at
+            time.sleep(0.5)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{self.log()[-4000:]}")
+
+
+def write_config(config: dict, port: int, directory: Path) -> Path:
+    """Copy of a Serve config listening on ``port`` at 127.0.0.1."""
+    config = dict(config)
+    config["http_options"] = {**config.get("http_options", {}), "host": "127.0.0.1", "port": port}
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def load_config(name: str) -> dict:
+    """A shipped config from configs/."""
+    return yaml.safe_load((ROOT / "configs" / name).read_text())
+
+
+@contextlib.contextmanager
+def serve_run(config: dict, extra_env: dict[str, str] | None = None) -> Iterator[ServeCluster]:
+    """Start ``serve run`` on ``config`` and stop it (and only it) afterwards."""
+    # Short path: Ray's unix sockets live under RAY_TMPDIR and have a length limit.
+    workdir = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    port = free_port()
+    config_path = write_config(config, port, workdir)
+    log_path = workdir / "serve.log"
+    env = {**os.environ, "RAY_TMPDIR": str(workdir), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    env.pop("RAY_ADDRESS", None)  # never attach to somebody else's cluster
+    serve = shutil.which("serve", path=env.get("PATH")) or "serve"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [serve, "run", str(config_path)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    cluster = ServeCluster(process, f"http://127.0.0.1:{port}", workdir, log_path, time.monotonic())
+    try:
+        yield cluster
+    finally:
+        stop(process)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM lets serve run stop its local cluster; then clear its own process group."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)

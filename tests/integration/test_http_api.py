@@ -1,0 +1,165 @@
+"""The inference API in-process: routes, request parsing, error shapes (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from deployments.http_api import create_app
+from deployments.messages import Answer
+from deployments.settings import IngressArgs
+from handlers.base import BaseHandler
+from handlers.errors import ModelNotFoundError, ModelNotReadyError, RequestTimeoutError
+from handlers.registry import create_handler
+from tests.conftest import tiny_spec
+
+LIMIT = 2_000_000
+
+
+class LocalRouter:
+    """Runs real handlers in-process, as the Serve router would through handles."""
+
+    def __init__(self, handlers: dict[str, BaseHandler]) -> None:
+        self.handlers = handlers
+        self.down: dict[str, str] = {}
+
+    async def predict(self, model: str, version: str | None, body: bytes, content_type: str | None) -> Any:
+        if model == "slow":
+            raise RequestTimeoutError('Model "slow" did not answer within 1s')
+        if model in self.down:
+            raise ModelNotReadyError(self.down[model], retry_after_s=5)
+        if model not in self.handlers or version not in (None, "1.0"):
+            raise ModelNotFoundError(f"Model not found: {model}")
+        handler = self.handlers[model]
+        item = await asyncio.to_thread(handler.preprocess, body, content_type)
+        return Answer(handler.predict_batch([item])[0], 1)
+
+    def unhealthy_models(self) -> dict[str, str]:
+        return dict(self.down)
+
+
+@pytest.fixture(scope="module")
+def router() -> LocalRouter:
+    handler = create_handler(tiny_spec())
+    handler.load()
+    return LocalRouter({"tiny": handler})
+
+
+@pytest.fixture
+def client(router: LocalRouter) -> TestClient:
+    router.down.clear()
+    return TestClient(create_app(IngressArgs(max_body_bytes=LIMIT), router))
+
+
+def assert_error(response, status: int, type_name: str, fragment: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["code"] == status and body["type"] == type_name
+    assert fragment.lower() in body["message"].lower()
+    assert "Traceback" not in response.text
+
+
+def test_raw_body_post_and_put(client: TestClient, cat_png: bytes) -> None:
+    for method in ("POST", "PUT"):  # curl -T sends PUT, as in TorchServe's examples
+        response = client.request(method, "/predictions/tiny", content=cat_png)
+        assert response.status_code == 200
+        assert len(response.json()) == 3
+        assert response.headers["x-request-id"]
+        assert response.headers["x-batch-size"] == "1"
+
+
+def test_version_route(client: TestClient, cat_png: bytes) -> None:
+    assert client.post("/predictions/tiny/1.0", content=cat_png).status_code == 200
+    assert_error(client.post("/predictions/tiny/9.9", content=cat_png), 404, "ModelNotFoundException", "tiny")
+
+
+def test_multipart_data_field(client: TestClient, cat_png: bytes, coffee_png: bytes) -> None:
+    one = client.post("/predictions/tiny", files={"data": ("cat.png", cat_png, "image/png")})
+    assert one.status_code == 200 and isinstance(one.json(), dict)
+    two = client.post(
+        "/predictions/tiny",
+        files=[("data", ("a.png", cat_png, "image/png")), ("data", ("b.png", coffee_png, "image/png"))],
+    )
+    assert two.status_code == 200 and len(two.json()) == 2
+
+
+def test_multipart_without_data_field(client: TestClient) -> None:
+    response = client.post(
+        "/predictions/tiny",
+        content=b'--xyz\r\nContent-Disposition: form-data; name="other"\r\n\r\nx\r\n--xyz--\r\n',
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert_error(response, 400, "BadRequestException", "no field named 'data'")
+
+
+def test_malformed_multipart(client: TestClient) -> None:
+    response = client.post(
+        "/predictions/tiny",
+        content=b'--xyz\r\nContent-Disposition: form-data; name="data"\r\n\r\nunterminated',
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert_error(response, 400, "BadRequestException", "multipart")
+
+
+def test_not_an_image(client: TestClient) -> None:
+    assert_error(
+        client.post("/predictions/tiny", content=b"hello"), 400, "BadRequestException", "not an image"
+    )
+
+
+def test_empty_body(client: TestClient) -> None:
+    assert_error(
+        client.post("/predictions/tiny", content=b""), 400, "BadRequestException", "Empty request body"
+    )
+
+
+def test_json_to_an_image_model(client: TestClient) -> None:
+    response = client.post("/predictions/tiny", json={"instances": [1]})
+    assert_error(response, 415, "UnsupportedMediaTypeException", "application/json")
+
+
+def test_body_over_the_limit(client: TestClient) -> None:
+    response = client.post("/predictions/tiny", content=b"\0" * (LIMIT + 1))
+    assert_error(response, 413, "PayloadTooLargeException", str(LIMIT))
+
+
+def test_streamed_body_over_the_limit(client: TestClient) -> None:
+    def chunks():
+        for _ in range(5):
+            yield b"\0" * (LIMIT // 2)
+
+    assert_error(
+        client.post("/predictions/tiny", content=chunks()), 413, "PayloadTooLargeException", str(LIMIT)
+    )
+
+
+def test_unknown_model_and_route(client: TestClient, cat_png: bytes) -> None:
+    assert_error(client.post("/predictions/nosuch", content=cat_png), 404, "ModelNotFoundException", "nosuch")
+    assert_error(client.get("/nosuch"), 404, "ResourceNotFoundException", "/nosuch")
+
+
+def test_not_ready_is_503_with_retry_after(client: TestClient, router: LocalRouter, cat_png: bytes) -> None:
+    router.down["tiny"] = 'Model "tiny" version 1.0 failed to start: weights missing'
+    response = client.post("/predictions/tiny", content=cat_png)
+    assert_error(response, 503, "ServiceUnavailableException", "weights missing")
+    assert response.headers["retry-after"] == "5"
+
+
+def test_deadline_is_504(client: TestClient, cat_png: bytes) -> None:
+    assert_error(client.post("/predictions/slow", content=cat_png), 504, "RequestTimeoutException", "slow")
+
+
+def test_ping_reflects_model_health(client: TestClient, router: LocalRouter) -> None:
+    assert client.get("/ping").json() == {"status": "Healthy"}
+    router.down["tiny"] = "no replica"
+    response = client.get("/ping")
+    assert response.status_code == 500 and response.json()["models"] == {"tiny": "no replica"}
+
+
+def test_api_description(client: TestClient) -> None:
+    for response in (client.get("/api-description"), client.options("/")):
+        paths = response.json()["paths"]
+        assert "/predictions/{model_name}" in paths and "/ping" in paths

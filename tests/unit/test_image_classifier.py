@@ -1,0 +1,89 @@
+"""The image_classifier handler: real labels from real weights, TorchServe's output shape."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from handlers.errors import BadInputError, ConfigError
+from handlers.image_classifier import ImageClassifier
+from handlers.registry import create_handler, handler_class
+from handlers.spec import ModelSpec
+from tests.conftest import quickstart_model_args, tiny_spec
+
+
+@pytest.fixture(scope="module")
+def efficientnet() -> ImageClassifier:
+    handler = create_handler(ModelSpec.model_validate(quickstart_model_args()["model"]))
+    handler.load()
+    return handler
+
+
+def test_cat_photo_is_a_cat(efficientnet: ImageClassifier, cat_png: bytes) -> None:
+    result = efficientnet.predict(cat_png, "image/png")
+    top = next(iter(result))
+    assert top in {"tiger cat", "Egyptian cat", "tabby"}
+    assert len(result) == 5
+    probabilities = list(result.values())
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert 0 < sum(probabilities) <= 1.0001
+
+
+def test_coffee_photo_is_coffee(efficientnet: ImageClassifier, coffee_png: bytes) -> None:
+    assert next(iter(efficientnet.predict(coffee_png))) in {"espresso", "cup", "coffee mug"}
+
+
+def test_jpeg_and_png_of_the_same_photo_agree(
+    efficientnet: ImageClassifier, cat_png: bytes, cat_jpeg: bytes
+) -> None:
+    assert next(iter(efficientnet.predict(cat_jpeg))) == next(iter(efficientnet.predict(cat_png)))
+
+
+def test_batch_matches_single_requests(
+    efficientnet: ImageClassifier, cat_png: bytes, coffee_png: bytes
+) -> None:
+    """Images of different sizes batch together, and batching does not change answers."""
+    items = [efficientnet.preprocess(cat_png), efficientnet.preprocess(coffee_png)]
+    batch = efficientnet.predict_batch(items)
+    singles = [efficientnet.predict_batch([item])[0] for item in items]
+    assert [list(r) for r in batch] == [list(r) for r in singles]
+    for got, want in zip(batch, singles, strict=True):
+        for label in want:
+            assert got[label] == pytest.approx(want[label], abs=1e-4)
+
+
+def test_index_to_name_labels_in_both_torchserve_formats(tmp_path: Path, cat_png: bytes) -> None:
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({str(i): f"class-{i}" for i in range(10)}))
+    synset = tmp_path / "synset.json"
+    synset.write_text(json.dumps({str(i): [f"n{i:08d}", f"class-{i}"] for i in range(10)}))
+    for path in (plain, synset):
+        handler = create_handler(tiny_spec(labels=str(path)))
+        handler.load()
+        result = handler.predict(cat_png)
+        assert len(result) == 3 and all(label.startswith("class-") for label in result)
+
+
+def test_without_labels_indices_are_returned(cat_png: bytes) -> None:
+    handler = create_handler(tiny_spec())
+    handler.load()
+    assert all(label.isdigit() for label in handler.predict(cat_png))
+
+
+def test_bad_input_fails_before_batching() -> None:
+    handler = create_handler(tiny_spec())
+    handler.load()
+    with pytest.raises(BadInputError):
+        handler.preprocess(b"GIF89a but not really")
+
+
+def test_unknown_handler_names_the_choices() -> None:
+    with pytest.raises(ConfigError, match="image_classifier"):
+        handler_class("imag_classifier")
+
+
+def test_handler_must_subclass_base_handler() -> None:
+    with pytest.raises(ConfigError, match="BaseHandler"):
+        handler_class("tests.fixtures.models:TinyClassifier")

@@ -1,0 +1,85 @@
+"""Decoding one request: every kind of bad image gets its own clear error."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from handlers.errors import BadInputError, PayloadTooLargeError, RaytorchError, UnsupportedMediaTypeError
+from handlers.image_io import check_media_type, decode_image
+
+LIMIT = 40_000_000
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG file that claims huge dimensions (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_real_photo_decodes_to_rgb(cat_png: bytes) -> None:
+    image = decode_image(cat_png, LIMIT)
+    assert image.mode == "RGB" and image.size == (451, 300)
+
+
+def test_grayscale_becomes_rgb() -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (20, 10), 128).save(buffer, format="PNG")
+    assert decode_image(buffer.getvalue(), LIMIT).mode == "RGB"
+
+
+def test_empty_body() -> None:
+    with pytest.raises(BadInputError, match="Empty request body"):
+        decode_image(b"", LIMIT)
+
+
+def test_not_an_image() -> None:
+    with pytest.raises(BadInputError, match="not an image"):
+        decode_image(b'{"instances": [1, 2, 3]}', LIMIT)
+
+
+def test_truncated_jpeg(cat_jpeg: bytes) -> None:
+    with pytest.raises(BadInputError, match="truncated or corrupt"):
+        decode_image(cat_jpeg[: len(cat_jpeg) // 2], LIMIT)
+
+
+def test_pixel_bomb_is_refused_before_decoding() -> None:
+    with pytest.raises(PayloadTooLargeError, match="pixels"):
+        decode_image(_png_header_only(100_000, 100_000), LIMIT)
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain; charset=utf-8", "audio/wav"])
+def test_declared_non_image_types_get_415(content_type: str) -> None:
+    with pytest.raises(UnsupportedMediaTypeError, match=content_type.split(";")[0]):
+        check_media_type(content_type, "image_classifier")
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "", "image/jpeg", "application/octet-stream", "application/x-www-form-urlencoded"]
+)
+def test_types_that_may_carry_images_pass(content_type: str | None) -> None:
+    check_media_type(content_type, "image_classifier")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2048))
+def test_arbitrary_bytes_never_escape_as_other_errors(data: bytes) -> None:
+    try:
+        decode_image(data, LIMIT)
+    except RaytorchError as exc:
+        assert exc.status in (400, 413)

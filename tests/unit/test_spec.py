@@ -1,0 +1,76 @@
+"""Model specs and application args: typos and contradictions fail with the field's name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from deployments.settings import IngressArgs, ModelAppArgs, model_deployment_name, parse_model_deployment_name
+from handlers.spec import ModelSpec
+from tests.conftest import ROOT
+
+ARCH = {"architecture": "resnet18"}
+
+
+def test_unknown_field_is_named() -> None:
+    with pytest.raises(ValidationError, match="top_kk"):
+        ModelSpec.model_validate({"name": "m", "source": ARCH, "top_kk": 3})
+
+
+def test_source_needs_exactly_one_form() -> None:
+    with pytest.raises(ValidationError, match="exactly one"):
+        ModelSpec.model_validate({"name": "m", "source": {"architecture": "resnet18", "torchscript": "m.pt"}})
+    with pytest.raises(ValidationError, match="exactly one"):
+        ModelSpec.model_validate({"name": "m", "source": {}})
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"torchscript": "m.pt", "weights": "DEFAULT"}, "weights"),
+        ({"architecture": "resnet18", "state_dict": "x.pth"}, "state_dict"),
+        ({"factory": "not an import path"}, "package.module:callable"),
+    ],
+)
+def test_source_fields_that_do_not_fit(source: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ModelSpec.model_validate({"name": "m", "source": source})
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", "", "x" * 200, "bad name"])
+def test_model_names_are_url_safe(name: str) -> None:
+    with pytest.raises(ValidationError, match="name"):
+        ModelSpec.model_validate({"name": name, "source": ARCH})
+
+
+def test_batch_larger_than_concurrency_is_refused() -> None:
+    with pytest.raises(ValidationError, match="max_ongoing_requests"):
+        ModelAppArgs.model_validate(
+            {
+                "model": {"name": "m", "source": ARCH},
+                "batching": {"max_batch_size": 16},
+                "resources": {"max_ongoing_requests": 4},
+            }
+        )
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(config: Path) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load(config.read_text())
+    ServeDeploySchema.model_validate(raw)
+    for app in raw["applications"]:
+        builder = app["import_path"].rsplit(":", 1)[1]
+        args_type = {"build_model": ModelAppArgs, "build_ingress": IngressArgs}[builder]
+        args_type.model_validate(app.get("args", {}))
+        assert raw["http_options"]["host"] == "127.0.0.1", "serve on loopback unless configured otherwise"
+
+
+def test_deployment_names_round_trip() -> None:
+    name = model_deployment_name("resnet-18.v2", "1.0")
+    assert parse_model_deployment_name(name) == ("resnet-18.v2", "1.0")
+    assert parse_model_deployment_name("Ingress") is None
