@@ -13,21 +13,37 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
-from handlers.errors import InferenceError, RaytorchError
+from handlers.errors import ConfigError, InferenceError, RaytorchError
 from handlers.labels import resolve_labels
 from handlers.loading import build_model
-from handlers.spec import ModelSpec
+from handlers.spec import ModelSpec, StrictModel
 
 logger = logging.getLogger("raytorch.handlers")
 
 
+class NoOptions(StrictModel):
+    """Handlers without specific settings accept an empty ``options`` block only."""
+
+
 class BaseHandler(ABC):
-    """Loads a model from a :class:`ModelSpec` and runs batches through it."""
+    """Loads a model from a :class:`ModelSpec` and runs batches through it.
+
+    Subclasses declare their settings as a pydantic model in ``Options``; the spec's
+    ``options`` block is validated against it when the handler is created.
+    """
+
+    Options: type[StrictModel] = NoOptions
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
+        try:
+            self.options = self.Options.model_validate(spec.options)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"Invalid options for handler {spec.handler}: {problems}") from None
         self.model: nn.Module | None = None
         self.labels: list[str] | None = None
         self.device = torch.device("cpu")

@@ -132,3 +132,7 @@ class ModelSpec(StrictModel):
         None, ge=1, description="torch intra-op threads; default: Ray's OMP_NUM_THREADS."
     )
     warmup: bool = Field(True, description="Run one dummy batch at load so the first request is fast.")
+    options: dict[str, object] = Field(
+        default_factory=dict,
+        description="Handler-specific settings, validated by the handler's own `Options` model.",
+    )

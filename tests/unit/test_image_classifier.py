@@ -87,3 +87,8 @@ def test_unknown_handler_names_the_choices() -> None:
 def test_handler_must_subclass_base_handler() -> None:
     with pytest.raises(ConfigError, match="BaseHandler"):
         handler_class("tests.fixtures.models:TinyClassifier")
+
+
+def test_unknown_handler_options_are_refused() -> None:
+    with pytest.raises(ConfigError, match="threshold"):
+        create_handler(tiny_spec(options={"threshold": 0.5}))
