@@ -36,6 +36,19 @@ class ModelVersionState:
         return self.running_replicas > 0 and self.app_status not in ("DELETING", "DEPLOY_FAILED")
 
 
+def summarize_ray_message(message: str) -> str:
+    """Serve's status messages may embed a whole traceback; keep the final error line only."""
+    if "Traceback" not in message:
+        return message.strip()
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    # "handlers.errors.ModelLoadError: text" -> "ModelLoadError: text"
+    head, sep, rest = last.partition(": ")
+    if sep and "." in head and " " not in head:
+        last = f"{head.rsplit('.', 1)[-1]}: {rest}"
+    return last
+
+
 def _version_key(version: str) -> tuple[int, Version | str]:
     try:
         return (1, Version(version))
@@ -67,7 +80,9 @@ class ModelTable:
                     deployment_name=deployment_name,
                     app_status=str(getattr(app.status, "value", app.status)),  # type: ignore[attr-defined]
                     running_replicas=int(replicas.get("RUNNING", 0)),
-                    message=(getattr(deployment, "message", "") or getattr(app, "message", "") or ""),
+                    message=summarize_ray_message(
+                        getattr(deployment, "message", "") or getattr(app, "message", "") or ""
+                    ),
                 )
                 table.versions.setdefault(model, {})[version] = state
         return table

@@ -59,3 +59,14 @@ def test_loading_model_is_503(table: ModelTable) -> None:
 
 def test_unhealthy_lists_only_models_without_replicas(table: ModelTable) -> None:
     assert set(table.unhealthy()) == {"broken/1.0", "loading/1.0"}
+
+
+def test_tracebacks_in_serve_messages_are_cut_to_the_error_line() -> None:
+    message = (
+        "The deployment failed to start 3 times in a row. Error:\nTraceback (most recent call last):\n"
+        '  File "x.py", line 1, in <module>\nhandlers.errors.ModelLoadError: weights are not in the cache\n'
+    )
+    state = ModelTable.from_status(
+        {"m": app("DEPLOY_FAILED", {model_deployment_name("m", "1.0"): deployment(0, message)})}
+    ).versions["m"]["1.0"]
+    assert state.message == "ModelLoadError: weights are not in the cache"
