@@ -26,11 +26,14 @@ serve: setup  ## Start a local Ray cluster and serve $(CONFIG) on http://127.0.0
 	@echo "Ray dashboard: http://127.0.0.1:8265 (Serve tab)"
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/serve run $(CONFIG)
 
+PY_DIRS := $(wildcard handlers deployments raytorch tests benchmarks)
+
 lint: setup
-	$(BIN)/ruff check handlers deployments tests benchmarks
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
 
 format: setup
-	$(BIN)/ruff format handlers deployments tests benchmarks
+	$(BIN)/ruff format $(PY_DIRS)
 
 test: setup lint  ## Unit, integration and end-to-end tests
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.auth import check_bearer
 from deployments.messages import Answer
 from deployments.request_body import read_inputs
 from deployments.settings import IngressArgs
@@ -35,6 +36,9 @@ class Router(Protocol):
 
     def unhealthy_models(self) -> dict[str, str]:
         """Models without a ready replica, mapped to the reason."""
+
+    async def token(self) -> str:
+        """The bearer token inference requires when ``inference_auth`` is on."""
 
 
 def error_response(
@@ -112,6 +116,8 @@ def create_app(settings: IngressArgs, router: Router) -> FastAPI:
         return JSONResponse(app.openapi())
 
     async def _predict(model: str, version: str | None, request: Request) -> JSONResponse:
+        if settings.inference_auth:
+            check_bearer(request.headers.get("authorization"), await router.token())
         inputs = await read_inputs(request, settings.max_body_bytes)
         # Several multipart 'data' fields are predicted together, so they can share a batch.
         answers = await asyncio.gather(

@@ -61,6 +61,8 @@ class ModelTable:
     """Model name -> versions, with lookup rules for the prediction routes."""
 
     versions: dict[str, dict[str, ModelVersionState]] = field(default_factory=dict)
+    defaults: dict[str, str] = field(default_factory=dict)
+    draining: set[tuple[str, str]] = field(default_factory=set)
 
     @classmethod
     def from_status(cls, applications: dict[str, object]) -> ModelTable:
@@ -87,12 +89,24 @@ class ModelTable:
                 table.versions.setdefault(model, {})[version] = state
         return table
 
+    def apply_routing(self, routing: dict) -> None:
+        """Add the management registry's default versions and versions being removed."""
+        self.defaults = dict(routing.get("defaults") or {})
+        self.draining = {tuple(pair) for pair in routing.get("draining") or []}  # type: ignore[misc]
+
+    def routable(self, state: ModelVersionState) -> bool:
+        """Ready and not being removed."""
+        return state.ready and (state.model, state.version) not in self.draining
+
     def default_version(self, model: str) -> ModelVersionState | None:
-        """The highest version of ``model``, preferring versions that are ready."""
+        """The registry's default version if it can serve, else the highest routable version."""
         candidates = list(self.versions.get(model, {}).values())
         if not candidates:
             return None
-        return max(candidates, key=lambda s: (s.ready, _version_key(s.version)))
+        chosen = self.versions[model].get(self.defaults.get(model, ""))
+        if chosen is not None and self.routable(chosen):
+            return chosen
+        return max(candidates, key=lambda s: (self.routable(s), _version_key(s.version)))
 
     def lookup(self, model: str, version: str | None) -> ModelVersionState:
         """The state to route to, or 404 / 503 errors that say why not."""
@@ -102,6 +116,11 @@ class ModelTable:
                 raise ModelNotFoundError(f"Model not found: {model}")
             known = ", ".join(sorted(self.versions[model]))
             raise ModelNotFoundError(f"Model version not found: {model} version {version} (known: {known})")
+        if (state.model, state.version) in self.draining:
+            raise ModelNotReadyError(
+                f'Model "{model}" version {state.version} is being unregistered',
+                retry_after_s=NOT_READY_RETRY_AFTER_S,
+            )
         if not state.ready:
             raise ModelNotReadyError(self.not_ready_reason(state), retry_after_s=NOT_READY_RETRY_AFTER_S)
         return state
@@ -125,5 +144,5 @@ class ModelTable:
             f"{s.model}/{s.version}": self.not_ready_reason(s)
             for versions in self.versions.values()
             for s in versions.values()
-            if not s.ready
+            if not s.ready and (s.model, s.version) not in self.draining
         }

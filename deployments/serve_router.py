@@ -25,6 +25,8 @@ logger = logging.getLogger("ray.serve")
 
 OVERLOAD_RETRY_AFTER_S = 1.0
 MIN_FORCED_REFRESH_GAP_S = 0.25
+ROUTING_TIMEOUT_S = 2.0
+MANAGEMENT_APP = "management"
 
 
 class ServeRouter:
@@ -37,23 +39,44 @@ class ServeRouter:
         self._refreshed_at = 0.0
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
+        self._management: Any = None
+        self._token: str | None = None
 
     async def refresh(self) -> None:
         """Take a fresh snapshot of Serve's applications."""
         async with self._lock:
             status = await asyncio.to_thread(serve.status)
             table = ModelTable.from_status(status.applications)
+            if MANAGEMENT_APP in status.applications:
+                table.apply_routing(await self._management_routing())
             live = {
                 (s.app_name, s.deployment_name)
                 for versions in table.versions.values()
                 for s in versions.values()
-                if s.ready
+                if table.routable(s)
             }
             for key in list(self._handles):
                 if key not in live:
                     del self._handles[key]
             self._table = table
             self._refreshed_at = time.monotonic()
+
+    async def _management_routing(self) -> dict[str, Any]:
+        try:
+            if self._management is None:
+                self._management = serve.get_deployment_handle("Management", app_name=MANAGEMENT_APP)
+            return await asyncio.wait_for(self._management.routing.remote(), timeout=ROUTING_TIMEOUT_S)
+        except Exception as exc:  # management restarting: keep the last known routing
+            logger.warning("Could not read routing from the management app: %s", exc)
+            self._management = None
+            return {"defaults": self._table.defaults, "draining": sorted(self._table.draining)}
+
+    async def token(self) -> str:
+        """The management token (for inference auth), asked of the management app."""
+        if self._token is None:
+            handle = serve.get_deployment_handle("Management", app_name=MANAGEMENT_APP)
+            self._token = await asyncio.wait_for(handle.token.remote(), timeout=ROUTING_TIMEOUT_S)
+        return self._token
 
     async def _poll_forever(self) -> None:
         while True:

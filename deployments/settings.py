@@ -56,6 +56,19 @@ class ResourcesConfig(StrictModel):
     max_queued_requests: int = Field(
         -1, ge=-1, description="Requests waiting for a replica before 503 (-1: unbounded)."
     )
+    max_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="Autoscale between num_replicas and this many replicas (Ray Serve autoscaling).",
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> ResourcesConfig:
+        if self.max_replicas is not None and self.max_replicas < self.num_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) is below num_replicas ({self.num_replicas})"
+            )
+        return self
 
 
 class ModelAppArgs(StrictModel):
@@ -76,6 +89,26 @@ class ModelAppArgs(StrictModel):
         return self
 
 
+class ManagementArgs(StrictModel):
+    """``args`` of the management application (``deployments.app:build_management``)."""
+
+    state_dir: str = Field(
+        ".raytorch", description="Registry, key file and extracted archives (env RAYTORCH_STATE_DIR wins)."
+    )
+    model_store: str = Field(
+        "model_store", description="Where `url=` archives are looked up (env RAYTORCH_MODEL_STORE wins)."
+    )
+    allowed_urls: list[str] = Field(
+        default_factory=list, description="Regexes of remote archive URLs that may be fetched."
+    )
+    register_timeout_s: float = Field(
+        120.0, gt=0, le=3600, description="How long a synchronous register waits for readiness."
+    )
+    drain_s: float = Field(
+        2.5, ge=0, le=60, description="Pause between hiding a version from the ingress and deleting it."
+    )
+
+
 class IngressArgs(StrictModel):
     """``args`` of the HTTP ingress application (``deployments.app:build_ingress``)."""
 
@@ -90,3 +123,6 @@ class IngressArgs(StrictModel):
     )
     num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
     num_cpus: float = Field(0.1, ge=0, description="CPUs reserved per ingress replica.")
+    inference_auth: bool = Field(
+        False, description="Require the management bearer token on inference routes too."
+    )

@@ -56,8 +56,8 @@ class BaseHandler(ABC):
         if self.spec.torch_threads:
             torch.set_num_threads(self.spec.torch_threads)
         self.device = self.select_device()
-        model, categories = build_model(self.spec.source)
-        self.labels = resolve_labels(self.spec.labels, categories)
+        model, categories = build_model(self.spec.source, self.spec.base_dir)
+        self.labels = resolve_labels(self.spec.labels, categories, self.spec.base_dir)
         self.model = model.to(self.device).eval()
         if self.spec.warmup:
             self.warmup()

@@ -37,7 +37,9 @@ def read_index_to_name(path: Path) -> list[str]:
     return [labels.get(i, str(i)) for i in range(max(labels) + 1)]
 
 
-def resolve_labels(setting: str | None, from_weights: list[str] | None) -> list[str] | None:
+def resolve_labels(
+    setting: str | None, from_weights: list[str] | None, base_dir: str | None = None
+) -> list[str] | None:
     """Pick the label list for a spec's ``labels`` setting (see ModelSpec.labels)."""
     if setting is None:
         return from_weights
@@ -49,4 +51,4 @@ def resolve_labels(setting: str | None, from_weights: list[str] | None) -> list[
         return from_weights
     from handlers.loading import resolve_path
 
-    return read_index_to_name(resolve_path(setting))
+    return read_index_to_name(resolve_path(setting, base_dir))

@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.resources
+import importlib.util
 import os
 import socket
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
@@ -27,8 +29,11 @@ PKG_SCHEME = "pkg://"
 WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
-def resolve_path(ref: str) -> Path:
-    """Turn a path or ``pkg://package/relative/path`` into an existing file path."""
+def resolve_path(ref: str, base_dir: str | None = None) -> Path:
+    """Turn a path or ``pkg://package/relative/path`` into an existing file path.
+
+    Relative paths are taken from ``base_dir`` when given (an extracted model archive).
+    """
     if ref.startswith(PKG_SCHEME):
         package, _, relative = ref[len(PKG_SCHEME) :].partition("/")
         try:
@@ -39,20 +44,45 @@ def resolve_path(ref: str) -> Path:
             ) from exc
     else:
         path = Path(ref).expanduser()
+        if base_dir and not path.is_absolute():
+            path = Path(base_dir) / path
     if not path.is_file():
         raise ModelLoadError(f"Weights or model file not found: {ref} (looked at {path})")
     return path
 
 
-def import_object(import_path: str) -> object:
-    """Import ``package.module:attribute`` and return the attribute."""
-    module_name, _, attribute = import_path.partition(":")
+def _module_from_file(path: Path) -> object:
+    # A unique module name per file, so two archives' model.py files never collide.
+    name = f"raytorch_user_{abs(hash(str(path.resolve())))}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     try:
-        obj: object = importlib.import_module(module_name)
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def import_object(import_path: str, base_dir: str | None = None) -> object:
+    """Import ``package.module:attribute`` or ``path/file.py:attribute`` and return the attribute."""
+    module_name, _, attribute = import_path.rpartition(":")
+    try:
+        if module_name.endswith(".py"):
+            obj: object = _module_from_file(resolve_path(module_name, base_dir))
+        else:
+            obj = importlib.import_module(module_name)
         for part in attribute.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"Cannot import {import_path!r}: {exc}") from exc
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # user code may raise anything at import time
+        raise ModelLoadError(f"Cannot import {import_path!r}: {type(exc).__name__}: {exc}") from exc
     return obj
 
 
@@ -132,7 +162,7 @@ def _torchvision_weights(architecture: str, name: str) -> object:
         ) from None
 
 
-def build_torchvision(source: ModelSource) -> tuple[nn.Module, list[str] | None]:
+def build_torchvision(source: ModelSource, base_dir: str | None = None) -> tuple[nn.Module, list[str] | None]:
     """A torchvision architecture, with the categories of its weights when it has some."""
     from torchvision import models
 
@@ -147,7 +177,7 @@ def build_torchvision(source: ModelSource) -> tuple[nn.Module, list[str] | None]
     if weights is None:
         return builder(weights=None), None
     if weights.endswith(WEIGHT_FILE_SUFFIXES) or os.sep in weights or weights.startswith(PKG_SCHEME):
-        path = resolve_path(weights)
+        path = resolve_path(weights, base_dir)
         model = builder(weights=None)
         apply_state_dict(model, load_state_dict_file(path), str(path))
         return model, None
@@ -158,17 +188,17 @@ def build_torchvision(source: ModelSource) -> tuple[nn.Module, list[str] | None]
     return model, list(enum_weights.meta.get("categories") or []) or None  # type: ignore[attr-defined]
 
 
-def build_model(source: ModelSource) -> tuple[nn.Module, list[str] | None]:
+def build_model(source: ModelSource, base_dir: str | None = None) -> tuple[nn.Module, list[str] | None]:
     """Build the module described by ``source``; also return categories known from its weights."""
     if source.architecture:
-        return build_torchvision(source)
+        return build_torchvision(source, base_dir)
     if source.torchscript:
-        path = resolve_path(source.torchscript)
+        path = resolve_path(source.torchscript, base_dir)
         try:
             return torch.jit.load(str(path), map_location="cpu"), None
         except Exception as exc:
             raise ModelLoadError(f"Cannot load TorchScript file {path}: {exc}") from exc
-    factory = import_object(source.factory or "")
+    factory = import_object(source.factory or "", base_dir)
     if not callable(factory):
         raise ModelLoadError(f"{source.factory!r} is not callable")
     try:
@@ -178,6 +208,6 @@ def build_model(source: ModelSource) -> tuple[nn.Module, list[str] | None]:
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{source.factory} returned {type(model).__name__}, not an nn.Module")
     if source.state_dict:
-        path = resolve_path(source.state_dict)
+        path = resolve_path(source.state_dict, base_dir)
         apply_state_dict(model, load_state_dict_file(path), source.state_dict)
     return model, None

@@ -12,14 +12,18 @@ DEFAULT_HANDLERS = {
 }
 
 
-def handler_class(name: str) -> type[BaseHandler]:
-    """Resolve ``name`` (e.g. 'image_classifier' or 'pkg.module:MyHandler') to a class."""
+def handler_class(name: str, base_dir: str | None = None) -> type[BaseHandler]:
+    """Resolve a handler name to a class.
+
+    ``name`` is a default handler ('image_classifier'), an import path ('pkg.module:MyHandler')
+    or a file ('my_handler.py:MyHandler', relative to ``base_dir`` inside an archive).
+    """
     import_path = DEFAULT_HANDLERS.get(name, name)
     if ":" not in import_path:
         known = ", ".join(sorted(DEFAULT_HANDLERS))
         raise ConfigError(f"Unknown handler {name!r}: use one of {known} or 'package.module:Class'")
     try:
-        cls = import_object(import_path)
+        cls = import_object(import_path, base_dir)
     except ModelLoadError as exc:
         raise ConfigError(f"Handler {name!r} cannot be imported: {exc.message}") from exc
     if not (isinstance(cls, type) and issubclass(cls, BaseHandler)):
@@ -29,4 +33,4 @@ def handler_class(name: str) -> type[BaseHandler]:
 
 def create_handler(spec: ModelSpec) -> BaseHandler:
     """Instantiate (but do not load) the handler a spec names."""
-    return handler_class(spec.handler)(spec)
+    return handler_class(spec.handler, spec.base_dir)(spec)

@@ -76,8 +76,11 @@ class ModelSource(StrictModel):
             raise ValueError("`state_dict` applies only to `factory`")
         if self.factory_kwargs and not self.factory:
             raise ValueError("`factory_kwargs` applies only to `factory`")
-        if self.factory and not re.fullmatch(r"[\w.]+:[\w.]+", self.factory):
-            raise ValueError(f"`factory` must look like 'package.module:callable', got {self.factory!r}")
+        if self.factory and not re.fullmatch(r"([\w.]+|[^:]+\.py):[\w.]+", self.factory):
+            raise ValueError(
+                "`factory` must look like 'package.module:callable' or 'path/file.py:callable', "
+                f"got {self.factory!r}"
+            )
         return self
 
 
@@ -132,6 +135,10 @@ class ModelSpec(StrictModel):
         None, ge=1, description="torch intra-op threads; default: Ray's OMP_NUM_THREADS."
     )
     warmup: bool = Field(True, description="Run one dummy batch at load so the first request is fast.")
+    base_dir: str | None = Field(
+        None,
+        description="Directory that relative file paths in this spec are resolved against (archives).",
+    )
     options: dict[str, object] = Field(
         default_factory=dict,
         description="Handler-specific settings, validated by the handler's own `Options` model.",

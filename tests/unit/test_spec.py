@@ -8,7 +8,13 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from deployments.settings import IngressArgs, ModelAppArgs, model_deployment_name, parse_model_deployment_name
+from deployments.settings import (
+    IngressArgs,
+    ManagementArgs,
+    ModelAppArgs,
+    model_deployment_name,
+    parse_model_deployment_name,
+)
 from handlers.spec import ModelSpec
 from tests.conftest import ROOT
 
@@ -65,7 +71,11 @@ def test_shipped_configs_validate(config: Path) -> None:
     ServeDeploySchema.model_validate(raw)
     for app in raw["applications"]:
         builder = app["import_path"].rsplit(":", 1)[1]
-        args_type = {"build_model": ModelAppArgs, "build_ingress": IngressArgs}[builder]
+        args_type = {
+            "build_model": ModelAppArgs,
+            "build_ingress": IngressArgs,
+            "build_management": ManagementArgs,
+        }[builder]
         args_type.model_validate(app.get("args", {}))
         assert raw["http_options"]["host"] == "127.0.0.1", "serve on loopback unless configured otherwise"
 
