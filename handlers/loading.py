@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.resources
+import inspect
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -132,6 +133,17 @@ def _torchvision_weights(architecture: str, name: str) -> object:
         ) from None
 
 
+def _build_random(builder: Callable[..., nn.Module]) -> nn.Module:
+    """Random initialisation without any download.
+
+    Detection and segmentation builders default to ImageNet *backbone* weights even when
+    ``weights=None``; those would be downloaded and then overwritten or unwanted anyway.
+    """
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        return builder(weights=None, weights_backbone=None)
+    return builder(weights=None)
+
+
 def build_torchvision(source: ModelSource) -> tuple[nn.Module, list[str] | None]:
     """A torchvision architecture, with the categories of its weights when it has some."""
     from torchvision import models
@@ -145,10 +157,10 @@ def build_torchvision(source: ModelSource) -> tuple[nn.Module, list[str] | None]
         ) from None
     weights = source.weights
     if weights is None:
-        return builder(weights=None), None
+        return _build_random(builder), None
     if weights.endswith(WEIGHT_FILE_SUFFIXES) or os.sep in weights or weights.startswith(PKG_SCHEME):
         path = resolve_path(weights)
-        model = builder(weights=None)
+        model = _build_random(builder)
         apply_state_dict(model, load_state_dict_file(path), str(path))
         return model, None
     enum_weights = _torchvision_weights(arch, weights)
