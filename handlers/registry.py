@@ -9,6 +9,10 @@ from handlers.spec import ModelSpec
 
 DEFAULT_HANDLERS = {
     "image_classifier": "handlers.image_classifier:ImageClassifier",
+    "object_detector": "handlers.object_detector:ObjectDetector",
+    "image_segmenter": "handlers.image_segmenter:ImageSegmenter",
+    "text_classifier": "handlers.text_classifier:TextClassifier",
+    "audio_classifier": "handlers.audio_classifier:AudioClassifier",
 }
 
 
