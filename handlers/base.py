@@ -107,6 +107,12 @@ class BaseHandler(ABC):
     def postprocess(self, output: Any, count: int) -> list[Any]:
         """Split a batch output into one JSON-serialisable result per request."""
 
+    def label(self, index: int) -> str:
+        """The class name of ``index``, or the index itself when no label is known."""
+        if self.labels and 0 <= index < len(self.labels):
+            return self.labels[index]
+        return str(index)
+
     # -- driver ----------------------------------------------------------------------------
     def predict_batch(self, items: list[Any]) -> list[Any]:
         """Collate, infer and postprocess; exactly one result per item or an error."""

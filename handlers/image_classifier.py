@@ -8,17 +8,18 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from handlers.base import BaseHandler
+from handlers.classification import TopKClassifier
 from handlers.image_io import check_media_type, decode_image
 
-_INTERPOLATION = {
+# Names of `preprocess.interpolation`, shared by every image handler.
+INTERPOLATION = {
     "nearest": InterpolationMode.NEAREST,
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
 }
 
 
-class ImageClassifier(BaseHandler):
+class ImageClassifier(TopKClassifier):
     """Returns ``{label: probability}`` for the top-k classes, highest first."""
 
     name = "image_classifier"
@@ -33,7 +34,7 @@ class ImageClassifier(BaseHandler):
         p = self.spec.preprocess
         # Resize and crop on the uint8 PIL image: cheaper than on a float tensor.
         if p.resize:
-            image = F.resize(image, [p.resize], interpolation=_INTERPOLATION[p.interpolation], antialias=True)
+            image = F.resize(image, [p.resize], interpolation=INTERPOLATION[p.interpolation], antialias=True)
         if p.crop:
             image = F.center_crop(image, [p.crop, p.crop])
         tensor = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
@@ -42,18 +43,3 @@ class ImageClassifier(BaseHandler):
     def example_input(self) -> torch.Tensor:
         side = self.spec.preprocess.crop or self.spec.preprocess.resize or 224
         return torch.zeros(3, side, side)
-
-    def postprocess(self, output: torch.Tensor, count: int) -> list[dict[str, float]]:
-        probabilities = torch.softmax(output.float(), dim=1).cpu()
-        k = min(self.spec.top_k, probabilities.shape[1])
-        values, indices = probabilities.topk(k, dim=1)
-        return [
-            {self.label(int(i)): round(float(v), 6) for v, i in zip(row_v, row_i, strict=True)}
-            for row_v, row_i in zip(values, indices, strict=True)
-        ]
-
-    def label(self, index: int) -> str:
-        """The class name of ``index``, or the index itself when no label is known."""
-        if self.labels and index < len(self.labels):
-            return self.labels[index]
-        return str(index)

@@ -9,9 +9,11 @@ becomes a :class:`~handlers.errors.ModelLoadError` that tells the user what to d
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import importlib.resources
 import importlib.util
+import inspect
 import os
 import socket
 import sys
@@ -52,8 +54,9 @@ def resolve_path(ref: str, base_dir: str | None = None) -> Path:
 
 
 def _module_from_file(path: Path) -> object:
-    # A unique module name per file, so two archives' model.py files never collide.
-    name = f"raytorch_user_{abs(hash(str(path.resolve())))}"
+    # A stable, unique module name per file: two archives' model.py files never collide,
+    # and every process derives the same name (pickles of user classes stay loadable).
+    name = f"raytorch_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -162,6 +165,17 @@ def _torchvision_weights(architecture: str, name: str) -> object:
         ) from None
 
 
+def _build_random(builder: Callable[..., nn.Module]) -> nn.Module:
+    """Random initialisation without any download.
+
+    Detection and segmentation builders default to ImageNet *backbone* weights even when
+    ``weights=None``; those would be downloaded and then overwritten or unwanted anyway.
+    """
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        return builder(weights=None, weights_backbone=None)
+    return builder(weights=None)
+
+
 def build_torchvision(source: ModelSource, base_dir: str | None = None) -> tuple[nn.Module, list[str] | None]:
     """A torchvision architecture, with the categories of its weights when it has some."""
     from torchvision import models
@@ -175,10 +189,10 @@ def build_torchvision(source: ModelSource, base_dir: str | None = None) -> tuple
         ) from None
     weights = source.weights
     if weights is None:
-        return builder(weights=None), None
+        return _build_random(builder), None
     if weights.endswith(WEIGHT_FILE_SUFFIXES) or os.sep in weights or weights.startswith(PKG_SCHEME):
         path = resolve_path(weights, base_dir)
-        model = builder(weights=None)
+        model = _build_random(builder)
         apply_state_dict(model, load_state_dict_file(path), str(path))
         return model, None
     enum_weights = _torchvision_weights(arch, weights)

@@ -1,4 +1,4 @@
-"""Find a handler class by default-handler name or import path."""
+"""Find a handler class by default-handler name, import path, or Python file path."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ from handlers.spec import ModelSpec
 
 DEFAULT_HANDLERS = {
     "image_classifier": "handlers.image_classifier:ImageClassifier",
+    "object_detector": "handlers.object_detector:ObjectDetector",
+    "image_segmenter": "handlers.image_segmenter:ImageSegmenter",
+    "text_classifier": "handlers.text_classifier:TextClassifier",
+    "audio_classifier": "handlers.audio_classifier:AudioClassifier",
 }
 
 
@@ -21,10 +25,12 @@ def handler_class(name: str, base_dir: str | None = None) -> type[BaseHandler]:
     import_path = DEFAULT_HANDLERS.get(name, name)
     if ":" not in import_path:
         known = ", ".join(sorted(DEFAULT_HANDLERS))
-        raise ConfigError(f"Unknown handler {name!r}: use one of {known} or 'package.module:Class'")
+        raise ConfigError(
+            f"Unknown handler {name!r}: use one of {known}, 'package.module:Class' or 'file.py:Class'"
+        )
     try:
         cls = import_object(import_path, base_dir)
-    except ModelLoadError as exc:
+    except ModelLoadError as exc:  # also wraps whatever the user's module raised on import
         raise ConfigError(f"Handler {name!r} cannot be imported: {exc.message}") from exc
     if not (isinstance(cls, type) and issubclass(cls, BaseHandler)):
         raise ConfigError(f"Handler {name!r} is not a subclass of handlers.base.BaseHandler")
