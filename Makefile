@@ -7,7 +7,7 @@ CONFIG ?= configs/quickstart.yaml
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: setup serve test test-unit test-e2e lint format bench clean
+.PHONY: setup serve test test-unit test-e2e lint format bench multinode-check clean
 
 setup: $(DEPS_STAMP)
 	@# Re-point the editable install at this checkout (cheap; the venv may be shared by clones).
@@ -46,6 +46,9 @@ test-e2e: setup
 
 bench: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/serving_bench.py
+
+multinode-check: setup  ## Head + 2 worker nodes on this machine: replica spread and losing a node (~90 s)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/multinode_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
