@@ -170,14 +170,16 @@ def test_no_gpu_group_unless_asked() -> None:
 
 def test_required_gpus_without_gpu_workers_are_called_out() -> None:
     config = yaml.safe_load((ROOT / "configs" / "densenet.yaml").read_text())
-    config["applications"][1]["args"]["resources"]["gpu_policy"] = "required"
+    densenet = next(a for a in config["applications"] if a["name"] == "densenet161")
+    densenet["args"]["resources"]["gpu_policy"] = "required"
     (warning,) = placement_warnings(config, ClusterShape(image="img"))
     assert "densenet161" in warning and "pend forever" in warning
 
 
 def test_an_invalid_config_produces_no_manifest(tmp_path: Path) -> None:
     config = yaml.safe_load((ROOT / "configs" / "densenet.yaml").read_text())
-    config["applications"][1]["args"]["model"]["top_kk"] = 3
+    densenet = next(a for a in config["applications"] if a["name"] == "densenet161")
+    densenet["args"]["model"]["top_kk"] = 3
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(config))
     result = generate(str(path), "--image", "img")
