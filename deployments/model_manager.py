@@ -16,17 +16,38 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve import RunTarget
 
-from deployments.model_sources import RegisterParams, app_args, resolve_url, settle, unpack
+from deployments.model_sources import (
+    RegisterParams,
+    app_args,
+    missing_resources,
+    resolve_url,
+    settle,
+    unpack,
+)
 from deployments.model_table import ModelTable
 from deployments.registry_store import ConflictError, RegistryStore, VersionRecord
 from deployments.settings import ManagementArgs, ModelAppArgs
-from handlers.errors import BadInputError, ModelLoadError, ModelNotFoundError, RequestTimeoutError
+from handlers.errors import (
+    BadInputError,
+    ModelLoadError,
+    ModelNotFoundError,
+    RaytorchError,
+    RequestTimeoutError,
+)
 
 logger = logging.getLogger("ray.serve")
 POLL_S = 0.5
+
+
+class InsufficientResourcesError(RaytorchError):
+    """The cluster cannot start the requested replicas now."""
+
+    status = 503
+    type_name = "InsufficientResourcesException"
 
 
 def app_name_for(model: str, version: str) -> str:
@@ -101,11 +122,12 @@ class ModelManager:
         archive = resolve_url(params.url, self.model_store, self.settings.allowed_urls)
         found, folder = await asyncio.to_thread(unpack, archive, self.models_dir, f"{time.time_ns()}")
         try:
-            args = app_args(found, params)
+            args = app_args(found, params, self.settings.default_num_cpus)
             name, version = args.model.name, args.model.version
             table = await self._status()
             if version in table.versions.get(name, {}) or version in self._registered(name):
                 raise ConflictError(f"Model version {version} is already registered for model {name}")
+            await self._check_resources(args)
             final = settle(folder, self.models_dir, name, version, found.model)
             args = args.model_copy(update={"model": args.model.model_copy(update={"base_dir": str(final)})})
         except BaseException:
@@ -132,6 +154,15 @@ class ModelManager:
             raise
         workers = args.resources.num_replicas
         return 200, {"status": f'Model "{name}" Version: {version} registered with {workers} initial workers'}
+
+    async def _check_resources(self, args: ModelAppArgs) -> None:
+        # Serve would leave replicas pending forever (requests to them hang): refuse up front.
+        if self.settings.wait_for_resources:
+            return
+        available = await asyncio.to_thread(ray.available_resources)
+        problem = missing_resources(args, available)
+        if problem:
+            raise InsufficientResourcesError(problem)
 
     def _registered(self, model: str) -> dict[str, VersionRecord]:
         record = self.registry.state.models.get(model)

@@ -43,6 +43,8 @@ class RegisterParams(BaseModel):
     initial_workers: int | None = Field(None, ge=0, le=1024)
     synchronous: bool = True
     response_timeout: int | None = Field(None, ge=1, le=3600, description="Seconds.")
+    num_cpus: float | None = Field(None, ge=0, le=1024, description="raytorch extension: CPUs per replica.")
+    num_gpus: float | None = Field(None, ge=0, le=64, description="raytorch extension: GPUs per replica.")
 
 
 def resolve_url(url: str, model_store: Path, allowed_urls: list[str]) -> Path:
@@ -99,7 +101,7 @@ def settle(folder: Path, models_dir: Path, name: str, version: str, model: dict[
     return final
 
 
-def app_args(found: ArchiveModel, params: RegisterParams) -> ModelAppArgs:
+def app_args(found: ArchiveModel, params: RegisterParams, default_num_cpus: float = 0.5) -> ModelAppArgs:
     """Combine what the archive says with the request's overrides; 400 naming bad fields."""
     model = dict(found.model)
     if params.model_name:
@@ -111,9 +113,13 @@ def app_args(found: ArchiveModel, params: RegisterParams) -> ModelAppArgs:
         batching["max_batch_size"] = params.batch_size
     if params.max_batch_delay is not None:
         batching["batch_wait_timeout_s"] = params.max_batch_delay / 1000
-    resources = {"num_cpus": 1.0, **found.resources}
+    resources = {"num_cpus": default_num_cpus, **found.resources}
     if params.initial_workers is not None:
         resources["num_replicas"] = params.initial_workers
+    if params.num_cpus is not None:
+        resources["num_cpus"] = params.num_cpus
+    if params.num_gpus is not None:
+        resources["num_gpus"] = params.num_gpus
     try:
         args = ModelAppArgs.model_validate({"model": model, "batching": batching, "resources": resources})
     except ValidationError as exc:
@@ -121,6 +127,21 @@ def app_args(found: ArchiveModel, params: RegisterParams) -> ModelAppArgs:
         raise BadInputError(f"Invalid model settings: {problems}") from None
     check_handler(args.model)
     return args
+
+
+def missing_resources(args: ModelAppArgs, available: dict[str, float]) -> str | None:
+    """What the cluster lacks right now to start this model's replicas, or None."""
+    r = args.resources
+    need = {"CPU": r.num_cpus * r.num_replicas, "GPU": r.num_gpus * r.num_replicas}
+    short = {k: (v, available.get(k, 0.0)) for k, v in need.items() if v > available.get(k, 0.0) + 1e-9}
+    if not short:
+        return None
+    parts = ", ".join(f"{k} {want:g} needed, {have:g} free" for k, (want, have) in short.items())
+    return (
+        f"Not enough resources in the Ray cluster for {r.num_replicas} replica(s) of "
+        f"{args.model.name}: {parts}. Lower num_cpus/num_gpus or initial_workers, "
+        "free capacity, or add nodes."
+    )
 
 
 def check_handler(spec: ModelSpec) -> None:

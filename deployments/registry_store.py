@@ -14,10 +14,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from handlers.errors import ModelNotFoundError, RaytorchError
-from handlers.spec import StrictModel
+
+
+class StrictModel(BaseModel):
+    """Registry records: unknown keys refused; mutable, as the registry edits them."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ConflictError(RaytorchError):

@@ -107,6 +107,16 @@ class ManagementArgs(StrictModel):
     drain_s: float = Field(
         2.5, ge=0, le=60, description="Pause between hiding a version from the ingress and deleting it."
     )
+    default_num_cpus: float = Field(
+        0.5, ge=0, description="CPUs per replica of a registered model unless `num_cpus=` is given."
+    )
+    wait_for_resources: bool = Field(
+        False,
+        description=(
+            "Deploy even when the cluster lacks the CPUs/GPUs right now (autoscaling clusters); "
+            "by default such a registration is refused at once with what is missing."
+        ),
+    )
 
 
 class IngressArgs(StrictModel):
