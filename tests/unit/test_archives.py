@@ -121,7 +121,7 @@ def test_urls_cannot_leave_the_model_store(tmp_path: Path, url: str) -> None:
 
 
 def test_missing_archive_and_disallowed_remote_url(tmp_path: Path) -> None:
-    with pytest.raises(ModelNotFoundError, match="Model not found at: nosuch.mar"):
+    with pytest.raises(ModelNotFoundError, match=r"Model not found at: nosuch\.mar"):
         resolve_url("nosuch.mar", tmp_path, [])
     with pytest.raises(BadInputError, match="not allowed"):
         resolve_url("http://127.0.0.1:9/x.mar", tmp_path, [])
