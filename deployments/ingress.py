@@ -15,9 +15,11 @@ from deployments.settings import IngressArgs
 class Ingress:
     """Wires the FastAPI app to a router over Serve handles; the routes live in http_api."""
 
-    def __init__(self, args: IngressArgs) -> None:
+    async def __init__(self, args: IngressArgs) -> None:
         self._args = args
         self._router = ServeRouter(args)
+        # Start watching Serve now, so /ping is truthful before the first prediction.
+        await self._router.start()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._args, self._router)

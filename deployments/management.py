@@ -22,10 +22,12 @@ logger = logging.getLogger("ray.serve")
 class ManagementDeployment:
     """Owns the registry; restores registered models when it starts (or restarts)."""
 
-    def __init__(self, args: ManagementArgs) -> None:
+    async def __init__(self, args: ManagementArgs) -> None:
         self._manager = ModelManager(args)
         self._token = load_or_create_token(self._manager.state_dir)
         self._restore: asyncio.Task[Any] | None = None
+        # Bring registered models back as soon as the server (or this replica) starts.
+        self._ensure_restoring()
         logger.info(
             "Management API ready: state dir %s, model store %s, key file %s/key_file.json",
             self._manager.state_dir,
@@ -37,8 +39,6 @@ class ManagementDeployment:
         return create_management_app(self._manager, self._token, on_request=self._ensure_restoring)
 
     def _ensure_restoring(self) -> None:
-        # The constructor has no event loop; the first call (the ingress polls every second)
-        # starts bringing registered models back.
         if self._restore is None:
             self._restore = asyncio.get_running_loop().create_task(self._manager.restore())
             self._restore.add_done_callback(_log_failure)

@@ -29,6 +29,7 @@ from deployments.model_sources import (
     unpack,
 )
 from deployments.model_table import ModelTable
+from deployments.placement import decide_gpus
 from deployments.registry_store import ConflictError, RegistryStore, VersionRecord
 from deployments.settings import ManagementArgs, ModelAppArgs
 from handlers.errors import (
@@ -155,12 +156,14 @@ class ModelManager:
         workers = args.resources.num_replicas
         return 200, {"status": f'Model "{name}" Version: {version} registered with {workers} initial workers'}
 
-    async def _check_resources(self, args: ModelAppArgs) -> None:
+    async def _check_resources(self, args: ModelAppArgs, replicas: int | None = None) -> None:
         # Serve would leave replicas pending forever (requests to them hang): refuse up front.
         if self.settings.wait_for_resources:
             return
         available = await asyncio.to_thread(ray.available_resources)
-        problem = missing_resources(args, available)
+        total_gpus = (await asyncio.to_thread(ray.cluster_resources)).get("GPU", 0.0)
+        gpus = decide_gpus(args.resources, total_gpus, args.model.name).num_gpus
+        problem = missing_resources(args, available, replicas, gpus)
         if problem:
             raise InsufficientResourcesError(problem)
 
@@ -177,7 +180,10 @@ class ModelManager:
         resources = args.resources.model_copy(
             update={"num_replicas": low, "max_replicas": high if high > low else None}
         )
+        extra = max(0, low - args.resources.num_replicas)
         args = args.model_copy(update={"resources": resources})
+        if extra:
+            await self._check_resources(args, replicas=extra)
         entry = entry.model_copy(
             update={"args": args.model_dump(mode="json"), "min_workers": low, "max_workers": high}
         )

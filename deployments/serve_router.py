@@ -86,14 +86,18 @@ class ServeRouter:
             except Exception:  # keep polling; the next round may succeed
                 logger.exception("Refreshing the model table failed")
 
-    async def _ensure_started(self) -> None:
+    async def start(self) -> None:
+        """Begin refreshing the model table in the background."""
         if self._poller is None:
             self._poller = asyncio.get_running_loop().create_task(self._poll_forever())
-            await self.refresh()
+            try:
+                await self.refresh()
+            except Exception:  # Serve may still be starting; the poller retries
+                logger.exception("First refresh of the model table failed")
 
     async def lookup(self, model: str, version: str | None) -> ModelVersionState:
         """Find a ready version, refreshing once if the table does not know it yet."""
-        await self._ensure_started()
+        await self.start()
         try:
             return self._table.lookup(model, version)
         except (ModelNotFoundError, ModelNotReadyError):
