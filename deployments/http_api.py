@@ -124,8 +124,11 @@ def create_app(settings: IngressArgs, router: Router) -> FastAPI:
             *(router.predict(model, version, i.data, i.content_type) for i in inputs)
         )
         content = answers[0].result if len(answers) == 1 else [a.result for a in answers]
-        batch_sizes = ",".join(str(a.batch_size) for a in answers)
-        return JSONResponse(content, headers={"x-batch-size": batch_sizes})
+        headers = {
+            "x-batch-size": ",".join(str(a.batch_size) for a in answers),
+            "x-model-version": answers[0].version,
+        }
+        return JSONResponse(content, headers=headers)
 
     async def predictions(model_name: str, request: Request) -> JSONResponse:
         """Predict with the model's default version."""

@@ -10,10 +10,14 @@ from handlers.errors import RaytorchError
 
 @dataclass(frozen=True)
 class Answer:
-    """A prediction and the size of the batch it ran in (sent as ``x-batch-size``)."""
+    """A prediction, the size of the batch it ran in and the version that answered.
+
+    Sent to clients as the ``x-batch-size`` and ``x-model-version`` headers.
+    """
 
     result: Any
     batch_size: int
+    version: str = ""
 
 
 @dataclass(frozen=True)

@@ -218,6 +218,8 @@ class ModelManager:
     async def set_default(self, model: str, version: str) -> dict[str, str]:
         """Make ``version`` the one /predictions/{model} uses."""
         self.registry.set_default(model, version)
+        # Answer once every ingress routes to the new default, as TorchServe's call implies.
+        await asyncio.sleep(self.settings.propagation_s)
         return {"status": f'Default version updated for model "{model}" to "{version}"'}
 
     async def unregister(self, model: str, version: str | None) -> dict[str, str]:
@@ -241,7 +243,7 @@ class ModelManager:
         self.draining.add((model, version))
         try:
             if drain:
-                await asyncio.sleep(self.settings.drain_s)
+                await asyncio.sleep(self.settings.propagation_s)
             await asyncio.to_thread(serve.delete, app_name, _blocking=False)
             if version in self._registered(model):
                 self.registry.remove(model, version)

@@ -9,6 +9,7 @@ ready are dropped at once (a call through a handle of an app being deleted would
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -138,7 +139,7 @@ class ServeRouter:
             raise
         if isinstance(result, Rejected):
             raise result.error
-        return result
+        return dataclasses.replace(result, version=state.version)
 
     def unhealthy_models(self) -> dict[str, str]:
         """Model versions without a ready replica in the latest snapshot."""

@@ -104,8 +104,14 @@ class ManagementArgs(StrictModel):
     register_timeout_s: float = Field(
         120.0, gt=0, le=3600, description="How long a synchronous register waits for readiness."
     )
-    drain_s: float = Field(
-        2.5, ge=0, le=60, description="Pause between hiding a version from the ingress and deleting it."
+    propagation_s: float = Field(
+        2.0,
+        ge=0,
+        le=60,
+        description=(
+            "Time for every ingress to see a routing change (> its discovery_interval_s): "
+            "set-default returns after it, and unregister waits it before deleting the app."
+        ),
     )
     default_num_cpus: float = Field(
         0.5, ge=0, description="CPUs per replica of a registered model unless `num_cpus=` is given."

@@ -35,7 +35,7 @@ class LocalRouter:
             raise ModelNotFoundError(f"Model not found: {model}")
         handler = self.handlers[model]
         item = await asyncio.to_thread(handler.preprocess, body, content_type)
-        return Answer(handler.predict_batch([item])[0], 1)
+        return Answer(handler.predict_batch([item])[0], 1, version or "1.0")
 
     def unhealthy_models(self) -> dict[str, str]:
         return dict(self.down)
@@ -69,6 +69,7 @@ def test_raw_body_post_and_put(client: TestClient, cat_png: bytes) -> None:
         assert len(response.json()) == 3
         assert response.headers["x-request-id"]
         assert response.headers["x-batch-size"] == "1"
+        assert response.headers["x-model-version"] == "1.0"
 
 
 def test_version_route(client: TestClient, cat_png: bytes) -> None:
