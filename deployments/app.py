@@ -12,24 +12,38 @@ from deployments.ingress import Ingress
 from deployments.management import ManagementDeployment
 from deployments.model import ModelDeployment
 from deployments.placement import cluster_gpu_count, decide_gpus
-from deployments.settings import IngressArgs, ManagementArgs, ModelAppArgs, model_deployment_name
+from deployments.settings import (
+    IngressArgs,
+    ManagementArgs,
+    ModelAppArgs,
+    ResourcesConfig,
+    model_deployment_name,
+)
+
+
+def replica_options(resources: ResourcesConfig, batch_size: int) -> dict:
+    """Fixed replicas, or Serve autoscaling between num_replicas and max_replicas.
+
+    Zero workers (TorchServe's min_worker=0) is expressed as autoscaling with a floor of 0,
+    since Serve's Python API refuses num_replicas=0.
+    """
+    if not resources.max_replicas and resources.num_replicas > 0:
+        return {"num_replicas": resources.num_replicas}
+    return {
+        "autoscaling_config": {
+            "min_replicas": resources.num_replicas,
+            "initial_replicas": resources.num_replicas,
+            "max_replicas": resources.max_replicas or 1,
+            "target_ongoing_requests": batch_size,
+        }
+    }
 
 
 def build_model(args: ModelAppArgs) -> Application:
     """One model version as its own application (no HTTP route: the ingress calls it)."""
     spec, resources = args.model, args.resources
     gpus = decide_gpus(resources, cluster_gpu_count(), spec.name)
-    if resources.max_replicas:
-        replicas: dict = {
-            "autoscaling_config": {
-                "min_replicas": resources.num_replicas,
-                "initial_replicas": max(resources.num_replicas, 1),
-                "max_replicas": resources.max_replicas,
-                "target_ongoing_requests": args.batching.max_batch_size,
-            }
-        }
-    else:
-        replicas = {"num_replicas": resources.num_replicas}
+    replicas = replica_options(resources, args.batching.max_batch_size)
     deployment = ModelDeployment.options(
         name=model_deployment_name(spec.name, spec.version),
         **replicas,

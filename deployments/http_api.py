@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from typing import Protocol
 
 from fastapi import FastAPI, Request
@@ -19,13 +18,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.auth import check_bearer
 from deployments.messages import Answer
+from deployments.observability import REQUEST_ID_HEADER, install_observability
 from deployments.request_body import read_inputs
 from deployments.settings import IngressArgs
 from handlers.errors import RaytorchError
 
 logger = logging.getLogger("raytorch.ingress")
-
-REQUEST_ID_HEADER = "x-request-id"
 
 
 class Router(Protocol):
@@ -36,6 +34,9 @@ class Router(Protocol):
 
     def unhealthy_models(self) -> dict[str, str]:
         """Models without a ready replica, mapped to the reason."""
+
+    def ready_replicas(self) -> dict[tuple[str, str], int]:
+        """(model, version) -> replicas able to serve."""
 
     async def token(self) -> str:
         """The bearer token inference requires when ``inference_auth`` is on."""
@@ -71,7 +72,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        request_id = request.headers.get(REQUEST_ID_HEADER, "-")
+        request_id = getattr(request.state, "request_id", None) or request.headers.get(REQUEST_ID_HEADER, "-")
         logger.exception(
             "Unexpected error in request %s %s (request id %s)", request.method, request.url.path, request_id
         )
@@ -91,14 +92,7 @@ def create_app(settings: IngressArgs, router: Router) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
-
-    @app.middleware("http")
-    async def _request_id(request: Request, call_next):  # type: ignore[no-untyped-def]
-        # Ray's proxy sets x-request-id on the way in and out; in-process we add our own.
-        response = await call_next(request)
-        if REQUEST_ID_HEADER not in request.headers and REQUEST_ID_HEADER not in response.headers:
-            response.headers[REQUEST_ID_HEADER] = str(uuid.uuid4())
-        return response
+    install_observability(app, settings, router)
 
     @app.get("/ping", summary="Health of the server and its models")
     async def ping() -> JSONResponse:
@@ -116,13 +110,19 @@ def create_app(settings: IngressArgs, router: Router) -> FastAPI:
         return JSONResponse(app.openapi())
 
     async def _predict(model: str, version: str | None, request: Request) -> JSONResponse:
+        request.state.model, request.state.version = model, version  # for metrics and the access log
         if settings.inference_auth:
             check_bearer(request.headers.get("authorization"), await router.token())
         inputs = await read_inputs(request, settings.max_body_bytes)
         # Several multipart 'data' fields are predicted together, so they can share a batch.
-        answers = await asyncio.gather(
-            *(router.predict(model, version, i.data, i.content_type) for i in inputs)
-        )
+        try:
+            answers = await asyncio.gather(
+                *(router.predict(model, version, i.data, i.content_type) for i in inputs)
+            )
+        except RaytorchError as exc:
+            request.state.version = getattr(exc, "model_version", None) or version
+            raise
+        request.state.answers = answers
         content = answers[0].result if len(answers) == 1 else [a.result for a in answers]
         headers = {
             "x-batch-size": ",".join(str(a.batch_size) for a in answers),

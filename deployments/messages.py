@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from handlers.errors import RaytorchError
@@ -18,6 +18,9 @@ class Answer:
     result: Any
     batch_size: int
     version: str = ""
+    # Seconds spent per stage in the replica: preprocess, queue (waiting for a batch), inference.
+    timings: dict[str, float] = field(default_factory=dict)
+    load_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from ray import serve
@@ -31,7 +32,12 @@ class ModelDeployment:
             logger.warning(placement_note)
         self._placement_note = placement_note
         self._handler = create_handler(self._spec)
-        self._handler.load()
+        try:
+            self._handler.load()
+        except Exception as exc:
+            # Logged with the reason here; Serve also shows it in the application's status.
+            logger.error("Model %s version %s failed to load: %s", self._spec.name, self._spec.version, exc)
+            raise
         logger.info(
             "Model %s version %s ready on %s (handler %s)",
             self._spec.name,
@@ -48,17 +54,31 @@ class ModelDeployment:
 
     async def predict(self, body: bytes, content_type: str | None = None) -> Answer | Rejected:
         """Answer one request; bad input is refused here, before it can join a batch."""
+        started = time.perf_counter()
         try:
             item = await asyncio.to_thread(self._handler.preprocess, body, content_type)
-            return await self._run_batch(item)
+            queued = time.perf_counter()
+            answer = await self._run_batch((item, queued))
         except RaytorchError as exc:
             return Rejected(exc)
+        answer.timings["preprocess_s"] = queued - started
+        return answer
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _run_batch(self, items: list[Any]) -> list[Answer]:
+    async def _run_batch(self, entries: list[tuple[Any, float]]) -> list[Answer]:
+        batch_started = time.perf_counter()
         # Off the event loop, so requests keep arriving and the next batch forms meanwhile.
-        results = await asyncio.to_thread(self._handler.predict_batch, items)
-        return [Answer(result, len(items)) for result in results]
+        results = await asyncio.to_thread(self._handler.predict_batch, [item for item, _ in entries])
+        inference_s = time.perf_counter() - batch_started
+        return [
+            Answer(
+                result,
+                len(entries),
+                timings={"queue_s": batch_started - queued, "inference_s": inference_s},
+                load_seconds=self._handler.load_seconds,
+            )
+            for result, (_, queued) in zip(results, entries, strict=True)
+        ]
 
     def describe(self) -> dict[str, Any]:
         """What this replica runs: for management and debugging."""

@@ -131,12 +131,21 @@ class ModelTable:
         detail = f": {state.message}" if state.message else ""
         if state.app_status == "DEPLOY_FAILED":
             return f'Model "{state.model}" version {state.version} failed to start{detail}'
+        if state.app_status == "RUNNING" and state.running_replicas == 0:
+            return (
+                f'Model "{state.model}" version {state.version} has no worker to serve inference request. '
+                f"Add workers with PUT /models/{state.model}/{state.version}?min_worker=1"
+            )
         if state.app_status == "DELETING":
             return f'Model "{state.model}" version {state.version} is being unregistered'
         return (
             f'Model "{state.model}" version {state.version} has no ready replica yet '
             f"(application {state.app_status}){detail}"
         )
+
+    def ready_replicas(self) -> dict[tuple[str, str], int]:
+        """(model, version) -> running replicas, for the replicas-ready gauge."""
+        return {(s.model, s.version): s.running_replicas for v in self.versions.values() for s in v.values()}
 
     def unhealthy(self) -> dict[str, str]:
         """Model versions without a ready replica, keyed 'model/version'."""

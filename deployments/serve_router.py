@@ -138,8 +138,13 @@ class ServeRouter:
                 raise (cause if isinstance(cause, RaytorchError) else exc) from None
             raise
         if isinstance(result, Rejected):
+            result.error.model_version = state.version  # for the metrics' version label
             raise result.error
         return dataclasses.replace(result, version=state.version)
+
+    def ready_replicas(self) -> dict[tuple[str, str], int]:
+        """Running replicas per model version in the latest snapshot."""
+        return self._table.ready_replicas()
 
     def unhealthy_models(self) -> dict[str, str]:
         """Model versions without a ready replica in the latest snapshot."""

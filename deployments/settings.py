@@ -142,3 +142,7 @@ class IngressArgs(StrictModel):
     inference_auth: bool = Field(
         False, description="Require the management bearer token on inference routes too."
     )
+    access_log: Literal["text", "json", "off"] = Field(
+        "text", description="One line per request to stdout and <log_dir>/access.log."
+    )
+    log_dir: str = Field(".raytorch/logs", description="Where access.log goes (env RAYTORCH_LOG_DIR wins).")

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -77,8 +78,14 @@ def load_config(name: str) -> dict:
 
 
 @contextlib.contextmanager
-def serve_run(config: dict, extra_env: dict[str, str] | None = None) -> Iterator[ServeCluster]:
-    """Start ``serve run`` on ``config`` and stop it (and only it) afterwards."""
+def serve_run(
+    config: dict, extra_env: dict[str, str] | None = None, launcher_args: list[str] | None = None
+) -> Iterator[ServeCluster]:
+    """Start ``serve run`` on ``config`` and stop it (and only it) afterwards.
+
+    With ``launcher_args``, start through ``python -m deployments.launch`` (what `make serve`
+    runs: Ray first, with fixed metrics/dashboard ports, then Serve's own `serve run`).
+    """
     # Short path: Ray's unix sockets live under RAY_TMPDIR and have a length limit.
     workdir = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
     port = free_port()
@@ -87,9 +94,12 @@ def serve_run(config: dict, extra_env: dict[str, str] | None = None) -> Iterator
     env = {**os.environ, "RAY_TMPDIR": str(workdir), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)  # never attach to somebody else's cluster
     serve = shutil.which("serve", path=env.get("PATH")) or "serve"
+    command = [serve, "run", str(config_path)]
+    if launcher_args is not None:
+        command = [sys.executable, "-m", "deployments.launch", str(config_path), *launcher_args]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [serve, "run", str(config_path)],
+            command,
             cwd=ROOT,
             env=env,
             stdout=log,

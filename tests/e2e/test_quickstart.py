@@ -10,31 +10,14 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run
+from tests.e2e.conftest import BODY_LIMIT
+from tests.e2e.serve_cluster import ServeCluster
 
 pytestmark = pytest.mark.e2e
 
-BODY_LIMIT = 1_000_000
 
-
-@pytest.fixture(scope="module")
-def cluster(cat_png: bytes) -> ServeCluster:
-    config = load_config("quickstart.yaml")
-    ingress = next(a for a in config["applications"] if a["name"] == "ingress")
-    ingress["args"]["max_body_bytes"] = BODY_LIMIT
-    with serve_run(config) as running:
-
-        def first_prediction() -> bool:
-            with running.client() as client:
-                return client.put("/predictions/efficientnet_lite0", content=cat_png).status_code == 200
-
-        seconds = running.wait_for(first_prediction, timeout=240, what="the first prediction")
-        print(f"\nserve run -> first prediction: {seconds:.1f}s")
-        yield running
-
-
-def test_cat_and_coffee_get_real_labels(cluster: ServeCluster, cat_png: bytes, coffee_png: bytes) -> None:
-    with cluster.client() as client:
+def test_cat_and_coffee_get_real_labels(quickstart: ServeCluster, cat_png: bytes, coffee_png: bytes) -> None:
+    with quickstart.client() as client:
         cat = client.put("/predictions/efficientnet_lite0", content=cat_png)  # curl -T
         coffee = client.post("/predictions/efficientnet_lite0/1.0", files={"data": ("c.png", coffee_png)})
     assert cat.status_code == 200 and coffee.status_code == 200
@@ -52,7 +35,7 @@ def _truncated_jpeg(data: bytes) -> bytes:
     return buffer.getvalue()[:4000]
 
 
-def test_bad_inputs_fail_alone_while_batch_mates_succeed(cluster: ServeCluster, cat_png: bytes) -> None:
+def test_bad_inputs_fail_alone_while_batch_mates_succeed(quickstart: ServeCluster, cat_png: bytes) -> None:
     bad = {
         "not an image": (b"hello, world", None, 400),
         "empty": (b"", None, 400),
@@ -65,7 +48,7 @@ def test_bad_inputs_fail_alone_while_batch_mates_succeed(cluster: ServeCluster, 
     def send(job: tuple) -> tuple[str, httpx.Response]:
         name, body, content_type, _ = job
         headers = {"content-type": content_type} if content_type else {}
-        with cluster.client() as client:
+        with quickstart.client() as client:
             return name, client.post("/predictions/efficientnet_lite0", content=body, headers=headers)
 
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
@@ -79,13 +62,13 @@ def test_bad_inputs_fail_alone_while_batch_mates_succeed(cluster: ServeCluster, 
         else:
             assert next(iter(response.json())) in {"tiger cat", "Egyptian cat", "tabby"}
     # The replica survived: the next request is answered normally.
-    with cluster.client() as client:
+    with quickstart.client() as client:
         assert client.put("/predictions/efficientnet_lite0", content=cat_png).status_code == 200
 
 
-def test_concurrent_requests_form_batches(cluster: ServeCluster, cat_png: bytes) -> None:
+def test_concurrent_requests_form_batches(quickstart: ServeCluster, cat_png: bytes) -> None:
     def send(_: int) -> httpx.Response:
-        with cluster.client() as client:
+        with quickstart.client() as client:
             return client.post("/predictions/efficientnet_lite0", content=cat_png)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -95,8 +78,8 @@ def test_concurrent_requests_form_batches(cluster: ServeCluster, cat_png: bytes)
     assert max(sizes) > 1, f"no batch formed under concurrency 16: {sizes}"
 
 
-def test_unknown_model_health_and_api_description(cluster: ServeCluster, cat_png: bytes) -> None:
-    with cluster.client() as client:
+def test_unknown_model_health_and_api_description(quickstart: ServeCluster, cat_png: bytes) -> None:
+    with quickstart.client() as client:
         missing = client.post("/predictions/nosuch", content=cat_png)
         assert missing.status_code == 404 and missing.json()["type"] == "ModelNotFoundException"
         assert client.get("/ping").json() == {"status": "Healthy"}

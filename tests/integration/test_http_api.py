@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -40,6 +41,9 @@ class LocalRouter:
     def unhealthy_models(self) -> dict[str, str]:
         return dict(self.down)
 
+    def ready_replicas(self) -> dict[tuple[str, str], int]:
+        return {(name, "1.0"): 0 if name in self.down else 1 for name in self.handlers}
+
 
 @pytest.fixture(scope="module")
 def router() -> LocalRouter:
@@ -49,9 +53,10 @@ def router() -> LocalRouter:
 
 
 @pytest.fixture
-def client(router: LocalRouter) -> TestClient:
+def client(router: LocalRouter, tmp_path) -> TestClient:
     router.down.clear()
-    return TestClient(create_app(IngressArgs(max_body_bytes=LIMIT), router))
+    settings = IngressArgs(max_body_bytes=LIMIT, log_dir=str(tmp_path), access_log="json")
+    return TestClient(create_app(settings, router))
 
 
 def assert_error(response, status: int, type_name: str, fragment: str) -> None:
@@ -164,3 +169,35 @@ def test_api_description(client: TestClient) -> None:
     for response in (client.get("/api-description"), client.options("/")):
         paths = response.json()["paths"]
         assert "/predictions/{model_name}" in paths and "/ping" in paths
+
+
+def test_metrics_count_requests_with_labels(client: TestClient, cat_png: bytes) -> None:
+    for _ in range(3):
+        client.post("/predictions/tiny", content=cat_png)
+    client.post("/predictions/tiny", content=b"junk")
+    client.post("/predictions/made-up-name", content=cat_png)
+    text = client.get("/metrics").text
+    assert 'ts_inference_requests_total{hostname="' in text
+    assert 'raytorch_requests_total{code="200",model_name="tiny",model_version="1.0"} 3.0' in text
+    assert 'raytorch_requests_total{code="400",model_name="tiny",model_version="-"} 1.0' in text
+    assert "made-up-name" not in text  # unknown names share one series
+    assert 'raytorch_batch_size_count{model_name="tiny",model_version="1.0"} 3.0' in text
+    assert 'raytorch_replicas_ready{model_name="tiny",model_version="1.0"} 1.0' in text
+
+
+def test_metrics_name_filter(client: TestClient, cat_png: bytes) -> None:
+    client.post("/predictions/tiny", content=cat_png)
+    text = client.get("/metrics", params={"name[]": ["ts_inference_requests_total"]}).text
+    assert "ts_inference_requests_total" in text
+    assert "raytorch_" not in text and "ts_queue_latency" not in text
+
+
+def test_access_log_lines_carry_the_request_id(client: TestClient, cat_png: bytes, tmp_path) -> None:
+    response = client.post("/predictions/tiny", content=cat_png)
+    missing = client.post("/predictions/nosuch", content=cat_png)
+    lines = [json.loads(line) for line in (tmp_path / "access.log").read_text().splitlines()]
+    by_id = {line["request_id"]: line for line in lines}
+    ok = by_id[response.headers["x-request-id"]]
+    assert (ok["status"], ok["model"], ok["version"], ok["batch_size"]) == (200, "tiny", "1.0", "1")
+    assert ok["method"] == "POST" and ok["path"] == "/predictions/tiny" and ok["latency_ms"] > 0
+    assert by_id[missing.headers["x-request-id"]]["status"] == 404

@@ -24,3 +24,13 @@ def test_required_policy_keeps_the_request() -> None:
 def test_cpu_models_are_untouched() -> None:
     decision = decide_gpus(ResourcesConfig(), cluster_gpus=4, model="m")
     assert decision.num_gpus == 0 and decision.note is None
+
+
+def test_replica_options_fixed_autoscaled_and_zero() -> None:
+    from deployments.app import replica_options
+
+    assert replica_options(ResourcesConfig(num_replicas=2), 8) == {"num_replicas": 2}
+    scaled = replica_options(ResourcesConfig(num_replicas=1, max_replicas=4), 8)["autoscaling_config"]
+    assert (scaled["min_replicas"], scaled["max_replicas"], scaled["target_ongoing_requests"]) == (1, 4, 8)
+    zero = replica_options(ResourcesConfig(num_replicas=0), 8)["autoscaling_config"]
+    assert (zero["min_replicas"], zero["initial_replicas"]) == (0, 0)

@@ -1,0 +1,51 @@
+"""Start a local Ray cluster the way `make serve` wants it, then `serve run` a config.
+
+``serve run`` starts Ray with defaults: Ray's own Prometheus metrics land on a random port.
+This starts Ray first (metrics on a fixed port, dashboard on 127.0.0.1) and then hands over
+to Serve's own ``serve run`` command, which sees Ray running and uses it::
+
+    python -m deployments.launch configs/quickstart.yaml --metrics-port 8080
+
+SIGTERM (or Ctrl-C) stops ``serve run`` and the local cluster with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options of the launcher."""
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.launch", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("config", help="a Serve config file, e.g. configs/quickstart.yaml")
+    parser.add_argument("--metrics-port", type=int, default=8080, help="Ray's Prometheus metrics port")
+    parser.add_argument("--dashboard-port", type=int, default=8265, help="Ray dashboard port (on 127.0.0.1)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start Ray, then run ``serve run CONFIG`` in this process until stopped."""
+    args = parse_args(argv)
+    import ray
+    from ray.serve.scripts import cli
+
+    ray.init(
+        namespace="serve",
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=args.dashboard_port,
+        _metrics_export_port=args.metrics_port,
+    )
+    print(
+        f"Ray metrics: http://127.0.0.1:{args.metrics_port}/metrics  "
+        f"dashboard: http://127.0.0.1:{args.dashboard_port}",
+        flush=True,
+    )
+    return cli.main(args=["run", args.config], prog_name="serve", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
