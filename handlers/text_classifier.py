@@ -42,7 +42,7 @@ class TextClassifier(TopKClassifier):
 
     def load(self) -> None:
         # The vocabulary first: warm-up (inside the base load) already tokenizes.
-        ids = read_vocabulary(resolve_path(self.options.vocab))
+        ids = read_vocabulary(resolve_path(self.options.vocab, self.spec.base_dir))
         self.vocabulary = Vocabulary(ids, lowercase=self.options.lowercase)
         super().load()
 
