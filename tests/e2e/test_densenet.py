@@ -27,7 +27,8 @@ def _model_app(base: dict, name: str, **changes: object) -> dict:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> ServeCluster:
     config = load_config("densenet.yaml")
-    ingress, densenet = config["applications"]
+    apps = {a["name"]: a for a in config["applications"]}
+    ingress, densenet = apps["ingress"], apps["densenet161"]
     ingress["args"]["request_timeout_s"] = INGRESS_TIMEOUT_S
     random_weights = _model_app(densenet, "densenet161")
     random_weights["args"]["model"]["source"]["weights"] = None
