@@ -85,3 +85,20 @@ def test_unknown_model_health_and_api_description(quickstart: ServeCluster, cat_
         assert client.get("/ping").json() == {"status": "Healthy"}
         paths = client.get("/api-description").json()["paths"]
         assert "/predictions/{model_name}/{model_version}" in paths
+
+
+def test_cli_predict_prints_top_labels(quickstart: ServeCluster) -> None:
+    """The blog's query.sh experience: `raytorch predict IMAGE` prints 'label: percent' lines."""
+    import subprocess
+    import sys
+
+    from tests.conftest import photo_path
+
+    result = subprocess.run(
+        [sys.executable, "-m", "raytorch.cli", "--server", quickstart.base_url, "predict",
+         str(photo_path("chelsea.png")), "--model", "efficientnet_lite0", "--top", "3"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3
+    assert lines[0].split(":")[0] in {"tiger cat", "Egyptian cat", "tabby"} and lines[0].endswith("%")
