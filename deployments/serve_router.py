@@ -107,6 +107,18 @@ class ServeRouter:
         await self.refresh()
         return self._table.lookup(model, version)
 
+    async def versions(self, model: str) -> list[str]:
+        """Versions of ``model`` that Serve knows (ready or not); 404 when there are none."""
+        await self.start()
+        if (
+            model not in self._table.versions
+            and time.monotonic() - self._refreshed_at >= MIN_FORCED_REFRESH_GAP_S
+        ):
+            await self.refresh()
+        if model not in self._table.versions:
+            raise ModelNotFoundError(f"Model not found: {model}")
+        return sorted(self._table.versions[model])
+
     def _handle(self, state: ModelVersionState) -> Any:
         key = (state.app_name, state.deployment_name)
         if key not in self._handles:
