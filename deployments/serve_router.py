@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
 from deployments.messages import Answer, Rejected
@@ -25,6 +26,7 @@ from handlers.errors import ModelNotFoundError, ModelNotReadyError, RaytorchErro
 logger = logging.getLogger("ray.serve")
 
 OVERLOAD_RETRY_AFTER_S = 1.0
+REPLICA_LOST_RETRY_AFTER_S = 2.0
 MIN_FORCED_REFRESH_GAP_S = 0.25
 ROUTING_TIMEOUT_S = 2.0
 MANAGEMENT_APP = "management"
@@ -140,6 +142,13 @@ class ServeRouter:
             raise ModelNotReadyError(
                 f'Model "{model}" is overloaded: its queue is full. Retry later.',
                 retry_after_s=OVERLOAD_RETRY_AFTER_S,
+            ) from None
+        except RayActorError:
+            # The replica died with this request in it (crash, OOM kill); Serve is replacing it.
+            logger.warning('A replica of model "%s" died while serving a request', model)
+            raise ModelNotReadyError(
+                f'Model "{model}" lost the replica serving this request; a new one is starting. Retry.',
+                retry_after_s=REPLICA_LOST_RETRY_AFTER_S,
             ) from None
         except (DeploymentUnavailableError, RayServeException) as exc:
             raise ModelNotReadyError(f'Model "{model}" is unavailable: {exc}', retry_after_s=5) from None

@@ -214,11 +214,13 @@ def test_overload_gets_fast_503_and_accepted_requests_finish(cluster: ServeClust
         r.headers.get("retry-after") and r.json()["type"] == "ServiceUnavailableException"
         for _, r in rejected
     )
-    assert max(s for s, _ in rejected) < 3.0, "a full queue must be refused at once, not after waiting"
-    assert max(accepted) < 4.0, "accepted requests wait at most for the bounded queue ahead of them"
+    # Unbounded, the last of 30 would wait 30 x 0.5 = 15 s. Bounds are loose because CI
+    # machines are shared; they still fail if requests queue without bound.
+    assert max(s for s, _ in rejected) < 6.0, "a full queue must be refused at once, not after waiting"
+    assert max(accepted) < 8.0, "accepted requests wait at most for the bounded queue ahead of them"
     # Another model on the same server is not held up by the overloaded one.
     tiny_seconds = sorted(s for status, s, _ in tiny_results if status == 200)
-    assert len(tiny_seconds) == 20 and tiny_seconds[-1] < 3.0, tiny_results
+    assert len(tiny_seconds) == 20 and tiny_seconds[-1] < 6.0, tiny_results
 
 
 def test_killed_model_replica_is_restarted_and_nothing_hangs(cluster: ServeCluster, cat_png: bytes) -> None:
@@ -294,7 +296,7 @@ def test_killed_management_comes_back_with_its_registry(cluster: ServeCluster, c
     # Inference does not depend on management: it keeps answering during the outage.
     for _ in range(5):
         status, seconds, _ = _timed(cluster, "POST", "/predictions/registered", content=cat_png)
-        assert status == 200 and seconds < 3
+        assert status == 200 and seconds < REQUEST_TIMEOUT_S
 
     def back() -> bool:
         with cluster.client() as client:
