@@ -36,6 +36,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TINY = {"factory": "tests.fixtures.models:tiny_classifier"}
 SMALL = {"resize": 64, "crop": 56}
 MAX_GROWTH = 0.05
+PAUSE = threading.Event()  # set while memory is measured: the churner waits
 # What each kind of request may answer. The churned model comes and goes, so 404 and 503 are
 # expected for it; everything else must succeed.
 EXPECTED = {
@@ -80,27 +81,35 @@ class Recorder:
         }
 
 
-def stack_memory(cluster: ServeCluster) -> tuple[int, int, int]:
-    """(RSS bytes, PSS bytes, process count) summed over every process of this cluster."""
-    marker = f"RAY_TMPDIR={cluster.workdir}".encode()
-    rss = pss = count = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+class Memory:
+    """Resident (RSS) and proportional (PSS) memory of every process of one cluster."""
+
+    def __init__(self, cluster: ServeCluster) -> None:
+        marker = f"RAY_TMPDIR={cluster.workdir}".encode()
+        # pid -> (title, rss, pss); keyed by pid because Ray retitles busy workers per task
+        self.by_pid: dict[int, tuple[str, int, int]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
                 continue
-            fields = dict(
-                line.split(":", 1)
-                for line in (entry / "smaps_rollup").read_text().splitlines()[1:]
-                if ":" in line
-            )
-        except OSError:  # exited meanwhile
-            continue
-        rss += int(fields["Rss"].split()[0]) * 1024
-        pss += int(fields["Pss"].split()[0]) * 1024
-        count += 1
-    return rss, pss, count
+            try:
+                if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                    continue
+                args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                title = " ".join(Path(a).name for a in args[:2])[:60]
+                rollup = (entry / "smaps_rollup").read_text().splitlines()[1:]
+            except OSError:  # exited meanwhile
+                continue
+            fields = dict(line.split(":", 1) for line in rollup if ":" in line)
+            kib = (int(fields[k].split()[0]) * 1024 for k in ("Rss", "Pss"))
+            self.by_pid[int(entry.name)] = (title, *kib)
+
+    @property
+    def rss(self) -> int:
+        return sum(v[1] for v in self.by_pid.values())
+
+    @property
+    def pss(self) -> int:
+        return sum(v[2] for v in self.by_pid.values())
 
 
 def build_config(store: Path) -> dict:
@@ -153,6 +162,8 @@ def churner(cluster: ServeCluster, rec: Recorder, stop: threading.Event, quiet: 
     """Register, use and unregister a model in a loop; ``quiet`` is set while it is unregistered."""
     with cluster.client(timeout=180) as client:
         while not stop.is_set():
+            while PAUSE.is_set() and not stop.is_set():
+                time.sleep(0.2)
             quiet.clear()
             if (
                 rec.call("register", client, "POST", "/models?url=churn.zip&num_cpus=0.1", headers=AUTH)
@@ -164,10 +175,20 @@ def churner(cluster: ServeCluster, rec: Recorder, stop: threading.Event, quiet: 
             time.sleep(1)
 
 
-def measure_quiet(cluster: ServeCluster, quiet: threading.Event) -> tuple[int, int, int]:
-    """Memory while the churned model is unregistered, so both samples see the same apps."""
-    quiet.wait(timeout=120)
-    return stack_memory(cluster)
+def measure_quiet(cluster: ServeCluster, quiet: threading.Event) -> Memory:
+    """Memory while the churned model is unregistered and its replica gone, so both samples
+    see the same processes."""
+    PAUSE.set()
+    try:
+        quiet.wait(timeout=120)
+        for _ in range(120):
+            memory = Memory(cluster)
+            if not any("churn" in t or "graceful_shutdown" in t for t, _, _ in memory.by_pid.values()):
+                break
+            time.sleep(0.5)
+        return memory
+    finally:
+        PAUSE.clear()
 
 
 def main() -> int:
@@ -221,7 +242,7 @@ def _ready(cluster: ServeCluster, image: bytes) -> bool:
         return True
 
 
-def report(rec: Recorder, start: tuple[int, int, int], end: tuple[int, int, int], elapsed: float) -> int:
+def report(rec: Recorder, start: Memory, end: Memory, elapsed: float) -> int:
     print(f"\n{'kind':<14} {'requests':>8} {'p50 ms':>8} {'p99 ms':>8}  outcomes")
     for kind in sorted(rec.statuses):
         seconds = sorted(rec.seconds[kind])
@@ -229,13 +250,18 @@ def report(rec: Recorder, start: tuple[int, int, int], end: tuple[int, int, int]
         p99 = seconds[min(len(seconds) - 1, int(0.99 * len(seconds)))] * 1000
         outcomes = ", ".join(f"{o}: {n}" for o, n in sorted(rec.statuses[kind].items()))
         print(f"{kind:<14} {len(seconds):>8} {p50:>8.0f} {p99:>8.0f}  {outcomes}")
-    growth = (end[0] - start[0]) / start[0]
+    growth = (end.rss - start.rss) / start.rss
     mib = 1024 * 1024
-    print(f"\nmeasured for {elapsed:.0f}s after warm-up")
-    for label, i in (("RSS", 0), ("PSS", 1)):
-        change = (end[i] - start[i]) / start[i]
-        print(f"{label}  start {start[i] / mib:8.0f} MiB  end {end[i] / mib:8.0f} MiB  growth {change:+.2%}")
-    print(f"processes  start {start[2]}  end {end[2]}")
+    print(f"\nmeasured for {elapsed:.0f}s after warm-up; processes {len(start.by_pid)} -> {len(end.by_pid)}")
+    for label, first, last in (("RSS", start.rss, end.rss), ("PSS", start.pss, end.pss)):
+        change = (last - first) / first
+        print(f"{label}  start {first / mib:8.0f} MiB  end {last / mib:8.0f} MiB  growth {change:+.2%}")
+    print("largest PSS changes by process:")
+    pids = set(start.by_pid) | set(end.by_pid)
+    delta = {p: end.by_pid.get(p, ("", 0, 0))[2] - start.by_pid.get(p, ("", 0, 0))[2] for p in pids}
+    for pid in sorted(delta, key=lambda p: -abs(delta[p]))[:6]:
+        title = (end.by_pid.get(pid) or start.by_pid[pid])[0]
+        print(f"  {delta[pid] / mib:+7.1f} MiB  pid {pid} {title}")
     unexpected = rec.unexpected()
     if unexpected:
         print(f"UNEXPECTED answers: {unexpected}")
