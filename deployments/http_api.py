@@ -19,7 +19,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deployments.auth import check_bearer
 from deployments.messages import Answer
 from deployments.observability import REQUEST_ID_HEADER, install_observability
-from deployments.request_body import read_inputs
+from deployments.open_inference import add_open_inference_routes
+from deployments.request_body import check_names, read_inputs
 from deployments.settings import IngressArgs
 from handlers.errors import RaytorchError
 
@@ -40,6 +41,9 @@ class Router(Protocol):
 
     async def token(self) -> str:
         """The bearer token inference requires when ``inference_auth`` is on."""
+
+    async def versions(self, model: str) -> list[str]:
+        """Known versions of a model, oldest first; ModelNotFoundError when it has none."""
 
 
 def error_response(
@@ -109,10 +113,14 @@ def create_app(settings: IngressArgs, router: Router) -> FastAPI:
     async def api_description_options() -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    async def _predict(model: str, version: str | None, request: Request) -> JSONResponse:
-        request.state.model, request.state.version = model, version  # for metrics and the access log
+    async def authorize(request: Request) -> None:
         if settings.inference_auth:
             check_bearer(request.headers.get("authorization"), await router.token())
+
+    async def _predict(model: str, version: str | None, request: Request) -> JSONResponse:
+        await authorize(request)
+        check_names(model, version)
+        request.state.model, request.state.version = model, version  # for metrics and the access log
         inputs = await read_inputs(request, settings.max_body_bytes)
         # Several multipart 'data' fields are predicted together, so they can share a batch.
         try:
@@ -155,4 +163,5 @@ def create_app(settings: IngressArgs, router: Router) -> FastAPI:
             summary="Predict with one version",
         )
 
+    add_open_inference_routes(app, settings, router, authorize)
     return app

@@ -6,7 +6,6 @@ range is a 400 naming the parameter (TorchServe silently accepts ``min_worker=ab
 
 from __future__ import annotations
 
-import re
 from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -15,8 +14,8 @@ from fastapi.responses import JSONResponse
 from deployments.auth import check_bearer
 from deployments.http_api import install_error_handlers
 from deployments.model_sources import RegisterParams
+from deployments.request_body import check_names
 from handlers.errors import BadInputError
-from handlers.spec import VERSION_PATTERN
 
 MAX_PAGE = 1000
 
@@ -77,9 +76,8 @@ def create_management_app(manager: Manager, token: str, on_request: Any = None) 
     install_error_handlers(app)
     app.add_middleware(CollectionPathFix)
 
-    def _version(version: str | None) -> str | None:
-        if version is not None and version != "all" and not re.fullmatch(VERSION_PATTERN, version):
-            raise BadInputError(f"Invalid model version {version[:80]!r}")
+    def _checked(model: str, version: str) -> str:
+        check_names(model, None if version == "all" else version)
         return version
 
     @app.post("/", summary="Register a model archive")
@@ -100,11 +98,12 @@ def create_management_app(manager: Manager, token: str, on_request: Any = None) 
 
     @app.get("/{model_name}", summary="Describe the default version")
     async def describe(model_name: str) -> JSONResponse:
+        check_names(model_name)
         return JSONResponse(await manager.describe(model_name, None))
 
     @app.get("/{model_name}/{model_version}", summary="Describe a version, or all of them")
     async def describe_version(model_name: str, model_version: str) -> JSONResponse:
-        return JSONResponse(await manager.describe(model_name, _version(model_version)))
+        return JSONResponse(await manager.describe(model_name, _checked(model_name, model_version)))
 
     async def _scale(
         model: str, version: str | None, min_worker: int, max_worker: int | None, synchronous: bool
@@ -122,6 +121,7 @@ def create_management_app(manager: Manager, token: str, on_request: Any = None) 
         max_worker: int | None = Query(None, ge=1, le=1024),
         synchronous: bool = False,
     ) -> JSONResponse:
+        check_names(model_name)
         return await _scale(model_name, None, min_worker, max_worker, synchronous)
 
     @app.put("/{model_name}/{model_version}", summary="Scale one version")
@@ -132,18 +132,21 @@ def create_management_app(manager: Manager, token: str, on_request: Any = None) 
         max_worker: int | None = Query(None, ge=1, le=1024),
         synchronous: bool = False,
     ) -> JSONResponse:
-        return await _scale(model_name, _version(model_version), min_worker, max_worker, synchronous)
+        return await _scale(
+            model_name, _checked(model_name, model_version), min_worker, max_worker, synchronous
+        )
 
     @app.put("/{model_name}/{model_version}/set-default", summary="Set the default version")
     async def set_default(model_name: str, model_version: str) -> JSONResponse:
-        return JSONResponse(await manager.set_default(model_name, _version(model_version) or ""))
+        return JSONResponse(await manager.set_default(model_name, _checked(model_name, model_version)))
 
     @app.delete("/{model_name}", summary="Unregister the default version")
     async def unregister(model_name: str) -> JSONResponse:
+        check_names(model_name)
         return JSONResponse(await manager.unregister(model_name, None))
 
     @app.delete("/{model_name}/{model_version}", summary="Unregister one version")
     async def unregister_version(model_name: str, model_version: str) -> JSONResponse:
-        return JSONResponse(await manager.unregister(model_name, _version(model_version)))
+        return JSONResponse(await manager.unregister(model_name, _checked(model_name, model_version)))
 
     return app

@@ -20,7 +20,10 @@ logger = logging.getLogger("ray.serve")
 @serve.deployment(
     # A model that cannot load should fail its application quickly, not retry 20 times.
     max_constructor_retry_count=3,
-    health_check_period_s=10,
+    # A crashed replica is noticed (and replaced) at the next health check; until then the
+    # ingress may still route to it, so check often: the check is one cheap actor call.
+    health_check_period_s=2,
+    health_check_timeout_s=15,
     graceful_shutdown_timeout_s=10,
 )
 class ModelDeployment:

@@ -1,12 +1,14 @@
-"""Read a prediction request's inputs: a raw body or multipart fields named ``data``."""
+"""Read a prediction request: the model name it targets, a raw body or multipart ``data`` fields."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from fastapi import Request
 
 from handlers.errors import BadInputError, PayloadTooLargeError
+from handlers.spec import NAME_PATTERN, VERSION_PATTERN
 
 
 @dataclass(frozen=True)
@@ -15,6 +17,23 @@ class RequestInput:
 
     data: bytes
     content_type: str | None
+
+
+def check_names(model: str, version: str | None = None) -> None:
+    """Refuse model names and versions no model can have (traversal, unicode, huge) with 400.
+
+    Checked before any lookup, so such a name never reaches routing, logs or file paths whole.
+    """
+    if not re.fullmatch(NAME_PATTERN, model):
+        raise BadInputError(
+            f"Invalid model name {model[:80]!r}{'...' if len(model) > 80 else ''}: names are 1-128 "
+            "ASCII letters, digits, '_', '.' or '-', starting with a letter or digit."
+        )
+    if version is not None and not re.fullmatch(VERSION_PATTERN, version):
+        raise BadInputError(
+            f"Invalid model version {version[:80]!r}{'...' if len(version) > 80 else ''}: versions are "
+            "1-64 ASCII letters, digits, '_', '.' or '-'."
+        )
 
 
 def _too_large(size: int | str, limit: int) -> PayloadTooLargeError:

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
 from deployments.messages import Answer, Rejected
@@ -25,6 +26,7 @@ from handlers.errors import ModelNotFoundError, ModelNotReadyError, RaytorchErro
 logger = logging.getLogger("ray.serve")
 
 OVERLOAD_RETRY_AFTER_S = 1.0
+REPLICA_LOST_RETRY_AFTER_S = 2.0
 MIN_FORCED_REFRESH_GAP_S = 0.25
 ROUTING_TIMEOUT_S = 2.0
 MANAGEMENT_APP = "management"
@@ -107,6 +109,18 @@ class ServeRouter:
         await self.refresh()
         return self._table.lookup(model, version)
 
+    async def versions(self, model: str) -> list[str]:
+        """Versions of ``model`` that Serve knows (ready or not); 404 when there are none."""
+        await self.start()
+        if (
+            model not in self._table.versions
+            and time.monotonic() - self._refreshed_at >= MIN_FORCED_REFRESH_GAP_S
+        ):
+            await self.refresh()
+        if model not in self._table.versions:
+            raise ModelNotFoundError(f"Model not found: {model}")
+        return sorted(self._table.versions[model])
+
     def _handle(self, state: ModelVersionState) -> Any:
         key = (state.app_name, state.deployment_name)
         if key not in self._handles:
@@ -128,6 +142,13 @@ class ServeRouter:
             raise ModelNotReadyError(
                 f'Model "{model}" is overloaded: its queue is full. Retry later.',
                 retry_after_s=OVERLOAD_RETRY_AFTER_S,
+            ) from None
+        except RayActorError:
+            # The replica died with this request in it (crash, OOM kill); Serve is replacing it.
+            logger.warning('A replica of model "%s" died while serving a request', model)
+            raise ModelNotReadyError(
+                f'Model "{model}" lost the replica serving this request; a new one is starting. Retry.',
+                retry_after_s=REPLICA_LOST_RETRY_AFTER_S,
             ) from None
         except (DeploymentUnavailableError, RayServeException) as exc:
             raise ModelNotReadyError(f'Model "{model}" is unavailable: {exc}', retry_after_s=5) from None

@@ -138,6 +138,14 @@ class IngressArgs(StrictModel):
         1.0, gt=0, le=60, description="How often the ingress refreshes the model table."
     )
     num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
+    max_ongoing_requests: int = Field(
+        256,
+        ge=1,
+        description=(
+            "Requests one ingress replica handles at once. It only awaits models, so keep it "
+            "high: Serve's default of 5 lets one slow model hold up every other model."
+        ),
+    )
     num_cpus: float = Field(0.1, ge=0, description="CPUs reserved per ingress replica.")
     inference_auth: bool = Field(
         False, description="Require the management bearer token on inference routes too."

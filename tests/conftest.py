@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,14 @@ def quickstart_model_args() -> dict:
     config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     app = next(a for a in config["applications"] if a["import_path"].endswith("build_model"))
     return app["args"]
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A ~100-byte valid PNG that claims width x height pixels (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    idat = chunk(b"IDAT", zlib.compress(b"\0" * 64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import pytest
 from hypothesis import given, settings
@@ -13,23 +11,9 @@ from PIL import Image
 
 from handlers.errors import BadInputError, PayloadTooLargeError, RaytorchError, UnsupportedMediaTypeError
 from handlers.image_io import check_media_type, decode_image
+from tests.conftest import png_bomb
 
 LIMIT = 40_000_000
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A tiny PNG file that claims huge dimensions (a decompression bomb's header)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
 
 
 def test_real_photo_decodes_to_rgb(cat_png: bytes) -> None:
@@ -60,7 +44,7 @@ def test_truncated_jpeg(cat_jpeg: bytes) -> None:
 
 def test_pixel_bomb_is_refused_before_decoding() -> None:
     with pytest.raises(PayloadTooLargeError, match="pixels"):
-        decode_image(_png_header_only(100_000, 100_000), LIMIT)
+        decode_image(png_bomb(100_000, 100_000), LIMIT)
 
 
 @pytest.mark.parametrize("content_type", ["application/json", "text/plain; charset=utf-8", "audio/wav"])
