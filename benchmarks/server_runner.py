@@ -34,10 +34,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "wait20ms": {"batching": {"batch_wait_timeout_s": 0.02}},
     "ongoing8": {"resources": {"max_ongoing_requests": 8}},
     "ongoing64": {"resources": {"max_ongoing_requests": 64}},
-    "channels_last": {"model": {"channels_last": True}},
-    "draft_decode": {"model": {"options": {"draft_decode": True}}},
     "direct_ingress": {"env": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}},
     "no_management": {"drop_apps": ["management"]},
+    "ingress5": {"ingress": {"max_ongoing_requests": 5}},  # Serve's default, before this branch
+    "discovery10": {"ingress": {"discovery_interval_s": 10}},
+    "direct": {"direct": True},  # no ingress: the proxy calls the model deployment (direct_app.py)
 }
 
 
@@ -74,8 +75,14 @@ def make_config(model: str, weights: Path, variant: str) -> tuple[dict[str, Any]
             args["resources"]["num_gpus"] = 0  # CPU benchmark: no GPU request, no fallback note
             for section in ("model", "batching", "resources"):
                 args[section] = _merge(args[section], patch.get(section, {}))
+            if patch.get("direct"):
+                app.update(
+                    route_prefix=f"/predictions/{model}", import_path="benchmarks.direct_app:build_direct"
+                )
         elif app["import_path"].endswith(":build_ingress"):
             app["args"] = _merge(app["args"], patch.get("ingress", {}))
+    if patch.get("direct"):
+        config["applications"] = [a for a in config["applications"] if a["name"] == model]
     return config, dict(patch.get("env", {}))
 
 

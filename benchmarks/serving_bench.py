@@ -64,20 +64,23 @@ def test_image() -> bytes:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="resnet18,densenet161")
-    p.add_argument("--concurrency", default="1,4,16,64")
-    p.add_argument("--duration", type=float, default=15.0, help="seconds measured per point")
-    p.add_argument("--warmup", type=float, default=5.0, help="seconds before each point, not counted")
+    p.add_argument("--concurrency", default=None, help="default 1,4,16,64 (--quick: 1,4,16)")
+    p.add_argument("--duration", type=float, default=None, help="seconds measured per point (15; quick 3)")
+    p.add_argument("--warmup", type=float, default=None, help="seconds before each point, not counted (5)")
     p.add_argument("--variants", default="default", help="server variants, comma-separated; a+b combines")
     p.add_argument("--torchserve", action="store_true", help="also run TorchServe (needs Java)")
     p.add_argument("--ts-settings", default="default,best")
-    p.add_argument("--raw-batches", default="1,2,4,8")
+    p.add_argument("--raw-batches", default=None, help="batch sizes of the raw ceiling (1,2,4,8)")
     p.add_argument("--no-raw", action="store_true", help="skip the in-process ceiling")
     p.add_argument("--no-extras", action="store_true", help="skip register timing and idle memory")
     p.add_argument("--quick", action="store_true", help="short smoke run")
     p.add_argument("--out", type=Path, default=None, help="default benchmarks/results/<timestamp>")
     args = p.parse_args(argv)
-    if args.quick:
-        args.duration, args.warmup, args.concurrency, args.raw_batches = 3.0, 2.0, "1,4,16", "1,4"
+    # --quick changes the defaults only; explicit flags still win.
+    defaults = (3.0, 2.0, "1,4,16", "1,4") if args.quick else (15.0, 5.0, "1,4,16,64", "1,2,4,8")
+    for name, value in zip(("duration", "warmup", "concurrency", "raw_batches"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.out = args.out or ROOT / "benchmarks" / "results" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     return args
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import httpx
 import torch
 import torchvision
 
-from tests.e2e.serve_cluster import free_port
+from tests.e2e.serve_cluster import free_port, stop
 
 BIN = Path(sys.executable).parent
 
@@ -128,20 +127,8 @@ def torchserve(store: Path, mar: str, model: str, setting: str, work: Path) -> I
     try:
         yield TorchServe(process, f"http://127.0.0.1:{ports[0]}", marker, log_path)
     finally:
-        _stop(process)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
-    # Workers stay in the group; anything left is ours to kill.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+        # SIGTERM, then SIGKILL of the process group: its Python workers stay in it.
+        stop(process)
 
 
 def wait_first_prediction(server: TorchServe, model: str, image: bytes, timeout: float) -> float:

@@ -44,7 +44,9 @@ def build_model(args: ModelAppArgs) -> Application:
 def build_ingress(args: IngressArgs) -> Application:
     """The HTTP ingress application serving the inference API."""
     return Ingress.options(
-        num_replicas=args.num_replicas, ray_actor_options={"num_cpus": args.num_cpus}
+        num_replicas=args.num_replicas,
+        max_ongoing_requests=args.max_ongoing_requests,
+        ray_actor_options={"num_cpus": args.num_cpus},
     ).bind(args)
 
 

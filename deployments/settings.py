@@ -139,6 +139,15 @@ class IngressArgs(StrictModel):
     )
     num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
     num_cpus: float = Field(0.1, ge=0, description="CPUs reserved per ingress replica.")
+    max_ongoing_requests: int = Field(
+        256,
+        ge=1,
+        description=(
+            "HTTP requests one ingress replica handles at once. The ingress only awaits the "
+            "models, so this must stay well above the models' batch sizes: Serve's default of 5 "
+            "capped every model's batches at 5 whatever the client concurrency."
+        ),
+    )
     inference_auth: bool = Field(
         False, description="Require the management bearer token on inference routes too."
     )
