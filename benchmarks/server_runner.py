@@ -30,6 +30,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "replicas2": {"model": {"torch_threads": 1}, "resources": {"num_replicas": 2, "num_cpus": 0.9}},
     "batch1": {"batching": {"max_batch_size": 1}},
     "batch16": {"batching": {"max_batch_size": 16}},
+    "no_idle_gate": {"batching": {"wait_for_idle_model": False}},  # Serve's batching as is
     "wait0": {"batching": {"batch_wait_timeout_s": 0.0}},
     "wait20ms": {"batching": {"batch_wait_timeout_s": 0.02}},
     "ongoing8": {"resources": {"max_ongoing_requests": 8}},

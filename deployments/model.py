@@ -32,6 +32,10 @@ class ModelDeployment:
         self._placement_note = placement_note
         self._handler = create_handler(self._spec)
         self._handler.load()
+        # Set while no batch runs; see BatchingConfig.wait_for_idle_model.
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._wait_for_idle = True
         logger.info(
             "Model %s version %s ready on %s (handler %s)",
             self._spec.name,
@@ -45,19 +49,27 @@ class ModelDeployment:
         batching = BatchingConfig.model_validate(user_config or {})
         self._run_batch.set_max_batch_size(batching.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._wait_for_idle = batching.wait_for_idle_model
 
     async def predict(self, body: bytes, content_type: str | None = None) -> Answer | Rejected:
         """Answer one request; bad input is refused here, before it can join a batch."""
         try:
             item = await asyncio.to_thread(self._handler.preprocess, body, content_type)
+            if self._wait_for_idle:
+                # Everyone held here enters the batch queue together when the model frees up.
+                await self._idle.wait()
             return await self._run_batch(item)
         except RaytorchError as exc:
             return Rejected(exc)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _run_batch(self, items: list[Any]) -> list[Answer]:
-        # Off the event loop, so requests keep arriving and the next batch forms meanwhile.
-        results = await asyncio.to_thread(self._handler.predict_batch, items)
+        # Off the event loop, so requests keep arriving (and decoding) meanwhile.
+        self._idle.clear()
+        try:
+            results = await asyncio.to_thread(self._handler.predict_batch, items)
+        finally:
+            self._idle.set()
         return [Answer(result, len(items)) for result in results]
 
     def describe(self) -> dict[str, Any]:
