@@ -104,7 +104,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         f"{meta['date']} on {meta['host']} ({meta['cpus']} CPUs), torch {meta['torch']}, ray {meta['ray']}. "
         f"{meta['duration_s']:g} s per point after {meta['warmup_s']:g} s warm-up; closed-loop clients; "
-        f"image {meta['image']}. Systems in run order: {', '.join(meta['order'])}.",
+        f"image {meta['image']}. Systems in run order: {', '.join(meta['order'])}. "
+        f"Load average (1/5/15 min) at start {meta['loadavg_start']}, at end {meta['loadavg_end']}: "
+        "well above 0 means other work shared the CPUs and every number here is pessimistic.",
         "",
         "## Targets",
         "",

@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     models = args.models.split(",")
     if args.torchserve and not ts.java_version():
         raise SystemExit("--torchserve needs Java 11+ (java -version failed)")
+    load_at_start = os.getloadavg()
     image = test_image()
     work = Path(tempfile.mkdtemp(prefix="rtb-", dir="/tmp"))
     results: dict[str, Any] = {"models": {}, "meta": {}}
@@ -167,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_s": args.warmup,
         "image": "500x375 JPEG (chelsea.png resized)",
         "order": order,
+        # Other work on the machine skews every number: judge the run by these.
+        "loadavg_start": [round(x, 2) for x in load_at_start],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "argv": sys.argv[1:],
     }
     write_all(results, args.out)
