@@ -14,6 +14,11 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a and b else "-"
 
 
+def _batch(mean: float) -> str:
+    # TorchServe sends no x-batch-size header.
+    return "-" if math.isnan(mean) else f"{mean:.2f}"
+
+
 def _best_torchserve(systems: dict[str, Any], concurrency: int) -> float | None:
     rates = [
         p["throughput"]
@@ -49,7 +54,7 @@ def model_table(model: str, result: dict[str, Any]) -> list[str]:
             vs_ts = _ratio(p["throughput"], ts) if not name.startswith("torchserve") else ""
             lines.append(
                 f"| {name} | {p['concurrency']} | {p['throughput']:.2f} | {p['p50_ms']:.0f} | "
-                f"{p['p90_ms']:.0f} | {p['p99_ms']:.0f} | {p['errors']} | {p['mean_batch']:.2f} | "
+                f"{p['p90_ms']:.0f} | {p['p99_ms']:.0f} | {p['errors']} | {_batch(p['mean_batch'])} | "
                 f"{_ratio(p['throughput'], ceiling)} | {vs_ts} |"
             )
     starts = {n: s["first_prediction_s"] for n, s in result["systems"].items() if s.get("first_prediction_s")}
