@@ -47,7 +47,8 @@ test-e2e: setup
 # Serving benchmark (issue 6): raw ceiling + our server, ~10-15 min on 2 cores; results in
 # benchmarks/results/<timestamp>/. ARGS="--torchserve" adds TorchServe, ARGS="--quick" a smoke run.
 bench: setup
-	$(BIN)/pip install -q -e '.[bench]' >/dev/null
+	@$(BIN)/python -c "import ts, model_archiver, captum, matplotlib, aiohttp, skimage" 2>/dev/null \
+		|| $(BIN)/pip install -q -e '.[bench]'
 	PATH=$(abspath $(BIN)):$$PATH PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/serving_bench.py $(ARGS)
 
 multinode-check: setup  ## Head + 2 worker nodes on this machine: replica spread and losing a node (~90 s)
