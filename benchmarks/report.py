@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+MIN_TRUSTED_COMPLETIONS = 20
+
 
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a and b else "-"
@@ -17,6 +19,12 @@ def _ratio(a: float | None, b: float | None) -> str:
 def _batch(mean: float) -> str:
     # TorchServe sends no x-batch-size header.
     return "-" if math.isnan(mean) else f"{mean:.2f}"
+
+
+def _rate(point: dict[str, Any]) -> str:
+    # Too few completions in the window (it must span several p99s): say so, do not trust it.
+    n = point["completed"]
+    return f"{point['throughput']:.2f}" + (f" (n={n}!)" if n < MIN_TRUSTED_COMPLETIONS else "")
 
 
 def _best_torchserve(systems: dict[str, Any], concurrency: int) -> float | None:
@@ -53,7 +61,7 @@ def model_table(model: str, result: dict[str, Any]) -> list[str]:
             ts = _best_torchserve(result["systems"], p["concurrency"])
             vs_ts = _ratio(p["throughput"], ts) if not name.startswith("torchserve") else ""
             lines.append(
-                f"| {name} | {p['concurrency']} | {p['throughput']:.2f} | {p['p50_ms']:.0f} | "
+                f"| {name} | {p['concurrency']} | {_rate(p)} | {p['p50_ms']:.0f} | "
                 f"{p['p90_ms']:.0f} | {p['p99_ms']:.0f} | {p['errors']} | {_batch(p['mean_batch'])} | "
                 f"{_ratio(p['throughput'], ceiling)} | {vs_ts} |"
             )
