@@ -22,6 +22,7 @@ import datetime
 import io
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "argv": sys.argv[1:],
     }
     write_all(results, args.out)
+    shutil.rmtree(work, ignore_errors=True)  # weights, archives and TorchServe logs of this run
     return 0
 
 
