@@ -45,8 +45,12 @@ test-unit: setup
 test-e2e: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests/e2e
 
+# Serving benchmark (issue 6): raw ceiling + our server, ~10-15 min on 2 cores; results in
+# benchmarks/results/<timestamp>/. ARGS="--torchserve" adds TorchServe, ARGS="--quick" a smoke run.
 bench: setup
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/serving_bench.py
+	@$(BIN)/python -c "import ts, model_archiver, captum, matplotlib, aiohttp, skimage" 2>/dev/null \
+		|| $(BIN)/pip install -q -e '.[bench]'
+	PATH=$(abspath $(BIN)):$$PATH PYTHONPATH=$(CURDIR) $(BIN)/python benchmarks/serving_bench.py $(ARGS)
 
 multinode-check: setup  ## Head + 2 worker nodes on this machine: replica spread and losing a node (~90 s)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python benchmarks/multinode_check.py

@@ -41,6 +41,10 @@ class ModelDeployment:
             # Logged with the reason here; Serve also shows it in the application's status.
             logger.error("Model %s version %s failed to load: %s", self._spec.name, self._spec.version, exc)
             raise
+        # Set while no batch runs; see BatchingConfig.wait_for_idle_model.
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._wait_for_idle = True
         logger.info(
             "Model %s version %s ready on %s (handler %s)",
             self._spec.name,
@@ -54,6 +58,7 @@ class ModelDeployment:
         batching = BatchingConfig.model_validate(user_config or {})
         self._run_batch.set_max_batch_size(batching.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._wait_for_idle = batching.wait_for_idle_model
 
     async def predict(self, body: bytes, content_type: str | None = None) -> Answer | Rejected:
         """Answer one request; bad input is refused here, before it can join a batch."""
@@ -61,6 +66,9 @@ class ModelDeployment:
         try:
             item = await asyncio.to_thread(self._handler.preprocess, body, content_type)
             queued = time.perf_counter()
+            if self._wait_for_idle:
+                # Everyone held here enters the batch queue together when the model frees up.
+                await self._idle.wait()
             answer = await self._run_batch((item, queued))
         except RaytorchError as exc:
             return Rejected(exc)
@@ -70,8 +78,12 @@ class ModelDeployment:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _run_batch(self, entries: list[tuple[Any, float]]) -> list[Answer]:
         batch_started = time.perf_counter()
-        # Off the event loop, so requests keep arriving and the next batch forms meanwhile.
-        results = await asyncio.to_thread(self._handler.predict_batch, [item for item, _ in entries])
+        # Off the event loop, so requests keep arriving (and decoding) meanwhile.
+        self._idle.clear()
+        try:
+            results = await asyncio.to_thread(self._handler.predict_batch, [item for item, _ in entries])
+        finally:
+            self._idle.set()
         inference_s = time.perf_counter() - batch_started
         return [
             Answer(

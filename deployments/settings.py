@@ -35,6 +35,14 @@ class BatchingConfig(StrictModel):
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, le=10, description="How long a partial batch waits for more requests."
     )
+    wait_for_idle_model: bool = Field(
+        True,
+        description=(
+            "Hold decoded requests while a batch runs, so the next batch takes all of them. "
+            "Without it Serve 2.60 forms the next batch during the running one from only "
+            "batch_wait_timeout_s of arrivals, and batches stay near 1-2 under any load."
+        ),
+    )
 
 
 class ResourcesConfig(StrictModel):
@@ -147,6 +155,15 @@ class IngressArgs(StrictModel):
         ),
     )
     num_cpus: float = Field(0.1, ge=0, description="CPUs reserved per ingress replica.")
+    max_ongoing_requests: int = Field(
+        256,
+        ge=1,
+        description=(
+            "HTTP requests one ingress replica handles at once. The ingress only awaits the "
+            "models, so this must stay well above the models' batch sizes: Serve's default of 5 "
+            "capped every model's batches at 5 whatever the client concurrency."
+        ),
+    )
     inference_auth: bool = Field(
         False, description="Require the management bearer token on inference routes too."
     )

@@ -84,3 +84,12 @@ def test_deployment_names_round_trip() -> None:
     name = model_deployment_name("resnet-18.v2", "1.0")
     assert parse_model_deployment_name(name) == ("resnet-18.v2", "1.0")
     assert parse_model_deployment_name("Ingress") is None
+
+
+def test_ingress_concurrency_is_not_serves_default_of_five() -> None:
+    # With Serve's default (5) the ingress capped every model's batches at 5 requests.
+    from deployments.app import build_ingress
+
+    deployment = build_ingress(IngressArgs())._bound_deployment
+    assert deployment.max_ongoing_requests >= 64
+    assert build_ingress(IngressArgs(max_ongoing_requests=7))._bound_deployment.max_ongoing_requests == 7

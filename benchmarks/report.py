@@ -1,0 +1,178 @@
+"""Turn one benchmark run's results into ``results.json``, ``results.md`` (tables with the
+ratios ours / raw ceiling and ours / TorchServe, and the issue's targets) and ``results.png``
+(throughput and p99 latency against concurrency, one row of plots per model)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+MIN_TRUSTED_COMPLETIONS = 20
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def _batch(mean: float) -> str:
+    # TorchServe sends no x-batch-size header.
+    return "-" if math.isnan(mean) else f"{mean:.2f}"
+
+
+def _rate(point: dict[str, Any]) -> str:
+    # Too few completions in the window (it must span several p99s): say so, do not trust it.
+    n = point["completed"]
+    return f"{point['throughput']:.2f}" + (f" (n={n}!)" if n < MIN_TRUSTED_COMPLETIONS else "")
+
+
+def _best_torchserve(systems: dict[str, Any], concurrency: int) -> float | None:
+    rates = [
+        p["throughput"]
+        for name, s in systems.items()
+        if name.startswith("torchserve")
+        for p in s["points"]
+        if p["concurrency"] == concurrency
+    ]
+    return max(rates) if rates else None
+
+
+def model_table(model: str, result: dict[str, Any]) -> list[str]:
+    """Markdown rows for one model: every system at every concurrency level."""
+    raw = result.get("raw")
+    ceiling = raw["best"]["images_per_s"] if raw else None
+    lines = [f"### {model}", ""]
+    if raw:
+        b, b1, single = raw["best"], raw["best_batch1"], raw["single_request"]
+        lines += [
+            f"Raw ceiling (in-process, decode + preprocess + forward): **{b['images_per_s']:.2f} img/s** "
+            f"({b['processes']} proc x {b['threads']} thr, batch {b['batch_size']}); batch 1: "
+            f"{b1['images_per_s']:.2f} img/s ({b1['processes']} x {b1['threads']}); single request "
+            f"with all threads: p50 {single['latency_p50_ms']:.0f} ms.",
+            "",
+        ]
+    lines += [
+        "| system | conc | req/s | p50 ms | p90 ms | p99 ms | errors | mean batch | /raw | ours/TS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, system in result["systems"].items():
+        for p in system["points"]:
+            ts = _best_torchserve(result["systems"], p["concurrency"])
+            vs_ts = _ratio(p["throughput"], ts) if not name.startswith("torchserve") else ""
+            lines.append(
+                f"| {name} | {p['concurrency']} | {_rate(p)} | {p['p50_ms']:.0f} | "
+                f"{p['p90_ms']:.0f} | {p['p99_ms']:.0f} | {p['errors']} | {_batch(p['mean_batch'])} | "
+                f"{_ratio(p['throughput'], ceiling)} | {vs_ts} |"
+            )
+    starts = {n: s["first_prediction_s"] for n, s in result["systems"].items() if s.get("first_prediction_s")}
+    if starts:
+        lines += ["", "Start to first prediction: " + ", ".join(f"{n} {v:.1f} s" for n, v in starts.items())]
+    return [*lines, ""]
+
+
+def targets_table(results: dict[str, Any]) -> list[str]:
+    """The issue's targets next to what this run measured."""
+    rows = ["| target | measured | met |", "|---|---|---|"]
+
+    def row(name: str, value: str, ok: bool | None) -> None:
+        rows.append(f"| {name} | {value} | {'-' if ok is None else ('yes' if ok else 'no')} |")
+
+    for model, result in results["models"].items():
+        raw = result.get("raw")
+        ours = {n: s for n, s in result["systems"].items() if n.startswith("ours")}
+        if not raw or not ours:
+            continue
+        ceiling, single = raw["best"]["images_per_s"], raw["single_request"]["latency_p50_ms"]
+        for name, system in ours.items():
+            high = [p["throughput"] / ceiling for p in system["points"] if p["concurrency"] >= 4]
+            if high:
+                row(f"{model} {name}: /raw >= 0.95 at conc >= 4", f"min {min(high):.2f}", min(high) >= 0.95)
+            c1 = [p["p50_ms"] for p in system["points"] if p["concurrency"] == 1]
+            if c1 and not math.isnan(c1[0]):
+                row(f"{model} {name}: conc-1 p50 <= 1.1 x in-process ({single:.0f} ms)", f"{c1[0]:.0f} ms",
+                    c1[0] <= 1.1 * single)  # fmt: skip
+            if system.get("first_prediction_s"):
+                v = system["first_prediction_s"]
+                row(f"{model} {name}: serve run start to first prediction <= 10 s", f"{v:.1f} s", v <= 10)
+    reg = results.get("register")
+    if reg:
+        v = reg["first_prediction_s"]
+        row("register to first prediction (resnet18) <= 3 s", f"{v:.2f} s", v <= 3)
+    mem = results.get("memory", {})
+    if "ours" in mem and "torchserve" in mem:
+        ratio = mem["ours"]["pss_mb"] / mem["torchserve"]["pss_mb"]
+        ours, theirs = mem["ours"]["pss_mb"], mem["torchserve"]["pss_mb"]
+        row("idle PSS, 1 model x 2 replicas <= 0.8 x TorchServe 2 workers",
+            f"{ours:.0f} / {theirs:.0f} MB = {ratio:.2f}", ratio <= 0.8)  # fmt: skip
+    elif "ours" in mem:
+        row("idle PSS, 1 model x 2 replicas", f"{mem['ours']['pss_mb']:.0f} MB (no TorchServe run)", None)
+    return rows
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    meta = results["meta"]
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"{meta['date']} on {meta['host']} ({meta['cpus']} CPUs), torch {meta['torch']}, ray {meta['ray']}. "
+        f"{meta['duration_s']:g} s per point after {meta['warmup_s']:g} s warm-up; closed-loop clients; "
+        f"image {meta['image']}. Systems in run order: {', '.join(meta['order'])}. "
+        f"Load average (1/5/15 min) at start {meta['loadavg_start']}, at end {meta['loadavg_end']}: "
+        "well above 0 means other work shared the CPUs and every number here is pessimistic.",
+        "",
+        "## Targets",
+        "",
+        *targets_table(results),
+        "",
+        "## Throughput and latency",
+        "",
+    ]
+    for model, result in results["models"].items():
+        lines += model_table(model, result)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    """Throughput and p99 against concurrency; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install '.[bench]')")
+        return False
+    models = list(results["models"])
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False)
+    for row, model in enumerate(models):
+        result = results["models"][model]
+        tput, p99 = axes[row]
+        for name, system in result["systems"].items():
+            xs = [p["concurrency"] for p in system["points"]]
+            tput.plot(xs, [p["throughput"] for p in system["points"]], marker="o", label=name)
+            p99.plot(xs, [p["p99_ms"] for p in system["points"]], marker="o", label=name)
+        if result.get("raw"):
+            tput.axhline(
+                result["raw"]["best"]["images_per_s"], color="k", linestyle="--", label="raw ceiling"
+            )
+        for ax, title in ((tput, "throughput (req/s)"), (p99, "p99 latency (ms)")):
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("concurrency")
+            ax.set_title(f"{model}: {title}")
+            ax.grid(True, alpha=0.3)
+        p99.set_yscale("log")
+        tput.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_all(results: dict[str, Any], out: Path) -> None:
+    """results.json, results.md and results.png in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_markdown(results, out / "results.md")
+    plot(results, out / "results.png")
+    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}")

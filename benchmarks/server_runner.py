@@ -1,0 +1,177 @@
+"""Our server under test: configs generated from ``configs/densenet.yaml`` with the model swapped,
+started with the e2e tests' ``serve_run`` harness (own ports, own RAY_TMPDIR, stopped by PID).
+
+A *variant* is one lever setting (threads, replicas, batching, environment switches) applied on
+top of the shipped config, so every lever is measured against the same baseline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.e2e.serve_cluster import ROOT, ServeCluster, load_config, serve_run
+
+MODEL_APP = "model"
+
+# Lever settings measured against the shipped config: patches of the model app's `args`
+# (`model`, `batching`, `resources`), of the ingress `args`, and extra environment.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "threads2": {"model": {"torch_threads": 2}},
+    "replicas2": {"model": {"torch_threads": 1}, "resources": {"num_replicas": 2, "num_cpus": 0.9}},
+    "batch1": {"batching": {"max_batch_size": 1}},
+    "batch16": {"batching": {"max_batch_size": 16}},
+    "no_idle_gate": {"batching": {"wait_for_idle_model": False}},  # Serve's batching as is
+    "wait0": {"batching": {"batch_wait_timeout_s": 0.0}},
+    "wait20ms": {"batching": {"batch_wait_timeout_s": 0.02}},
+    "ongoing8": {"resources": {"max_ongoing_requests": 8}},
+    "ongoing64": {"resources": {"max_ongoing_requests": 64}},
+    "direct_ingress": {"env": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}},
+    "no_management": {"drop_apps": ["management"]},
+    "ingress5": {"ingress": {"max_ongoing_requests": 5}},  # Serve's default, before this branch
+    "discovery10": {"ingress": {"discovery_interval_s": 10}},
+    "direct": {"direct": True},  # no ingress: the proxy calls the model deployment (direct_app.py)
+}
+
+
+def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in patch.items():
+        out[key] = _merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def variant_patch(names: str) -> dict[str, Any]:
+    """The merged patch of ``a+b+c`` (levers combined left to right)."""
+    patch: dict[str, Any] = {}
+    for name in names.split("+"):
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+        patch = _merge(patch, VARIANTS[name])
+    return patch
+
+
+def make_config(model: str, weights: Path, variant: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """``configs/densenet.yaml`` serving ``model`` (torchvision architecture, given weights
+    file) with ``variant`` applied; returns the config and the extra environment it needs."""
+    config = load_config("densenet.yaml")
+    patch = variant_patch(variant)
+    config["applications"] = [
+        a for a in config["applications"] if a["name"] not in patch.get("drop_apps", [])
+    ]
+    for app in config["applications"]:
+        if app["import_path"].endswith(":build_model"):
+            app["name"] = model
+            args = app["args"]
+            args["model"].update(name=model, source={"architecture": model, "weights": str(weights)})
+            args["resources"]["num_gpus"] = 0  # CPU benchmark: no GPU request, no fallback note
+            for section in ("model", "batching", "resources"):
+                args[section] = _merge(args[section], patch.get(section, {}))
+            if patch.get("direct"):
+                app.update(
+                    route_prefix=f"/predictions/{model}", import_path="benchmarks.direct_app:build_direct"
+                )
+        elif app["import_path"].endswith(":build_ingress"):
+            app["args"] = _merge(app["args"], patch.get("ingress", {}))
+    if patch.get("direct"):
+        config["applications"] = [a for a in config["applications"] if a["name"] == model]
+    return config, dict(patch.get("env", {}))
+
+
+def predict_url(cluster: ServeCluster, model: str) -> str:
+    return f"{cluster.base_url}/predictions/{model}"
+
+
+def wait_first_prediction(cluster: ServeCluster, model: str, image: bytes, timeout: float) -> float:
+    """Seconds from ``serve run`` start until ``model`` first answers 200."""
+
+    def answered() -> bool:
+        return httpx.put(predict_url(cluster, model), content=image, timeout=30).status_code == 200
+
+    return cluster.wait_for(answered, timeout, f"a first prediction of {model}")
+
+
+def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of a benchmark ``serve run``: this checkout's code in every replica."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    # `serve` of the interpreter running the benchmark, whatever PATH says.
+    bin_dir = str(Path(sys.executable).parent)
+    return {"PYTHONPATH": path, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **(extra or {})}
+
+
+@contextlib.contextmanager
+def running(config: dict[str, Any], env: dict[str, str]) -> Iterator[ServeCluster]:
+    """``serve run`` of ``config``; stopped (only it) on exit."""
+    with serve_run(config, extra_env=bench_env(env)) as cluster:
+        yield cluster
+
+
+def stack_pss_mb(env_marker: str) -> tuple[float, int]:
+    """Sum of PSS (shared pages split fairly) over every process whose environment holds
+    ``env_marker`` (``KEY=value``), and how many there are. Ray workers rename themselves,
+    so the environment, not the command line, is what finds them."""
+    marker = env_marker.encode()
+    total_kb, count = 0, 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError, ValueError, StopIteration):
+            if marker not in (proc / "environ").read_bytes().split(b"\0"):
+                continue
+            rollup = (proc / "smaps_rollup").read_text().splitlines()
+            total_kb += int(next(line for line in rollup if line.startswith("Pss:")).split()[1])
+            count += 1
+    return total_kb / 1024, count
+
+
+def idle_memory(cluster: ServeCluster, settle_s: float) -> dict[str, float]:
+    """PSS of the whole stack (serve run, raylet, GCS, dashboard, replicas) after idling."""
+    time.sleep(settle_s)
+    mb, count = stack_pss_mb(f"RAY_TMPDIR={cluster.workdir}")
+    return {"pss_mb": round(mb, 1), "processes": count}
+
+
+def register_to_first_prediction(
+    store: Path, mar_name: str, model: str, image: bytes, state_dir: Path, timeout: float
+) -> dict[str, float]:
+    """Start ingress + management only, register ``mar_name`` from ``store`` over the
+    management API, and time POST /models until the first 200 prediction."""
+    token = "bench-token"
+    config = load_config("densenet.yaml")
+    config["applications"] = [a for a in config["applications"] if a["name"] in ("ingress", "management")]
+    env = {"RAYTORCH_TOKEN": token, "RAYTORCH_MODEL_STORE": str(store), "RAYTORCH_STATE_DIR": str(state_dir)}
+    auth = {"Authorization": f"Bearer {token}"}
+    with running(config, env) as cluster:
+        cluster.wait_for(
+            lambda: httpx.get(f"{cluster.base_url}/models", headers=auth, timeout=10).status_code == 200,
+            timeout,
+            "the management API",
+        )
+        start = time.monotonic()
+        reply = httpx.post(
+            f"{cluster.base_url}/models?url={mar_name}&model_name={model}&num_cpus=0.5",
+            headers=auth,
+            timeout=timeout,
+        )
+        registered = time.monotonic() - start
+        if reply.status_code != 200:
+            raise RuntimeError(f"register answered {reply.status_code}: {reply.text}")
+        deadline = start + timeout
+        while time.monotonic() < deadline:
+            answer = httpx.put(f"{cluster.base_url}/predictions/{model}", content=image, timeout=30)
+            if answer.status_code == 200:
+                return {
+                    "register_s": round(registered, 2),
+                    "first_prediction_s": round(time.monotonic() - start, 2),
+                }
+            time.sleep(0.05)
+        raise RuntimeError(f"no prediction of {model} within {timeout}s of registering it")
