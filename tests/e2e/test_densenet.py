@@ -19,6 +19,7 @@ def _model_app(base: dict, name: str, **changes: object) -> dict:
     app["name"] = name
     app["args"]["model"]["name"] = name
     app["args"]["resources"]["num_cpus"] = 0.5  # three models must fit on a 2-CPU machine
+    app["args"]["resources"]["num_replicas"] = 1
     for key, value in changes.items():
         app["args"]["model"][key] = value
     return app
