@@ -27,6 +27,8 @@ MODEL_APP = "model"
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "threads2": {"model": {"torch_threads": 2}},
+    # The layout shipped before densenet.yaml moved to 2 single-threaded replicas.
+    "single": {"model": {"torch_threads": None}, "resources": {"num_replicas": 1, "num_cpus": 1}},
     "replicas2": {"model": {"torch_threads": 1}, "resources": {"num_replicas": 2, "num_cpus": 0.9}},
     "batch1": {"batching": {"max_batch_size": 1}},
     "batch16": {"batching": {"max_batch_size": 16}},
