@@ -70,3 +70,17 @@ def png_bomb(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     idat = chunk(b"IDAT", zlib.compress(b"\0" * 64))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _access_log_in_a_temporary_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Apps built by tests write their access log under pytest's tmp dir, not the checkout."""
+    import os
+
+    previous = os.environ.get("RAYTORCH_LOG_DIR")
+    os.environ["RAYTORCH_LOG_DIR"] = str(tmp_path_factory.mktemp("access-logs"))
+    yield
+    if previous is None:
+        os.environ.pop("RAYTORCH_LOG_DIR", None)
+    else:
+        os.environ["RAYTORCH_LOG_DIR"] = previous

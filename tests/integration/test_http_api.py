@@ -53,9 +53,10 @@ def router() -> LocalRouter:
 
 
 @pytest.fixture
-def client(router: LocalRouter, tmp_path) -> TestClient:
+def client(router: LocalRouter, tmp_path, monkeypatch) -> TestClient:
     router.down.clear()
-    settings = IngressArgs(max_body_bytes=LIMIT, log_dir=str(tmp_path), access_log="json")
+    monkeypatch.setenv("RAYTORCH_LOG_DIR", str(tmp_path))
+    settings = IngressArgs(max_body_bytes=LIMIT, access_log="json")
     return TestClient(create_app(settings, router))
 
 
