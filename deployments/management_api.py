@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.auth import check_bearer
 from deployments.http_api import install_error_handlers
@@ -31,6 +32,16 @@ class Manager(Protocol):
     async def unregister(self, model: str, version: str | None) -> dict[str, str]: ...
     async def describe(self, model: str, version: str | None) -> list[dict[str, Any]]: ...
     async def list_models(self) -> list[dict[str, str]]: ...
+
+
+class ScaleParams(BaseModel):
+    """TorchServe's scale query: a fixed worker count, or a min/max autoscaling range."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    min_worker: int = Field(1, ge=0, le=1024)
+    max_worker: int | None = Field(None, ge=1, le=1024)
+    synchronous: bool = False
 
 
 class CollectionPathFix:
@@ -105,36 +116,25 @@ def create_management_app(manager: Manager, token: str, on_request: Any = None) 
     async def describe_version(model_name: str, model_version: str) -> JSONResponse:
         return JSONResponse(await manager.describe(model_name, _checked(model_name, model_version)))
 
-    async def _scale(
-        model: str, version: str | None, min_worker: int, max_worker: int | None, synchronous: bool
-    ):
-        high = max_worker if max_worker is not None else min_worker
-        if high < min_worker:
-            raise BadInputError(f"max_worker ({high}) is below min_worker ({min_worker})")
-        status, body = await manager.scale(model, version, min_worker, high, synchronous)
+    async def _scale(model: str, version: str | None, params: ScaleParams) -> JSONResponse:
+        high = params.max_worker if params.max_worker is not None else params.min_worker
+        if high < params.min_worker:
+            raise BadInputError(f"max_worker ({high}) is below min_worker ({params.min_worker})")
+        status, body = await manager.scale(model, version, params.min_worker, high, params.synchronous)
         return JSONResponse(body, status_code=status)
 
     @app.put("/{model_name}", summary="Scale the default version")
-    async def scale(
-        model_name: str,
-        min_worker: int = Query(1, ge=0, le=1024),
-        max_worker: int | None = Query(None, ge=1, le=1024),
-        synchronous: bool = False,
-    ) -> JSONResponse:
+    async def scale(model_name: str, params: ScaleParams = Depends()) -> JSONResponse:  # noqa: B008
         check_names(model_name)
-        return await _scale(model_name, None, min_worker, max_worker, synchronous)
+        return await _scale(model_name, None, params)
 
     @app.put("/{model_name}/{model_version}", summary="Scale one version")
     async def scale_version(
         model_name: str,
         model_version: str,
-        min_worker: int = Query(1, ge=0, le=1024),
-        max_worker: int | None = Query(None, ge=1, le=1024),
-        synchronous: bool = False,
+        params: ScaleParams = Depends(),  # noqa: B008
     ) -> JSONResponse:
-        return await _scale(
-            model_name, _checked(model_name, model_version), min_worker, max_worker, synchronous
-        )
+        return await _scale(model_name, _checked(model_name, model_version), params)
 
     @app.put("/{model_name}/{model_version}/set-default", summary="Set the default version")
     async def set_default(model_name: str, model_version: str) -> JSONResponse:

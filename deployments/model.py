@@ -33,7 +33,6 @@ class ModelDeployment:
         self._spec = args.model
         if placement_note:
             logger.warning(placement_note)
-        self._placement_note = placement_note
         self._handler = create_handler(self._spec)
         try:
             self._handler.load()
@@ -94,14 +93,3 @@ class ModelDeployment:
             )
             for result, (_, queued) in zip(results, entries, strict=True)
         ]
-
-    def describe(self) -> dict[str, Any]:
-        """What this replica runs: for management and debugging."""
-        return {
-            "modelName": self._spec.name,
-            "modelVersion": self._spec.version,
-            "handler": self._spec.handler,
-            "device": str(self._handler.device),
-            "loadSeconds": self._handler.load_seconds,
-            "placementNote": self._placement_note,
-        }
