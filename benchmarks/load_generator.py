@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+from cpu_usage import per_request_ms
 
 MAX_REQUESTS = 200_000
 REQUEST_TIMEOUT_S = 60.0
@@ -35,6 +37,8 @@ class LoadResult:
     error_kinds: Counter = field(default_factory=Counter)
     latencies_ms: list[float] = field(default_factory=list)
     batch_sizes: Counter = field(default_factory=Counter)
+    # CPU ms per completed request by part of the stack (see cpu_usage.py), when probed.
+    cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -64,6 +68,7 @@ class LoadResult:
             "error_kinds": dict(self.error_kinds),
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
             "mean_batch": round(self.mean_batch(), 2),
+            "cpu_ms_per_request": self.cpu_ms_per_request,
         }
 
 
@@ -100,7 +105,20 @@ async def _client(
             result.error_kinds[str(status)] += 1
 
 
-async def _run(url: str, body: bytes, concurrency: int, warmup_s: float, duration_s: float) -> LoadResult:
+Probe = Callable[[], dict[int, tuple[str, float]]]  # e.g. cpu_usage.cpu_snapshot
+
+
+async def _probe_window(probe: Probe, window: tuple[float, float]) -> tuple[dict, dict]:
+    await asyncio.to_thread(probe)  # learns each process's role while the stack is still idle
+    await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+    before = await asyncio.to_thread(probe)
+    await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
+    return before, await asyncio.to_thread(probe)
+
+
+async def _run(
+    url: str, body: bytes, concurrency: int, warmup_s: float, duration_s: float, probe: Probe | None
+) -> LoadResult:
     result = LoadResult(concurrency, duration_s)
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
@@ -108,6 +126,7 @@ async def _run(url: str, body: bytes, concurrency: int, warmup_s: float, duratio
         start = time.monotonic() + warmup_s
         window = (start, start + duration_s)
         budget = [MAX_REQUESTS]
+        probing = asyncio.create_task(_probe_window(probe, window)) if probe else None
         tasks = [
             asyncio.create_task(_client(session, url, body, result, window, budget))
             for _ in range(concurrency)
@@ -119,22 +138,28 @@ async def _run(url: str, body: bytes, concurrency: int, warmup_s: float, duratio
         await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
             task.result()
+        if probing:
+            result.cpu_ms_per_request = per_request_ms(*await probing, result.completed)
     return result
 
 
-def closed_loop(url: str, body: bytes, concurrency: int, warmup_s: float, duration_s: float) -> LoadResult:
-    """Drive ``url`` (PUT, image body) with ``concurrency`` closed-loop clients."""
+def closed_loop(
+    url: str, body: bytes, concurrency: int, warmup_s: float, duration_s: float, probe: Probe | None = None
+) -> LoadResult:
+    """Drive ``url`` (PUT, image body) with ``concurrency`` closed-loop clients; with ``probe``,
+    also record the CPU each part of the stack spent per request inside the window."""
     check_local(url)
-    return asyncio.run(_run(url, body, concurrency, warmup_s, duration_s))
+    return asyncio.run(_run(url, body, concurrency, warmup_s, duration_s, probe))
 
 
 def sweep(
-    url: str, body: bytes, levels: list[int], warmup_s: float, duration_s: float, label: str
-) -> list[LoadResult]:
+    url: str, body: bytes, levels: list[int], warmup_s: float, duration_s: float, label: str,
+    probe: Probe | None = None,
+) -> list[LoadResult]:  # fmt: skip
     """One closed-loop run per concurrency level, printed as it goes."""
     results = []
     for level in levels:
-        r = closed_loop(url, body, level, warmup_s, duration_s)
+        r = closed_loop(url, body, level, warmup_s, duration_s, probe)
         print(
             f"  {label} c={level}: {r.throughput:.2f} req/s p50 {r.percentile(50):.0f} ms "
             f"p99 {r.percentile(99):.0f} ms errors {r.errors} mean batch {r.mean_batch():.2f}",

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cpu_usage import stack_pids
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -84,18 +86,8 @@ def kill_group(process: subprocess.Popen, sig: signal.Signals) -> None:
 
 
 def own_processes(run: RunState) -> list[int]:
-    """PIDs started for this run: every Ray process inherits its private RAY_TMPDIR.
-
-    The environment, not the command line: Ray workers rename themselves (``ray::...``).
-    """
-    marker = f"RAY_TMPDIR={run.workdir}".encode()
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if marker in (proc / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(proc.name))
-    return pids
+    """PIDs started for this run: every Ray process inherits its private RAY_TMPDIR."""
+    return stack_pids(f"RAY_TMPDIR={run.workdir}")
 
 
 def cluster_memory_mb(run: RunState) -> float:

@@ -45,7 +45,10 @@ def _worker(
     from handlers.spec import ModelSpec
 
     torch.set_num_threads(threads)
-    handler = create_handler(ModelSpec.model_validate_json(spec_json))
+    spec = ModelSpec.model_validate_json(spec_json)
+    # The served config pins torch_threads (1 per replica); here the layout decides, and
+    # load() would otherwise set the config's count over ours.
+    handler = create_handler(spec.model_copy(update={"torch_threads": threads}))
     handler.load()
 
     def one_batch() -> None:

@@ -38,7 +38,7 @@ def _best_torchserve(systems: dict[str, Any], concurrency: int) -> float | None:
     return max(rates) if rates else None
 
 
-def model_table(model: str, result: dict[str, Any]) -> list[str]:
+def model_table(model: str, result: dict[str, Any], cpus: int) -> list[str]:
     """Markdown rows for one model: every system at every concurrency level."""
     raw = result.get("raw")
     ceiling = raw["best"]["images_per_s"] if raw else None
@@ -68,6 +68,43 @@ def model_table(model: str, result: dict[str, Any]) -> list[str]:
     starts = {n: s["first_prediction_s"] for n, s in result["systems"].items() if s.get("first_prediction_s")}
     if starts:
         lines += ["", "Start to first prediction: " + ", ".join(f"{n} {v:.1f} s" for n, v in starts.items())]
+    return [*lines, "", *cpu_table(result, cpus)]
+
+
+MAX_ROLE_COLUMNS = 7
+
+
+def cpu_table(result: dict[str, Any], cpus: int) -> list[str]:
+    """CPU ms per request by part of the stack (benchmarks/cpu_usage.py), next to what the raw
+    ceiling spends per image: the difference is the serving overhead, and its owners."""
+    rows = [
+        (name, p["concurrency"], p["cpu_ms_per_request"])
+        for name, system in result["systems"].items()
+        for p in system["points"]
+        if p.get("cpu_ms_per_request")
+    ]
+    if not rows:
+        return []
+    weight: dict[str, float] = {}
+    for _, _, spent in rows:
+        for role, ms in spent.items():
+            if role != "total":
+                weight[role] = weight.get(role, 0.0) + ms
+    roles = sorted(weight, key=lambda r: -weight[r])[:MAX_ROLE_COLUMNS]
+    raw = result.get("raw")
+    lines = ["CPU ms per request, by process (inside the measuring window)"]
+    if raw:
+        per_image = cpus * 1000 / raw["best"]["images_per_s"]
+        lines[0] += f"; the raw ceiling spends {per_image:.1f} CPU ms per image on {cpus} cores"
+    lines += [
+        "",
+        "| system | conc | " + " | ".join(roles) + " | rest | total |",
+        "|---|---:|" + "---:|" * (len(roles) + 2),
+    ]
+    for name, conc, spent in rows:
+        rest = spent["total"] - sum(spent.get(r, 0.0) for r in roles)
+        cells = " | ".join(f"{spent.get(r, 0.0):.1f}" for r in roles)
+        lines.append(f"| {name} | {conc} | {cells} | {rest:.1f} | {spent['total']:.1f} |")
     return [*lines, ""]
 
 
@@ -110,6 +147,16 @@ def targets_table(results: dict[str, Any]) -> list[str]:
     return rows
 
 
+def memory_lines(memory: dict[str, Any]) -> list[str]:
+    """Idle PSS by part of the stack, for each system measured."""
+    lines = []
+    for system, entry in memory.items():
+        parts = ", ".join(f"{role} {mb:.0f}" for role, mb in entry.get("by_role", {}).items())
+        if parts:
+            lines.append(f"- {system}: {entry['pss_mb']:.0f} MB in {entry['processes']} processes ({parts})")
+    return ["## Idle memory (PSS, MB)", "", *lines, ""] if lines else []
+
+
 def write_markdown(results: dict[str, Any], path: Path) -> None:
     meta = results["meta"]
     lines = [
@@ -129,7 +176,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
     ]
     for model, result in results["models"].items():
-        lines += model_table(model, result)
+        lines += model_table(model, result, meta["cpus"])
+    lines += memory_lines(results.get("memory", {}))
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from cpu_usage import role_of, stack_pids
 
+from deployments.launch import THROUGHPUT_ENV
 from tests.e2e.serve_cluster import ROOT, ServeCluster, load_config, serve_run
 
 MODEL_APP = "model"
@@ -27,6 +29,8 @@ MODEL_APP = "model"
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "threads2": {"model": {"torch_threads": 2}},
+    # Idle OpenMP threads sleep instead of spinning: oversubscribed replicas waste less CPU.
+    "omp_passive": {"env": {"OMP_WAIT_POLICY": "PASSIVE"}},
     # The layout shipped before densenet.yaml moved to 2 single-threaded replicas.
     "single": {"model": {"torch_threads": None}, "resources": {"num_replicas": 1, "num_cpus": 1}},
     "replicas2": {"model": {"torch_threads": 1}, "resources": {"num_replicas": 2, "num_cpus": 0.9}},
@@ -38,6 +42,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "ongoing8": {"resources": {"max_ongoing_requests": 8}},
     "ongoing64": {"resources": {"max_ongoing_requests": 64}},
     "direct_ingress": {"env": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}},
+    # Serve's request-path switches (ray/serve/_private/constants.py): user code and the
+    # router on the replica's own event loop, request logs buffered, no log copy to stderr.
+    "same_loop": {
+        "env": {
+            "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+            "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+        }
+    },
+    "quiet_logs": {"env": {"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000", "RAY_SERVE_LOG_TO_STDERR": "0"}},
+    "grpc": {"env": {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}},  # gRPC between deployments
+    "throughput_optimized": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}},  # all of the above
+    # HAProxy (C) in front instead of Serve's Python proxy; binds every interface.
+    "haproxy": {"env": {"RAY_SERVE_ENABLE_HA_PROXY": "1"}},
+    # What `make serve HAPROXY=1` (deployments/launch.py --haproxy) turns on.
+    "throughput_mode": {"env": THROUGHPUT_ENV},
     "no_management": {"drop_apps": ["management"]},
     "ingress5": {"ingress": {"max_ongoing_requests": 5}},  # Serve's default, before this branch
     "discovery10": {"ingress": {"discovery_interval_s": 10}},
@@ -117,29 +136,28 @@ def running(config: dict[str, Any], env: dict[str, str]) -> Iterator[ServeCluste
         yield cluster
 
 
-def stack_pss_mb(env_marker: str) -> tuple[float, int]:
-    """Sum of PSS (shared pages split fairly) over every process whose environment holds
-    ``env_marker`` (``KEY=value``), and how many there are. Ray workers rename themselves,
-    so the environment, not the command line, is what finds them."""
-    marker = env_marker.encode()
-    total_kb, count = 0, 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
+def stack_pss(env_marker: str) -> dict[str, Any]:
+    """PSS (shared pages split fairly) summed over every process whose environment holds
+    ``env_marker`` (``KEY=value``), in MB, with the count and a split by part of the stack.
+    Ray workers rename themselves, so the environment, not the command line, finds them."""
+    by_role: dict[str, float] = {}
+    count = 0
+    for pid in stack_pids(env_marker):
+        proc = Path("/proc") / str(pid)
         with contextlib.suppress(OSError, ValueError, StopIteration):
-            if marker not in (proc / "environ").read_bytes().split(b"\0"):
-                continue
             rollup = (proc / "smaps_rollup").read_text().splitlines()
-            total_kb += int(next(line for line in rollup if line.startswith("Pss:")).split()[1])
+            kb = int(next(line for line in rollup if line.startswith("Pss:")).split()[1])
+            role = role_of((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+            by_role[role] = by_role.get(role, 0.0) + kb / 1024
             count += 1
-    return total_kb / 1024, count
+    ordered = dict(sorted(((r, round(mb, 1)) for r, mb in by_role.items()), key=lambda x: -x[1]))
+    return {"pss_mb": round(sum(by_role.values()), 1), "processes": count, "by_role": ordered}
 
 
-def idle_memory(cluster: ServeCluster, settle_s: float) -> dict[str, float]:
+def idle_memory(cluster: ServeCluster, settle_s: float) -> dict[str, Any]:
     """PSS of the whole stack (serve run, raylet, GCS, dashboard, replicas) after idling."""
     time.sleep(settle_s)
-    mb, count = stack_pss_mb(f"RAY_TMPDIR={cluster.workdir}")
-    return {"pss_mb": round(mb, 1), "processes": count}
+    return stack_pss(f"RAY_TMPDIR={cluster.workdir}")
 
 
 def register_to_first_prediction(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import io
 import os
 import platform
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's handlers/ and tests/, not the i
 import ray  # noqa: E402
 import torch  # noqa: E402
 import torchserve_runner as ts  # noqa: E402
+from cpu_usage import cpu_snapshot  # noqa: E402
 from load_generator import sweep  # noqa: E402
 from raw_ceiling import raw_ceiling  # noqa: E402
 from report import write_all  # noqa: E402
@@ -44,7 +46,7 @@ from server_runner import (  # noqa: E402
     predict_url,
     register_to_first_prediction,
     running,
-    stack_pss_mb,
+    stack_pss,
     wait_first_prediction,
 )
 
@@ -93,7 +95,11 @@ def run_ours(
     with running(config, env) as cluster:
         first = wait_first_prediction(cluster, model, image, START_TIMEOUT_S)
         print(f"  ours:{variant} {model}: serve run start to first prediction {first:.1f} s", flush=True)
-        points = sweep(predict_url(cluster, model), image, args.levels, args.warmup, args.duration, variant)
+        probe = functools.partial(cpu_snapshot, f"RAY_TMPDIR={cluster.workdir}")
+        probe()  # names every process while the stack is idle (busy replicas retitle themselves)
+        points = sweep(
+            predict_url(cluster, model), image, args.levels, args.warmup, args.duration, variant, probe
+        )
     return {"first_prediction_s": round(first, 2), "points": [r.as_dict() for r in points]}
 
 
@@ -106,13 +112,15 @@ def run_torchserve(
         first = ts.wait_first_prediction(server, model, image, START_TIMEOUT_S)
         print(f"  torchserve:{setting} {model}: start to first prediction {first:.1f} s", flush=True)
         time.sleep(3)  # let every worker finish loading before measuring idle memory
-        mb, count = stack_pss_mb(server.marker)
+        memory = stack_pss(server.marker)
         url = f"{server.inference_url}/predictions/{model}"
-        points = sweep(url, image, args.levels, args.warmup, args.duration, f"torchserve:{setting}")
+        probe = functools.partial(cpu_snapshot, server.marker)
+        points = sweep(url, image, args.levels, args.warmup, args.duration, f"torchserve:{setting}", probe)
     return {
         "first_prediction_s": round(first, 2),
-        "idle_pss_mb": round(mb, 1),
-        "processes": count,
+        "idle_pss_mb": memory["pss_mb"],
+        "processes": memory["processes"],
+        "idle_pss_by_role": memory["by_role"],
         "points": [r.as_dict() for r in points],
     }
 
@@ -196,7 +204,11 @@ def extras(work: Path, image: bytes, results: dict[str, Any]) -> dict[str, Any]:
     memory: dict[str, Any] = {"ours": ours}
     ts_best = results["models"].get("resnet18", {}).get("systems", {}).get("torchserve:best")
     if ts_best:
-        memory["torchserve"] = {"pss_mb": ts_best["idle_pss_mb"], "processes": ts_best["processes"]}
+        memory["torchserve"] = {
+            "pss_mb": ts_best["idle_pss_mb"],
+            "processes": ts_best["processes"],
+            "by_role": ts_best.get("idle_pss_by_role", {}),
+        }
     return {"register": register, "memory": memory}
 
 

@@ -20,6 +20,12 @@ from deployments.settings import (
     model_deployment_name,
 )
 
+# Requests a model replica accepts at once, per batch slot. Waiting requests cost a replica
+# almost nothing (decoded, parked until the model is idle), while requests that Serve's router
+# must hold back in the ingress cost it CPU on every retry: at concurrency 64 with 2 x batch
+# size, resnet18 fell from 29 to 22 req/s; with 8 x it held 30 (docs/performance.md).
+ONGOING_PER_BATCH = 8
+
 
 def replica_options(resources: ResourcesConfig, batch_size: int) -> dict:
     """Fixed replicas, or Serve autoscaling between num_replicas and max_replicas.
@@ -47,7 +53,8 @@ def build_model(args: ModelAppArgs) -> Application:
     deployment = ModelDeployment.options(
         name=model_deployment_name(spec.name, spec.version),
         **replicas,
-        max_ongoing_requests=resources.max_ongoing_requests or 2 * args.batching.max_batch_size,
+        max_ongoing_requests=resources.max_ongoing_requests
+        or ONGOING_PER_BATCH * args.batching.max_batch_size,
         max_queued_requests=resources.max_queued_requests,
         ray_actor_options={"num_cpus": resources.num_cpus, "num_gpus": gpus.num_gpus},
         user_config=args.batching.model_dump(),

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from deployments.settings import ModelAppArgs
 from handlers.archive import ArchiveModel, extract, read_extracted
 from handlers.errors import BadInputError, ModelNotFoundError
-from handlers.registry import handler_class
+from handlers.registry import DEFAULT_HANDLERS, handler_class
 from handlers.spec import NAME_PATTERN, ModelSpec
 
 DOWNLOAD_TIMEOUT_S = 60
@@ -155,5 +155,8 @@ def missing_resources(
 
 
 def check_handler(spec: ModelSpec) -> None:
-    """Import the handler now, so a missing dependency fails the registration, not requests."""
-    handler_class(spec.handler, spec.base_dir)
+    """Import a custom handler now, so a missing dependency fails the registration, not
+    requests. The default handlers ship with raytorch: they are not imported here, which
+    keeps torch out of the management process (its start and memory) until a custom one comes."""
+    if spec.handler not in DEFAULT_HANDLERS:
+        handler_class(spec.handler, spec.base_dir)

@@ -1,7 +1,10 @@
 """Route predictions to model deployments through Ray Serve handles.
 
-The model table is refreshed from ``serve.status()`` in the background; a lookup of an
-unknown model refreshes once before answering 404, so a model that just appeared is found.
+The model table is refreshed from ``serve.status()`` in the background. A lookup that misses
+(unknown model, no ready replica) answers from a snapshot taken *after* the request arrived, so
+a model that just appeared or just became ready (a synchronous register has returned) is found;
+such forced snapshots are shared by every waiting request and at most one per
+``MIN_FORCED_REFRESH_GAP_S`` is taken, however many requests miss.
 Every handle call has a deadline, and handles of versions that disappear or stop being
 ready are dropped at once (a call through a handle of an app being deleted would hang).
 """
@@ -27,7 +30,7 @@ logger = logging.getLogger("ray.serve")
 
 OVERLOAD_RETRY_AFTER_S = 1.0
 REPLICA_LOST_RETRY_AFTER_S = 2.0
-MIN_FORCED_REFRESH_GAP_S = 0.25
+MIN_FORCED_REFRESH_GAP_S = 0.1
 ROUTING_TIMEOUT_S = 2.0
 MANAGEMENT_APP = "management"
 
@@ -39,7 +42,7 @@ class ServeRouter:
         self._settings = settings
         self._table = ModelTable()
         self._handles: dict[tuple[str, str], Any] = {}
-        self._refreshed_at = 0.0
+        self._refresh_started_at = -1.0  # when the latest completed snapshot was requested
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
         self._management: Any = None
@@ -48,21 +51,34 @@ class ServeRouter:
     async def refresh(self) -> None:
         """Take a fresh snapshot of Serve's applications."""
         async with self._lock:
-            status = await asyncio.to_thread(serve.status)
-            table = ModelTable.from_status(status.applications)
-            if MANAGEMENT_APP in status.applications:
-                table.apply_routing(await self._management_routing())
-            live = {
-                (s.app_name, s.deployment_name)
-                for versions in table.versions.values()
-                for s in versions.values()
-                if table.routable(s)
-            }
-            for key in list(self._handles):
-                if key not in live:
-                    del self._handles[key]
-            self._table = table
-            self._refreshed_at = time.monotonic()
+            await self._refresh_locked()
+
+    async def _refresh_since(self, arrived: float) -> None:
+        """Return once the table reflects a snapshot requested after ``arrived``."""
+        async with self._lock:
+            if self._refresh_started_at >= arrived:
+                return  # someone else's forced refresh, taken while we waited for the lock
+            next_allowed = self._refresh_started_at + MIN_FORCED_REFRESH_GAP_S
+            await asyncio.sleep(max(0.0, next_allowed - time.monotonic()))
+            await self._refresh_locked()
+
+    async def _refresh_locked(self) -> None:
+        started = time.monotonic()
+        status = await asyncio.to_thread(serve.status)
+        table = ModelTable.from_status(status.applications)
+        if MANAGEMENT_APP in status.applications:
+            table.apply_routing(await self._management_routing())
+        live = {
+            (s.app_name, s.deployment_name)
+            for versions in table.versions.values()
+            for s in versions.values()
+            if table.routable(s)
+        }
+        for key in list(self._handles):
+            if key not in live:
+                del self._handles[key]
+        self._table = table
+        self._refresh_started_at = started
 
     async def _management_routing(self) -> dict[str, Any]:
         try:
@@ -100,23 +116,21 @@ class ServeRouter:
 
     async def lookup(self, model: str, version: str | None) -> ModelVersionState:
         """Find a ready version, refreshing once if the table does not know it yet."""
+        arrived = time.monotonic()
         await self.start()
         try:
             return self._table.lookup(model, version)
         except (ModelNotFoundError, ModelNotReadyError):
-            if time.monotonic() - self._refreshed_at < MIN_FORCED_REFRESH_GAP_S:
-                raise
-        await self.refresh()
+            pass
+        await self._refresh_since(arrived)
         return self._table.lookup(model, version)
 
     async def versions(self, model: str) -> list[str]:
         """Versions of ``model`` that Serve knows (ready or not); 404 when there are none."""
+        arrived = time.monotonic()
         await self.start()
-        if (
-            model not in self._table.versions
-            and time.monotonic() - self._refreshed_at >= MIN_FORCED_REFRESH_GAP_S
-        ):
-            await self.refresh()
+        if model not in self._table.versions:
+            await self._refresh_since(arrived)
         if model not in self._table.versions:
             raise ModelNotFoundError(f"Model not found: {model}")
         return sorted(self._table.versions[model])

@@ -66,7 +66,7 @@ class ResourcesConfig(StrictModel):
         ),
     )
     max_ongoing_requests: int | None = Field(
-        None, ge=1, description="Per-replica concurrency limit; default 2 x max_batch_size."
+        None, ge=1, description="Per-replica concurrency limit; default 8 x max_batch_size."
     )
     max_queued_requests: int = Field(
         -1, ge=-1, description="Requests waiting for a replica before 503 (-1: unbounded)."

@@ -1,11 +1,18 @@
-"""Find a handler class by default-handler name, import path, or Python file path."""
+"""Find a handler class by default-handler name, import path, or Python file path.
+
+Importing this module does not import torch (handlers are imported when resolved), so
+processes that only validate registrations, like the management app, stay small and start fast.
+"""
 
 from __future__ import annotations
 
-from handlers.base import BaseHandler
+from typing import TYPE_CHECKING
+
 from handlers.errors import ConfigError, ModelLoadError
-from handlers.loading import import_object
-from handlers.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from handlers.base import BaseHandler
+    from handlers.spec import ModelSpec
 
 DEFAULT_HANDLERS = {
     "image_classifier": "handlers.image_classifier:ImageClassifier",
@@ -28,6 +35,9 @@ def handler_class(name: str, base_dir: str | None = None) -> type[BaseHandler]:
         raise ConfigError(
             f"Unknown handler {name!r}: use one of {known}, 'package.module:Class' or 'file.py:Class'"
         )
+    from handlers.base import BaseHandler
+    from handlers.loading import import_object
+
     try:
         cls = import_object(import_path, base_dir)
     except ModelLoadError as exc:  # also wraps whatever the user's module raised on import
