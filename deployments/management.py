@@ -15,6 +15,19 @@ from deployments.model_manager import ModelManager
 from deployments.settings import ManagementArgs
 
 logger = logging.getLogger("ray.serve")
+# Handle calls every ingress makes about once a second (discovery_interval_s).
+POLLED_METHODS = ("routing", "token")
+
+
+class QuietPolling(logging.Filter):
+    """Drops Serve's access-log lines of the ingresses' routing polls: one line a second on the
+    `make serve` console and in the replica log said nothing. HTTP calls of the management API
+    (``POST /models ...``) are still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "serve_access_log", False):
+            return True
+        return not any(str(record.msg).startswith(f"CALL {m} ") for m in POLLED_METHODS)
 
 
 @serve.deployment(name="Management", num_replicas=1)
@@ -23,6 +36,9 @@ class ManagementDeployment:
     """Owns the registry; restores registered models when it starts (or restarts)."""
 
     async def __init__(self, args: ManagementArgs) -> None:
+        serve_logger = logging.getLogger("ray.serve")
+        if not any(isinstance(f, QuietPolling) for f in serve_logger.filters):
+            serve_logger.addFilter(QuietPolling())
         self._manager = ModelManager(args)
         self._token = load_or_create_token(self._manager.state_dir)
         self._restore: asyncio.Task[Any] | None = None

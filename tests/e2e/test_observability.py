@@ -70,6 +70,16 @@ def test_access_log_matches_response_ids(quickstart: ServeCluster, cat_png: byte
     assert ids[0] in quickstart.log()  # Ray's replica log lines carry the same id
 
 
+def test_console_shows_management_but_not_its_routing_polls(quickstart: ServeCluster) -> None:
+    # Every ingress asks the management app for routing once a second; Serve used to log each.
+    with quickstart.client() as client:
+        assert client.get("/models", headers={"Authorization": "Bearer x"}).status_code == 401
+    quickstart.wait_for(lambda: "GET /models 401" in quickstart.log(), 30, "the management access line")
+    log = quickstart.log()
+    assert "Management API ready" in log
+    assert "CALL routing" not in log
+
+
 def test_ray_metrics_on_the_fixed_port(quickstart: ServeCluster, cat_png: bytes) -> None:
     url = f"http://127.0.0.1:{quickstart.metrics_port}/metrics"  # type: ignore[attr-defined]
 
