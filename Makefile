@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/quickstart.yaml
 METRICS_PORT ?= 8080
-# HAPROXY=1: Serve's throughput mode (HAProxy, listens on all interfaces); see docs/performance.md.
+# HAPROXY=1: Serve's throughput mode (HAProxy; its stats/metrics ports listen on all interfaces).
 HAPROXY ?=
 # torch/torchvision are pinned to the builds this project is tested with (CPU or CUDA alike).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1

@@ -53,7 +53,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "quiet_logs": {"env": {"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000", "RAY_SERVE_LOG_TO_STDERR": "0"}},
     "grpc": {"env": {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}},  # gRPC between deployments
     "throughput_optimized": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}},  # all of the above
-    # HAProxy (C) in front instead of Serve's Python proxy; binds every interface.
+    # HAProxy (C) in front instead of Serve's Python proxy; its stats/metrics bind all interfaces.
     "haproxy": {"env": {"RAY_SERVE_ENABLE_HA_PROXY": "1"}},
     # What `make serve HAPROXY=1` (deployments/launch.py --haproxy) turns on.
     "throughput_mode": {"env": THROUGHPUT_ENV},
