@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -65,3 +67,22 @@ def test_health_metrics_and_management_answer(fast: ServeCluster) -> None:
         assert [m["modelName"] for m in models] == ["efficientnet_lite0"]
         missing = client.post("/predictions/nosuch", content=b"x")
         assert missing.status_code == 404 and missing.json()["type"] == "ModelNotFoundException"
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a listening TCP socket on ``port`` (from /proc/net/tcp, tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.rpartition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_the_inference_port_stays_on_loopback(fast: ServeCluster) -> None:
+    # Ray 2.60 forces HAProxy onto all interfaces only when no host is configured; ours is.
+    port = urlsplit(fast.base_url).port
+    assert port is not None
+    assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
