@@ -109,7 +109,6 @@ Probe = Callable[[], dict[int, tuple[str, float]]]  # e.g. cpu_usage.cpu_snapsho
 
 
 async def _probe_window(probe: Probe, window: tuple[float, float]) -> tuple[dict, dict]:
-    await asyncio.to_thread(probe)  # learns each process's role while the stack is still idle
     await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
     before = await asyncio.to_thread(probe)
     await asyncio.sleep(max(0.0, window[1] - time.monotonic()))

@@ -15,8 +15,8 @@ from deployments.model_manager import ModelManager
 from deployments.settings import ManagementArgs
 
 logger = logging.getLogger("ray.serve")
-# Handle calls every ingress makes about once a second (discovery_interval_s).
-POLLED_METHODS = ("routing", "token")
+# The handle call every ingress makes about once a second (discovery_interval_s).
+POLLED_PREFIX = "CALL routing "
 
 
 class QuietPolling(logging.Filter):
@@ -27,7 +27,7 @@ class QuietPolling(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "serve_access_log", False):
             return True
-        return not any(str(record.msg).startswith(f"CALL {m} ") for m in POLLED_METHODS)
+        return not str(record.msg).startswith(POLLED_PREFIX)
 
 
 @serve.deployment(name="Management", num_replicas=1)
