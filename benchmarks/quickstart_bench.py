@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.raw_ceiling import raw_ceiling  # noqa: E402
 from benchmarks.server_runner import bench_env  # noqa: E402
-from tests.conftest import photo_path, quickstart_model_args  # noqa: E402
 from tests.e2e.serve_cluster import load_config, serve_run  # noqa: E402
+from tests.fixtures.specs import photo_path, quickstart_model_args  # noqa: E402
 
 MODEL = "efficientnet_lite0"
 

@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 from cpu_usage import role_of, stack_pids
 
-from deployments.launch import THROUGHPUT_ENV
 from tests.e2e.serve_cluster import ROOT, ServeCluster, load_config, serve_run
 
 MODEL_APP = "model"
@@ -53,14 +52,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "quiet_logs": {"env": {"RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000", "RAY_SERVE_LOG_TO_STDERR": "0"}},
     "grpc": {"env": {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}},  # gRPC between deployments
     "throughput_optimized": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}},  # all of the above
-    # HAProxy (C) in front instead of Serve's Python proxy; its stats/metrics bind all interfaces.
-    "haproxy": {"env": {"RAY_SERVE_ENABLE_HA_PROXY": "1"}},
-    # What `make serve HAPROXY=1` (deployments/launch.py --haproxy) turns on.
-    "throughput_mode": {"env": THROUGHPUT_ENV},
     "no_management": {"drop_apps": ["management"]},
     "ingress5": {"ingress": {"max_ongoing_requests": 5}},  # Serve's default, before this branch
     "discovery10": {"ingress": {"discovery_interval_s": 10}},
-    "direct": {"direct": True},  # no ingress: the proxy calls the model deployment (direct_app.py)
+    # Before this branch's transport: Serve's Python proxy in front, calling the ingress.
+    "serve_proxy": {"proxy_location": "HeadOnly"},
 }
 
 
@@ -97,14 +93,10 @@ def make_config(model: str, weights: Path, variant: str) -> tuple[dict[str, Any]
             args["resources"]["num_gpus"] = 0  # CPU benchmark: no GPU request, no fallback note
             for section in ("model", "batching", "resources"):
                 args[section] = _merge(args[section], patch.get(section, {}))
-            if patch.get("direct"):
-                app.update(
-                    route_prefix=f"/predictions/{model}", import_path="benchmarks.direct_app:build_direct"
-                )
         elif app["import_path"].endswith(":build_ingress"):
             app["args"] = _merge(app["args"], patch.get("ingress", {}))
-    if patch.get("direct"):
-        config["applications"] = [a for a in config["applications"] if a["name"] == model]
+    if "proxy_location" in patch:
+        config["proxy_location"] = patch["proxy_location"]
     return config, dict(patch.get("env", {}))
 
 

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from handlers.archive import write_archive  # noqa: E402
-from tests.conftest import photo_path  # noqa: E402
 from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run  # noqa: E402
+from tests.fixtures.specs import photo_path  # noqa: E402
 
 TOKEN = "soak-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -1,1 +1,2 @@
-"""Ray Serve wiring: the ingress, model deployments and their typed application builders."""
+"""Ray Serve wiring of raytorch: ``app`` holds the typed builders named in configs/*.yaml;
+``inference``, ``model`` and ``management`` are the three parts; ``common`` sits below them."""

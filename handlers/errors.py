@@ -10,7 +10,10 @@ from __future__ import annotations
 
 
 class RaytorchError(Exception):
-    """Base class: an error with an HTTP status and a stable type name."""
+    """Base class: an error with an HTTP status and a stable type name.
+
+    ``retry_after_s`` becomes a ``Retry-After`` header (overload, models still loading).
+    """
 
     status: int = 500
     type_name: str = "InternalServerException"
@@ -27,6 +30,12 @@ class RaytorchError(Exception):
     def to_dict(self) -> dict[str, object]:
         """The TorchServe-compatible JSON body for this error."""
         return {"code": self.status, "type": self.type_name, "message": self.message}
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers this error asks for (``Retry-After``)."""
+        if not self.retry_after_s:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
 
 
 def _rebuild(cls: type[RaytorchError], message: str, retry_after_s: float | None) -> RaytorchError:
@@ -94,3 +103,50 @@ class InferenceError(RaytorchError):
 
     status = 500
     type_name = "InferenceException"
+
+
+class UnauthorizedError(RaytorchError):
+    """Missing or wrong bearer token."""
+
+    status = 401
+    type_name = "UnauthorizedException"
+
+
+class ConflictError(RaytorchError):
+    """The model version is already registered."""
+
+    status = 409
+    type_name = "ConflictStatusException"
+
+
+class InsufficientResourcesError(RaytorchError):
+    """The cluster cannot start the requested replicas now."""
+
+    status = 503
+    type_name = "InsufficientResourcesException"
+
+
+class DownloadArchiveError(BadInputError):
+    """A remote archive could not be fetched."""
+
+    type_name = "DownloadArchiveException"
+
+
+class ResourceNotFoundError(RaytorchError):
+    """No route matches the request's path (TorchServe's wording)."""
+
+    status = 404
+    type_name = "ResourceNotFoundException"
+
+
+class MethodNotAllowedError(RaytorchError):
+    """The path exists but not for this HTTP method."""
+
+    status = 405
+    type_name = "MethodNotAllowedException"
+
+
+def validation_message(errors: list) -> str:
+    """``field.path: problem; ...`` for pydantic's ``ValidationError.errors()``: how every
+    400 about a setting or a parameter words it."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)

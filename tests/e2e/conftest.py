@@ -1,6 +1,6 @@
 """The quickstart server shared by the e2e modules that only read from it.
 
-Started the way `make serve` starts it (``python -m deployments.launch``: Ray's metrics on a
+Started the way `make serve` starts it (``python -m raytorch.launch``: Ray's metrics on a
 fixed port), with its own state, model store, log directory and token.
 """
 

@@ -83,7 +83,7 @@ def serve_run(
 ) -> Iterator[ServeCluster]:
     """Start ``serve run`` on ``config`` and stop it (and only it) afterwards.
 
-    With ``launcher_args``, start through ``python -m deployments.launch`` (what `make serve`
+    With ``launcher_args``, start through ``python -m raytorch.launch`` (what `make serve`
     runs: Ray first, with fixed metrics/dashboard ports, then Serve's own `serve run`).
     """
     # Short path: Ray's unix sockets live under RAY_TMPDIR and have a length limit.
@@ -93,10 +93,11 @@ def serve_run(
     log_path = workdir / "serve.log"
     env = {**os.environ, "RAY_TMPDIR": str(workdir), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)  # never attach to somebody else's cluster
-    serve = shutil.which("serve", path=env.get("PATH")) or "serve"
+    # The `serve` CLI of this interpreter's environment, whether or not it is on PATH.
+    serve = shutil.which("serve", path=str(Path(sys.executable).parent)) or shutil.which("serve") or "serve"
     command = [serve, "run", str(config_path)]
     if launcher_args is not None:
-        command = [sys.executable, "-m", "deployments.launch", str(config_path), *launcher_args]
+        command = [sys.executable, "-m", "raytorch.launch", str(config_path), *launcher_args]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             command,

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from handlers.archive import write_archive
-from tests.conftest import png_bomb
 from tests.e2e.serve_cluster import ROOT, ServeCluster, load_config, serve_run
 from tests.fixtures.models import tiny_classifier
+from tests.fixtures.specs import png_bomb
 
 pytestmark = pytest.mark.e2e
 

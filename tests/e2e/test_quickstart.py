@@ -92,7 +92,7 @@ def test_cli_predict_prints_top_labels(quickstart: ServeCluster) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import photo_path
+    from tests.fixtures.specs import photo_path
 
     result = subprocess.run(
         [sys.executable, "-m", "raytorch.cli", "--server", quickstart.base_url, "predict",

@@ -2,47 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from deployments.http_api import create_app
-from deployments.messages import Answer
-from deployments.settings import IngressArgs
-from handlers.base import BaseHandler
-from handlers.errors import ModelNotFoundError, ModelNotReadyError, RequestTimeoutError
+from deployments.common.settings import IngressArgs
 from handlers.registry import create_handler
-from tests.conftest import tiny_spec
+from tests.fixtures.inference import LocalRouter, inference_app
+from tests.fixtures.specs import tiny_spec
 
 LIMIT = 2_000_000
-
-
-class LocalRouter:
-    """Runs real handlers in-process, as the Serve router would through handles."""
-
-    def __init__(self, handlers: dict[str, BaseHandler]) -> None:
-        self.handlers = handlers
-        self.down: dict[str, str] = {}
-
-    async def predict(self, model: str, version: str | None, body: bytes, content_type: str | None) -> Any:
-        if model == "slow":
-            raise RequestTimeoutError('Model "slow" did not answer within 1s')
-        if model in self.down:
-            raise ModelNotReadyError(self.down[model], retry_after_s=5)
-        if model not in self.handlers or version not in (None, "1.0"):
-            raise ModelNotFoundError(f"Model not found: {model}")
-        handler = self.handlers[model]
-        item = await asyncio.to_thread(handler.preprocess, body, content_type)
-        return Answer(handler.predict_batch([item])[0], 1, version or "1.0")
-
-    def unhealthy_models(self) -> dict[str, str]:
-        return dict(self.down)
-
-    def ready_replicas(self) -> dict[tuple[str, str], int]:
-        return {(name, "1.0"): 0 if name in self.down else 1 for name in self.handlers}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +27,7 @@ def client(router: LocalRouter, tmp_path, monkeypatch) -> TestClient:
     router.down.clear()
     monkeypatch.setenv("RAYTORCH_LOG_DIR", str(tmp_path))
     settings = IngressArgs(max_body_bytes=LIMIT, access_log="json")
-    return TestClient(create_app(settings, router))
+    return TestClient(inference_app(router, settings))
 
 
 def assert_error(response, status: int, type_name: str, fragment: str) -> None:
@@ -65,7 +35,7 @@ def assert_error(response, status: int, type_name: str, fragment: str) -> None:
     body = response.json()
     assert body["code"] == status and body["type"] == type_name
     assert fragment.lower() in body["message"].lower()
-    assert "Traceback" not in response.text
+    assert "Traceback (most recent call last)" not in response.text
 
 
 def test_raw_body_post_and_put(client: TestClient, cat_png: bytes) -> None:
@@ -149,7 +119,7 @@ def test_unknown_model_and_route(client: TestClient, cat_png: bytes) -> None:
 
 
 def test_not_ready_is_503_with_retry_after(client: TestClient, router: LocalRouter, cat_png: bytes) -> None:
-    router.down["tiny"] = 'Model "tiny" version 1.0 failed to start: weights missing'
+    router.down["tiny"] = "ModelLoadError: weights missing"
     response = client.post("/predictions/tiny", content=cat_png)
     assert_error(response, 503, "ServiceUnavailableException", "weights missing")
     assert response.headers["retry-after"] == "5"
@@ -161,9 +131,12 @@ def test_deadline_is_504(client: TestClient, cat_png: bytes) -> None:
 
 def test_ping_reflects_model_health(client: TestClient, router: LocalRouter) -> None:
     assert client.get("/ping").json() == {"status": "Healthy"}
-    router.down["tiny"] = "no replica"
+    router.down["tiny"] = "ModelLoadError: weights missing"
     response = client.get("/ping")
-    assert response.status_code == 500 and response.json()["models"] == {"tiny": "no replica"}
+    assert response.status_code == 500
+    assert response.json()["models"] == {
+        "tiny/1.0": 'Model "tiny" version 1.0 failed to start: ModelLoadError: weights missing'
+    }
 
 
 def test_api_description(client: TestClient) -> None:
@@ -179,8 +152,9 @@ def test_metrics_count_requests_with_labels(client: TestClient, cat_png: bytes) 
     client.post("/predictions/made-up-name", content=cat_png)
     text = client.get("/metrics").text
     assert 'ts_inference_requests_total{hostname="' in text
-    assert 'raytorch_requests_total{code="200",model_name="tiny",model_version="1.0"} 3.0' in text
-    assert 'raytorch_requests_total{code="400",model_name="tiny",model_version="-"} 1.0' in text
+    labels = 'model_name="tiny",model_version="1.0",protocol="torchserve"'
+    assert f'raytorch_requests_total{{code="200",{labels}}} 3.0' in text
+    assert f'raytorch_requests_total{{code="400",{labels}}} 1.0' in text
     assert "made-up-name" not in text  # unknown names share one series
     assert 'raytorch_batch_size_count{model_name="tiny",model_version="1.0"} 3.0' in text
     assert 'raytorch_replicas_ready{model_name="tiny",model_version="1.0"} 1.0' in text
@@ -196,6 +170,7 @@ def test_metrics_name_filter(client: TestClient, cat_png: bytes) -> None:
 def test_access_log_lines_carry_the_request_id(client: TestClient, cat_png: bytes, tmp_path) -> None:
     response = client.post("/predictions/tiny", content=cat_png)
     missing = client.post("/predictions/nosuch", content=cat_png)
+    client.app.telemetry.access.flush()
     lines = [json.loads(line) for line in (tmp_path / "access.log").read_text().splitlines()]
     by_id = {line["request_id"]: line for line in lines}
     ok = by_id[response.headers["x-request-id"]]

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from deployments.management_api import create_management_app
-from deployments.model_sources import RegisterParams
+from deployments.management.api import create_management_app
+from deployments.management.register_params import RegisterParams
 from handlers.errors import ModelNotFoundError
 
 TOKEN = "s3cret-token"

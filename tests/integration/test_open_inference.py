@@ -7,36 +7,26 @@ import base64
 import pytest
 from fastapi.testclient import TestClient
 
-from deployments.http_api import create_app
-from deployments.settings import IngressArgs
-from handlers.errors import ModelNotFoundError
+from deployments.common.settings import IngressArgs
 from handlers.registry import create_handler
-from tests.conftest import tiny_spec
-from tests.integration.test_http_api import LocalRouter, assert_error
+from tests.fixtures.inference import LocalRouter, inference_app
+from tests.fixtures.specs import tiny_spec
+from tests.integration.test_http_api import assert_error
 
 LIMIT = 2_000_000
 
 
-class MetadataRouter(LocalRouter):
-    """LocalRouter that also lists versions, as ServeRouter does from Serve's status."""
-
-    async def versions(self, model: str) -> list[str]:
-        if model not in self.handlers:
-            raise ModelNotFoundError(f"Model not found: {model}")
-        return ["1.0"]
-
-
 @pytest.fixture(scope="module")
-def router() -> MetadataRouter:
+def router() -> LocalRouter:
     handler = create_handler(tiny_spec())
     handler.load()
-    return MetadataRouter({"tiny": handler})
+    return LocalRouter({"tiny": handler})
 
 
 @pytest.fixture
-def client(router: MetadataRouter) -> TestClient:
+def client(router: LocalRouter) -> TestClient:
     router.down.clear()
-    return TestClient(create_app(IngressArgs(max_body_bytes=LIMIT), router))
+    return TestClient(inference_app(router, IngressArgs(max_body_bytes=LIMIT)))
 
 
 def b64(data: bytes) -> str:
@@ -73,7 +63,7 @@ def test_v2_infer_bytes_inputs(client: TestClient, cat_png: bytes) -> None:
     assert client.post("/v2/models/tiny/versions/1.0/infer", json=request).status_code == 200
 
 
-def test_v2_health_and_metadata(client: TestClient, router: MetadataRouter) -> None:
+def test_v2_health_and_metadata(client: TestClient, router: LocalRouter) -> None:
     assert client.get("/v2/health/live").json() == {"live": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
     metadata = client.get("/v2/models/tiny").json()
@@ -152,5 +142,5 @@ def test_impossible_model_names_are_400_and_not_echoed_whole(client: TestClient,
     if response.status_code == 404:  # an encoded '/' splits the path: no route at all
         assert response.json()["type"] == "ResourceNotFoundException"
         return
-    assert_error(response, 400, "BadRequestException", "Invalid model")
+    assert_error(response, 400, "BadRequestException", "model")
     assert len(response.json()["message"]) < 300

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deployments.model_sources import RegisterParams, app_args, missing_resources, resolve_url
+from deployments.management.archive_sources import resolve_url
+from deployments.management.capacity import missing_resources
+from deployments.management.register_params import RegisterParams, app_args
 from handlers.archive import extract, read_extracted, write_archive
 from handlers.errors import BadInputError, ConfigError, ModelNotFoundError
 from handlers.registry import create_handler

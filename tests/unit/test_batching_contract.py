@@ -6,7 +6,7 @@ import pytest
 
 from handlers.errors import InferenceError
 from handlers.registry import create_handler
-from tests.conftest import tiny_spec
+from tests.fixtures.specs import tiny_spec
 
 
 def test_one_result_per_item(cat_png: bytes, coffee_png: bytes) -> None:

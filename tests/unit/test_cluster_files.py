@@ -18,8 +18,8 @@ import jsonschema
 import pytest
 import yaml
 
-from deployments.kuberay import ClusterShape, check_serve_config, placement_warnings, rayservice, render
-from tests.conftest import ROOT
+from raytorch.kuberay import ClusterShape, check_serve_config, placement_warnings, rayservice, render
+from tests.fixtures.specs import ROOT
 
 CLUSTER_YAML = ROOT / "cluster.yaml"
 
@@ -107,7 +107,7 @@ SERVE_CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 def generate(*args: str) -> subprocess.CompletedProcess:
     """Run the generator's command line the way a user does."""
     return subprocess.run(
-        [sys.executable, "-m", "deployments.kuberay", *args],
+        [sys.executable, "-m", "raytorch.kuberay", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -194,5 +194,5 @@ def test_names_must_be_kubernetes_names() -> None:
 
 
 def test_generator_does_not_need_ray_to_build_a_manifest() -> None:
-    code = "import sys, deployments.kuberay; assert 'ray' not in sys.modules, 'ray imported'"
+    code = "import sys, raytorch.kuberay; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)

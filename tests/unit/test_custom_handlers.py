@@ -8,7 +8,7 @@ import pytest
 
 from handlers.errors import ConfigError
 from handlers.registry import create_handler, handler_class
-from tests.conftest import ROOT, tiny_spec
+from tests.fixtures.specs import ROOT, tiny_spec
 
 HANDLER_FILES = ROOT / "tests" / "fixtures" / "custom_handlers"
 

@@ -11,7 +11,7 @@ from handlers.errors import BadInputError, ConfigError
 from handlers.image_classifier import ImageClassifier
 from handlers.registry import create_handler, handler_class
 from handlers.spec import ModelSpec
-from tests.conftest import quickstart_model_args, tiny_spec
+from tests.fixtures.specs import quickstart_model_args, tiny_spec
 
 
 @pytest.fixture(scope="module")

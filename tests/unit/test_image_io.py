@@ -11,7 +11,7 @@ from PIL import Image
 
 from handlers.errors import BadInputError, PayloadTooLargeError, RaytorchError, UnsupportedMediaTypeError
 from handlers.image_io import check_media_type, decode_image
-from tests.conftest import png_bomb
+from tests.fixtures.specs import png_bomb
 
 LIMIT = 40_000_000
 

@@ -12,7 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("module", ["deployments.ingress", "deployments.management", "deployments.app"])
+@pytest.mark.parametrize(
+    "module", ["deployments.inference.ingress", "deployments.management.deployment", "deployments.app"]
+)
 def test_module_does_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from deployments.model_table import ModelTable
-from deployments.settings import model_deployment_name
+from deployments.common.model_table import ModelTable
+from deployments.common.naming import model_deployment_name
 from handlers.errors import ModelNotFoundError, ModelNotReadyError
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from deployments.placement import decide_gpus
-from deployments.settings import ResourcesConfig
+from deployments.common.settings import ResourcesConfig
+from deployments.model.placement import decide_gpus
 
 
 def test_no_gpu_cluster_falls_back_to_cpu_and_says_so() -> None:
@@ -27,7 +27,7 @@ def test_cpu_models_are_untouched() -> None:
 
 
 def test_replica_options_fixed_autoscaled_and_zero() -> None:
-    from deployments.app import replica_options
+    from deployments.model.builder import replica_options
 
     assert replica_options(ResourcesConfig(num_replicas=2), 8) == {"num_replicas": 2}
     scaled = replica_options(ResourcesConfig(num_replicas=1, max_replicas=4), 8)["autoscaling_config"]

@@ -9,8 +9,8 @@ import yaml
 
 from handlers.registry import create_handler
 from handlers.spec import ModelSpec
-from tests.conftest import ROOT
 from tests.fixtures.audio import make_wav, sine
+from tests.fixtures.specs import ROOT
 
 CONFIGS = ["object_detector.yaml", "image_segmenter.yaml", "text_classifier.yaml", "audio_classifier.yaml"]
 

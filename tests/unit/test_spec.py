@@ -8,15 +8,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from deployments.settings import (
-    IngressArgs,
-    ManagementArgs,
-    ModelAppArgs,
-    model_deployment_name,
-    parse_model_deployment_name,
-)
+from deployments.common.naming import model_deployment_name, parse_model_deployment_name
+from deployments.common.settings import IngressArgs, ManagementArgs, ModelAppArgs
 from handlers.spec import ModelSpec
-from tests.conftest import ROOT
+from tests.fixtures.specs import ROOT
 
 ARCH = {"architecture": "resnet18"}
 
@@ -98,7 +93,8 @@ def test_ingress_concurrency_is_not_serves_default_of_five() -> None:
 def test_model_replicas_take_several_batches_of_requests() -> None:
     # Requests held back by Serve's router in the ingress cost CPU on every retry; a replica
     # parks them for free. At concurrency 64 a limit of 2 batches lost a quarter of the throughput.
-    from deployments.app import ONGOING_PER_BATCH, build_model
+    from deployments.app import build_model
+    from deployments.model.builder import ONGOING_PER_BATCH
 
     args = ModelAppArgs.model_validate(
         {"model": {"name": "m", "source": {"architecture": "resnet18"}}, "batching": {"max_batch_size": 4}}

@@ -1,0 +1,74 @@
+"""The one place where exceptions become HTTP answers: ``{"code", "type", "message"}``.
+
+Every protocol's code raises the project's own exceptions (handlers.errors); the HTTP entry
+point, the FastAPI apps (inference extras and management) and the gRPC servicers all turn them
+into a status here, so the same fault gets the same status and wording everywhere. Nothing
+looks at an error's message text to classify it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from handlers.errors import (
+    BadInputError,
+    MethodNotAllowedError,
+    RaytorchError,
+    ResourceNotFoundError,
+    validation_message,
+)
+
+logger = logging.getLogger("raytorch.http")
+
+
+def as_raytorch_error(exc: BaseException, path: str = "") -> RaytorchError:
+    """Any exception as one of ours (unexpected ones become a 500 that names no internals)."""
+    if isinstance(exc, RaytorchError):
+        return exc
+    if isinstance(exc, RequestValidationError | ValidationError):
+        return BadInputError(f"Invalid request: {validation_message(list(exc.errors()))}")
+    if isinstance(exc, StarletteHTTPException):
+        if exc.status_code == 404:
+            return ResourceNotFoundError(
+                f"Requested resource is not found, please refer to API document: {path}"
+            )
+        if exc.status_code == 405:
+            return MethodNotAllowedError(str(exc.detail))
+        error = RaytorchError(str(exc.detail))
+        error.status, error.type_name = exc.status_code, "HttpException"
+        return error
+    return RaytorchError("Internal error")
+
+
+def error_json(error: RaytorchError) -> bytes:
+    """The JSON body of an error answer."""
+    return json.dumps(error.to_dict()).encode()
+
+
+def internal_error(request_id: str) -> RaytorchError:
+    """What a client sees of a bug: a 500 naming the request id to look up in the log."""
+    return RaytorchError(f"Internal error; see the server log for request id {request_id}.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception a FastAPI app raises through :func:`as_raytorch_error`."""
+
+    async def answer(request: Request, exc: Exception) -> JSONResponse:
+        error = as_raytorch_error(exc, request.url.path)
+        if type(error) is RaytorchError and not isinstance(exc, RaytorchError | StarletteHTTPException):
+            request_id = request.headers.get("x-request-id", "-")
+            logger.exception(
+                "Unexpected error in %s %s (request id %s)", request.method, request.url.path, request_id
+            )
+            error = internal_error(request_id)
+        return JSONResponse(error.to_dict(), error.status, headers=error.headers())
+
+    for kind in (RaytorchError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(kind, answer)

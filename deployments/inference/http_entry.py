@@ -1,0 +1,174 @@
+"""The HTTP entry point: a plain ASGI app in front of everything the ingress serves.
+
+Predictions (``/predictions/{model}[/{version}]``, POST or PUT, raw body or multipart) are
+served right here without a web framework: they are the hot path, and every microsecond of
+CPU spent here is taken from the models on the same machine. ``/models`` is forwarded to the
+management deployment (when this process is the server's only HTTP listener). Everything
+else (health, metrics, OpenAPI, KServe v1/v2) goes to the FastAPI app of
+:mod:`deployments.inference.routes`. Every request gets a request id, an access-log line and,
+for predictions, metrics: one :meth:`Telemetry.finish` per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from deployments.common.forwarding import ForwardedRequest, ForwardedResponse
+from deployments.common.http_errors import as_raytorch_error, error_json, internal_error
+from deployments.inference.predictions import Predictor
+from deployments.inference.request_body import ClientDisconnected, read_body, split_inputs
+from deployments.inference.telemetry import (
+    RECORD_KEY,
+    REQUEST_ID_HEADER,
+    RequestRecord,
+    Telemetry,
+    request_id_from,
+)
+from handlers.errors import BadInputError, MethodNotAllowedError, RaytorchError
+from handlers.spec import NAME_PATTERN, VERSION_PATTERN
+
+logger = logging.getLogger("raytorch.ingress")
+Asgi = Callable[[dict, Any, Any], Awaitable[None]]
+_NAME = re.compile(NAME_PATTERN)
+_VERSION = re.compile(VERSION_PATTERN)
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def prediction_target(path: str) -> tuple[str, str | None]:
+    """``/predictions/{model}[/{version}]`` -> (model, version), refusing impossible names (400)."""
+    parts = path[len("/predictions/") :].split("/")
+    if len(parts) > 2 or not parts[0]:
+        raise BadInputError("Use /predictions/{model_name} or /predictions/{model_name}/{model_version}")
+    model, version = parts[0], (parts[1] if len(parts) == 2 and parts[1] else None)
+    if not _NAME.fullmatch(model):
+        raise BadInputError(
+            f"Invalid model name {model[:80]!r}: names are 1-128 ASCII letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit."
+        )
+    if version is not None and not _VERSION.fullmatch(version):
+        raise BadInputError(
+            f"Invalid model version {version[:80]!r}: versions are 1-64 ASCII letters, digits, "
+            "'_', '.' or '-'."
+        )
+    return model, version
+
+
+class HttpEntry:
+    """The ASGI app of the ingress (see the module docstring).
+
+    ``authorize(header)`` raises UnauthorizedError when inference needs a token and the
+    ``Authorization`` header lacks it; ``management(request)`` answers ``/models`` requests
+    when this process must forward them (None behind Serve's own proxy, which routes /models
+    itself); ``echo_request_id`` is False behind Serve's proxy, which adds the header.
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        telemetry: Telemetry,
+        extras: Asgi,
+        authorize: Callable[[str | None], Awaitable[None]],
+        max_body_bytes: int,
+        management: Callable[[ForwardedRequest], Awaitable[ForwardedResponse]] | None = None,
+        echo_request_id: bool = True,
+    ) -> None:
+        self.predictor = predictor
+        self.telemetry = telemetry
+        self.extras = extras
+        self.authorize = authorize
+        self.max_body_bytes = max_body_bytes
+        self.management = management
+        self.echo_request_id = echo_request_id
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.extras(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        record = RequestRecord(
+            request_id_from(headers.get(REQUEST_ID_HEADER)),
+            scope["method"],
+            scope["path"],
+            (scope.get("client") or ("-",))[0],
+            "torchserve",
+        )
+        status = 500
+        extra_headers = (
+            [(REQUEST_ID_HEADER.encode(), record.request_id.encode())] if self.echo_request_id else []
+        )
+
+        async def send_with_id(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), *extra_headers]}
+            await send(message)
+
+        try:
+            path = scope["path"]
+            if path.startswith("/predictions/"):
+                await self._predictions(scope, receive, send_with_id, headers, record)
+            elif self.management is not None and (path == "/models" or path.startswith("/models/")):
+                await self._forward(scope, receive, send_with_id, headers)
+            else:
+                scope[RECORD_KEY] = record
+                await self.extras(scope, receive, send_with_id)
+        except ClientDisconnected:
+            status = 499  # nginx's code for "client closed the request"; nothing to send
+        except Exception as exc:
+            error = as_raytorch_error(exc, scope["path"])
+            if not isinstance(exc, RaytorchError):
+                logger.exception(
+                    "Unexpected error in %s %s (request id %s)", scope["method"], path, record.request_id
+                )
+                error = internal_error(record.request_id)
+            await _send_json(send_with_id, error.status, error_json(error), error.headers())
+        finally:
+            self.telemetry.finish(record, status)
+
+    async def _predictions(
+        self, scope: dict, receive: Any, send: Any, headers: dict, record: RequestRecord
+    ) -> None:
+        if scope["method"] not in ("POST", "PUT"):
+            raise MethodNotAllowedError(
+                f"Method {scope['method']} is not allowed on {scope['path']}: use POST or PUT"
+            )
+        model, version = prediction_target(scope["path"])
+        await self.authorize(headers.get("authorization"))
+        content_type = headers.get("content-type")
+        body = await read_body(receive, headers.get("content-length"), self.max_body_bytes)
+        inputs = split_inputs(body, content_type)
+        answers = await self.predictor.predict(record, model, version, inputs)
+        # Several multipart 'data' fields are answered as a list, one result per field.
+        content = answers[0].result if len(answers) == 1 else [a.result for a in answers]
+        extra = {
+            "x-batch-size": ",".join(str(a.batch_size) for a in answers),
+            "x-model-version": answers[0].version,
+        }
+        await _send_json(send, 200, json.dumps(content).encode(), extra)
+
+    async def _forward(self, scope: dict, receive: Any, send: Any, headers: dict) -> None:
+        # Management calls are rare and small: buffer them, then one handle call.
+        body = await read_body(receive, headers.get("content-length"), self.max_body_bytes)
+        request = ForwardedRequest(
+            scope["method"],
+            scope["path"],
+            scope.get("query_string", b""),
+            scope["headers"],
+            body,
+            scope.get("client"),
+        )
+        response = await self.management(request)
+        await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+async def _send_json(send: Any, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    raw = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

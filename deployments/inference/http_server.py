@@ -1,0 +1,102 @@
+"""The ingress's own HTTP listener: uvicorn (httptools) on the configured host and port.
+
+When Serve's proxy is off (``proxy_location: Disabled`` in the shipped configs), the ingress
+replica itself listens on ``http_options.host:port``, so a request reaches the ingress without
+a proxy process and a Ray call in between. Several ingress replicas on one node share the port
+with SO_REUSEPORT; a single replica binds it alone, so a leftover process holding the port is
+reported (with its pid) instead of silently sharing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from deployments.common.ports import describe_port_owner
+
+logger = logging.getLogger("ray.serve")
+BACKLOG = 2048
+KEEP_ALIVE_S = 75  # longer than common load balancers' idle timeouts (60 s)
+
+
+class PortInUseError(RuntimeError):
+    """The configured port is taken by another process."""
+
+
+def bind(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A listening socket on ``host:port``; PortInUseError naming the holder when taken."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUseError(
+                f"Cannot listen on {host}:{port}: the port is taken by {describe_port_owner(port)}. "
+                "Stop that process (a server left over from an earlier run?) or change http_options.port."
+            ) from None
+        raise
+    sock.listen(BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its signal handlers: the replica's process belongs to Ray, which stops
+    it; a captured SIGTERM would only be re-raised after our shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HttpServer:
+    """uvicorn serving an ASGI app on one socket, inside the running event loop."""
+
+    def __init__(self, app: Any, sock: socket.socket) -> None:
+        config = uvicorn.Config(
+            app,
+            http="httptools",
+            loop="none",
+            lifespan="off",
+            access_log=False,  # ours is written by the entry point, with request ids
+            log_level="warning",
+            timeout_keep_alive=KEEP_ALIVE_S,
+            server_header=False,
+        )
+        self.address = sock.getsockname()
+        self._sock = sock
+        self._server = _Uvicorn(config)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start serving; returns once the socket accepts connections."""
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises what went wrong
+            await asyncio.sleep(0.01)
+        logger.info("raytorch ingress listening on http://%s:%d", *self.address[:2])
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop accepting, let requests in progress finish (up to ``timeout_s``), close."""
+        if self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+        except asyncio.TimeoutError:
+            self._server.force_exit = True
+            self._task.cancel()
+        self._task = None

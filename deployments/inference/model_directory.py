@@ -1,0 +1,140 @@
+"""Keeps the ingress's table of model versions current, cheaply.
+
+Sources, from most to least frequent:
+- a lookup that misses (unknown model, no ready replica) takes a snapshot requested after it
+  arrived, so a model that just appeared or became ready is found; such forced snapshots are
+  shared by all waiting requests and at most one per ``MIN_FORCED_REFRESH_GAP_S`` is taken;
+- the management part announces every routing change (register, ready, set-default, removal)
+  through a long poll, and the directory takes a snapshot at once;
+- health routes (/ping, readiness, /metrics) take a snapshot when the last one is over
+  ``HEALTH_MAX_AGE_S`` old, so they tell the truth without a fast background poll;
+- a slow safety poll (``discovery_interval_s``) catches what nobody announced.
+
+An idle server thus asks Serve for its status every ``discovery_interval_s`` instead of every
+second. Snapshots come from a function (``serve.status`` in production), fakes in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from deployments.common.model_table import ModelTable
+
+logger = logging.getLogger("ray.serve")
+
+MIN_FORCED_REFRESH_GAP_S = 0.1
+HEALTH_MAX_AGE_S = 1.0
+LONG_POLL_TIMEOUT_S = 30.0
+RETRY_AFTER_FAILURE_S = 2.0
+MAX_RETRY_AFTER_FAILURE_S = 30.0
+
+Snapshot = Callable[[], Awaitable[ModelTable]]
+RoutingChanges = Callable[[int, float], Awaitable[dict[str, Any]]]
+
+
+class ModelDirectory:
+    """The latest :class:`ModelTable`, with the policies above for refreshing it.
+
+    ``snapshot()`` returns a table of what Serve runs; ``routing_changes(since, timeout)`` long
+    polls the management part (None when there is no management app).
+    """
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        routing_changes: RoutingChanges | None,
+        safety_interval_s: float,
+        on_change: Callable[[ModelTable], None] | None = None,
+    ) -> None:
+        self.table = ModelTable()
+        self._snapshot = snapshot
+        self._routing_changes = routing_changes
+        self._safety_interval_s = safety_interval_s
+        self._on_change = on_change
+        self._routing: dict[str, Any] = {"version": -1, "defaults": {}, "draining": []}
+        self._taken_at = -1.0  # when the latest completed snapshot was requested
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Take a first snapshot and start following changes (idempotent)."""
+        if self._tasks:
+            return
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._safety_poll()))
+        if self._routing_changes is not None:
+            self._tasks.append(loop.create_task(self._follow_routing()))
+        try:
+            await self.refresh()
+        except Exception:  # Serve may still be starting; the polls retry
+            logger.exception("First snapshot of the model table failed")
+
+    async def refresh(self) -> None:
+        """Take a fresh snapshot now."""
+        async with self._lock:
+            await self._take()
+
+    async def refresh_since(self, arrived: float) -> None:
+        """Return once the table reflects a snapshot requested after ``arrived``."""
+        async with self._lock:
+            if self._taken_at >= arrived:
+                return  # someone else's snapshot, taken while we waited for the lock
+            await asyncio.sleep(max(0.0, self._taken_at + MIN_FORCED_REFRESH_GAP_S - time.monotonic()))
+            await self._take()
+
+    async def fresh_for_health(self) -> ModelTable:
+        """The table, no older than ``HEALTH_MAX_AGE_S`` (for /ping and readiness)."""
+        now = time.monotonic()
+        if now - self._taken_at > HEALTH_MAX_AGE_S:
+            try:
+                await self.refresh_since(now - HEALTH_MAX_AGE_S)
+            except Exception:
+                logger.exception("Refreshing the model table for a health check failed")
+        return self.table
+
+    async def _take(self) -> None:
+        started = time.monotonic()
+        table = await self._snapshot()
+        table.apply_routing(self._routing)
+        self.table = table
+        self._taken_at = started
+        if self._on_change is not None:
+            self._on_change(table)
+
+    async def _safety_poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._safety_interval_s)
+            try:
+                await self.refresh()
+            except Exception:  # keep polling; the next round may succeed
+                logger.exception("Refreshing the model table failed")
+
+    async def _follow_routing(self) -> None:
+        assert self._routing_changes is not None
+        backoff = RETRY_AFTER_FAILURE_S
+        while True:
+            try:
+                routing = await self._routing_changes(self._routing["version"], LONG_POLL_TIMEOUT_S)
+            except Exception as exc:  # management restarting (or absent): keep the routing, retry
+                level = logging.WARNING if backoff == RETRY_AFTER_FAILURE_S else logging.DEBUG
+                logger.log(level, "Could not follow routing changes of the management app: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_RETRY_AFTER_FAILURE_S, backoff * 2)
+                continue
+            backoff = RETRY_AFTER_FAILURE_S
+            if routing.get("version") != self._routing["version"]:
+                self._routing = routing
+                try:
+                    await self.refresh()
+                except Exception:
+                    logger.exception("Refreshing the model table after a routing change failed")
+
+    def stop(self) -> None:
+        """Stop following changes."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()

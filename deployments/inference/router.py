@@ -1,0 +1,193 @@
+"""Route predictions to model deployments through Ray Serve handles.
+
+Every handle call has a deadline, and handles of versions that disappear or stop being
+routable are dropped at once (a call through a handle of an app being deleted would hang).
+What a handle raises becomes one of our errors here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve import context as serve_context
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
+
+from deployments.common.forwarding import ForwardedRequest, ForwardedResponse
+from deployments.common.messages import Answer, Rejected
+from deployments.common.model_table import ModelTable, ModelVersionState
+from deployments.common.naming import MANAGEMENT_APP, MANAGEMENT_DEPLOYMENT
+from deployments.common.settings import IngressArgs
+from deployments.inference.model_directory import ModelDirectory
+from handlers.errors import (
+    ModelNotFoundError,
+    ModelNotReadyError,
+    RaytorchError,
+    RequestTimeoutError,
+    ResourceNotFoundError,
+)
+
+logger = logging.getLogger("ray.serve")
+
+OVERLOAD_RETRY_AFTER_S = 1.0
+REPLICA_LOST_RETRY_AFTER_S = 2.0
+MANAGEMENT_TIMEOUT_S = 5.0
+# A synchronous register waits for the model to load (and maybe download): allow for it.
+MANAGEMENT_CALL_TIMEOUT_S = 900.0
+
+
+async def serve_snapshot() -> ModelTable:
+    """What Serve runs now (one ``serve.status()``, off the event loop)."""
+    status = await asyncio.to_thread(serve.status)
+    return ModelTable.from_status(status.applications)
+
+
+class ServeRouter:
+    """Resolves model versions and sends inputs to their replicas."""
+
+    def __init__(self, settings: IngressArgs, directory: ModelDirectory | None = None) -> None:
+        self._settings = settings
+        self._handles: dict[tuple[str, str], Any] = {}
+        self._management: Any = None
+        self._token: str | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self.directory = directory or ModelDirectory(
+            serve_snapshot, self._routing_changes, settings.discovery_interval_s, self._drop_stale_handles
+        )
+
+    # -- management app ------------------------------------------------------------------------
+    def _management_handle(self) -> Any:
+        if self._management is None:
+            self._management = serve.get_deployment_handle(MANAGEMENT_DEPLOYMENT, app_name=MANAGEMENT_APP)
+        return self._management
+
+    async def _routing_changes(self, since: int, timeout_s: float) -> dict[str, Any]:
+        try:
+            call = self._management_handle().routing_changes.remote(since, timeout_s)
+            return await asyncio.wait_for(call, timeout=timeout_s + MANAGEMENT_TIMEOUT_S)
+        except Exception:
+            self._management = None  # a new handle once the management app is back
+            raise
+
+    async def token(self) -> str:
+        """The management token (for inference auth), asked of the management app once."""
+        if self._token is None:
+            call = self._management_handle().token.remote()
+            self._token = await asyncio.wait_for(call, timeout=MANAGEMENT_TIMEOUT_S)
+        return self._token
+
+    async def forward_to_management(self, request: ForwardedRequest) -> ForwardedResponse:
+        """A ``/models`` request, answered by the management deployment's own API."""
+        try:
+            handle = self._management_handle()
+        except (KeyError, RayServeException):  # this server's config has no management app
+            raise ResourceNotFoundError(
+                "The management API is not served here: the config has no 'management' application"
+            ) from None
+        return await asyncio.wait_for(handle.http.remote(request), MANAGEMENT_CALL_TIMEOUT_S)
+
+    # -- lookups -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Begin following Serve and the management app."""
+        await self.directory.start()
+
+    async def resolve(self, model: str, version: str | None) -> ModelVersionState:
+        """The version to route to (the default when None); 404/503 errors say why not."""
+        arrived = time.monotonic()
+        try:
+            return self.directory.table.lookup(model, version)
+        except (ModelNotFoundError, ModelNotReadyError):
+            pass
+        await self.directory.refresh_since(arrived)
+        return self.directory.table.lookup(model, version)
+
+    def labels(self, model: str, version: str | None) -> tuple[str, str]:
+        """Metric labels for a request: only names of versions the table knows."""
+        return self.directory.table.labels(model, version)
+
+    async def versions(self, model: str) -> list[str]:
+        """Versions of ``model`` that Serve knows (ready or not); 404 when there are none."""
+        arrived = time.monotonic()
+        if model not in self.directory.table.versions:
+            await self.directory.refresh_since(arrived)
+        if model not in self.directory.table.versions:
+            raise ModelNotFoundError(f"Model not found: {model}")
+        return sorted(self.directory.table.versions[model])
+
+    async def health_table(self) -> ModelTable:
+        """A table fresh enough for health answers."""
+        return await self.directory.fresh_for_health()
+
+    # -- predictions ---------------------------------------------------------------------------
+    def _handle(self, state: ModelVersionState) -> Any:
+        key = (state.app_name, state.deployment_name)
+        if key not in self._handles:
+            self._handles[key] = serve.get_deployment_handle(state.deployment_name, app_name=state.app_name)
+        return self._handles[key]
+
+    def _drop_stale_handles(self, table: ModelTable) -> None:
+        live = {
+            (s.app_name, s.deployment_name)
+            for versions in table.versions.values()
+            for s in versions.values()
+            if table.routable(s)
+        }
+        for key in list(self._handles):
+            if key not in live:
+                del self._handles[key]
+
+    async def predict(
+        self, state: ModelVersionState, body: bytes, content_type: str | None, request_id: str = ""
+    ) -> Answer:
+        """Send one input to ``state``'s replicas and wait for its answer within the deadline.
+
+        ``request_id`` goes along in Serve's request context, so the replica's log lines for
+        this request carry the id of our access log and the client's ``x-request-id``.
+        """
+        if request_id:
+            serve_context._set_request_context(request_id=request_id, app_name=state.app_name)
+        response = self._handle(state).predict.remote(body, content_type)
+        result = await self._await(state, response)
+        if isinstance(result, Rejected):
+            raise result.error
+        return dataclasses.replace(result, version=state.version)
+
+    async def _await(self, state: ModelVersionState, response: Any) -> Any:
+        model, timeout = state.model, self._settings.request_timeout_s
+        try:
+            return await asyncio.wait_for(response, timeout=timeout)
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise RequestTimeoutError(f'Model "{model}" did not answer within {timeout:g}s') from None
+        except BackPressureError:
+            raise ModelNotReadyError(
+                f'Model "{model}" is overloaded: its queue is full. Retry later.',
+                retry_after_s=OVERLOAD_RETRY_AFTER_S,
+            ) from None
+        except RayActorError:
+            # The replica died with this request in it (crash, OOM kill); Serve is replacing it.
+            logger.warning('A replica of model "%s" died while serving a request', model)
+            self._refresh_soon()
+            raise ModelNotReadyError(
+                f'Model "{model}" lost the replica serving this request; a new one is starting. Retry.',
+                retry_after_s=REPLICA_LOST_RETRY_AFTER_S,
+            ) from None
+        except (DeploymentUnavailableError, RayServeException) as exc:
+            self._refresh_soon()
+            raise ModelNotReadyError(f'Model "{model}" is unavailable: {exc}', retry_after_s=5) from None
+        except Exception as exc:
+            # Errors raised in the replica arrive wrapped in a RayTaskError; unwrap ours.
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, RaytorchError):
+                raise cause from None
+            raise
+
+    def _refresh_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.directory.refresh_since(time.monotonic()))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)

@@ -1,0 +1,119 @@
+"""The inference API's routes besides the prediction hot path: health, metrics, OpenAPI, and
+KServe v1 / Open Inference v2 (:mod:`deployments.inference.open_inference`).
+
+A FastAPI app, independent of Ray. ``/predictions`` is served by the entry point
+(:mod:`deployments.inference.http_entry`) before this app is reached; it is added to this
+app's OpenAPI document so ``/api-description`` describes the whole API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import prometheus_client
+from fastapi import FastAPI, Query
+from fastapi.responses import JSONResponse, Response
+
+from deployments.common.http_errors import install_error_handlers
+from deployments.common.model_table import ModelTable
+from deployments.inference.open_inference import add_open_inference_routes
+from deployments.inference.predictions import Predictor
+from deployments.inference.telemetry import Telemetry
+
+
+class Directory(Protocol):
+    """What the routes read of the model table (the router)."""
+
+    async def health_table(self) -> ModelTable: ...
+    async def versions(self, model: str) -> list[str]: ...
+
+
+def create_routes(
+    directory: Directory,
+    predictor: Predictor,
+    telemetry: Telemetry,
+    authorize: Callable[[str | None], Awaitable[None]],
+    max_body_bytes: int,
+) -> FastAPI:
+    """The FastAPI app behind the entry point."""
+    app = FastAPI(
+        title="raytorch inference API",
+        description="TorchServe-compatible inference API served by Ray Serve.",
+        version="0.1.0",
+        openapi_url=None,  # served at /api-description instead, as TorchServe does
+        docs_url=None,
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+
+    @app.get("/ping", summary="Health of the server and its models")
+    async def ping() -> JSONResponse:
+        unhealthy = (await directory.health_table()).unhealthy()
+        if unhealthy:
+            return JSONResponse({"status": "Unhealthy", "models": unhealthy}, status_code=500)
+        return JSONResponse({"status": "Healthy"})
+
+    @app.get("/api-description", summary="OpenAPI description of this API")
+    async def api_description() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.options("/", summary="OpenAPI description of this API (TorchServe's form)")
+    async def api_description_options() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/metrics", summary="Prometheus metrics (TorchServe's names and ours)")
+    async def metrics(names: list[str] | None = Query(None, alias="name[]")) -> Response:  # noqa: B008
+        telemetry.metrics.set_replicas((await directory.health_table()).ready_replicas())
+        wanted = None
+        if names:
+            suffixes = ("", "_total", "_bucket", "_count", "_sum")
+            wanted = [name + suffix for name in names for suffix in suffixes]
+        body = telemetry.metrics.render(wanted)
+        return Response(body, media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+    describe_predictions(app)
+    add_open_inference_routes(app, directory, predictor, authorize, max_body_bytes)
+    return app
+
+
+def _prediction_operation(summary: str, with_version: bool) -> dict:
+    parameters = [{"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}]
+    if with_version:
+        parameters.append(
+            {"name": "model_version", "in": "path", "required": True, "schema": {"type": "string"}}
+        )
+    return {
+        "summary": summary,
+        "parameters": parameters,
+        "requestBody": {
+            "description": "The input as the raw body (curl -T image.jpg), or multipart fields named "
+            "'data' (one result per field, answered as a list).",
+            "content": {"application/octet-stream": {}, "multipart/form-data": {}},
+        },
+        "responses": {
+            "200": {"description": "The handler's JSON answer; headers x-batch-size, x-model-version."},
+            "400": {"description": "The input cannot be used (the message says why)."},
+            "404": {"description": "Unknown model or version."},
+            "503": {"description": "No ready replica, or overloaded (Retry-After)."},
+        },
+    }
+
+
+def describe_predictions(app: FastAPI) -> None:
+    """Add ``/predictions`` (POST and PUT, as TorchServe) to ``app``'s OpenAPI document."""
+    plain = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = plain()
+            for path, with_version, summary in (
+                ("/predictions/{model_name}", False, "Predict with the default version"),
+                ("/predictions/{model_name}/{model_version}", True, "Predict with one version"),
+            ):
+                operation = _prediction_operation(summary, with_version)
+                schema["paths"][path] = {"post": operation, "put": operation}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,145 @@
+"""TorchServe's management API (``/models``) as a FastAPI app, independent of Ray.
+
+Every route needs ``Authorization: Bearer <token>``. Parameters are typed: a wrong type or
+range is a 400 naming the parameter (TorchServe silently accepts ``min_worker=abc``), and model
+names and versions are checked by their path patterns before any lookup.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Protocol
+
+from fastapi import Depends, FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.common.auth import check_bearer
+from deployments.common.http_errors import install_error_handlers
+from deployments.management.register_params import RegisterParams
+from handlers.errors import BadInputError
+from handlers.spec import NAME_PATTERN, VERSION_PATTERN
+
+MAX_PAGE = 1000
+MOUNT_PATH = "/models"  # the app's Serve route prefix; its own paths are relative to it
+
+ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="Model name.")]
+Version = Annotated[str, Path(pattern=VERSION_PATTERN, description="Model version.")]
+VersionOrAll = Annotated[
+    str, Path(pattern=VERSION_PATTERN, description="Model version, or 'all' to describe every version.")
+]
+
+
+class Manager(Protocol):
+    """The operations behind the routes (deployments.management.manager.ModelManager)."""
+
+    async def register(self, params: RegisterParams) -> tuple[int, dict[str, str]]: ...
+    async def scale(
+        self, model: str, version: str | None, low: int, high: int, synchronous: bool
+    ) -> tuple[int, dict]: ...
+    async def set_default(self, model: str, version: str) -> dict[str, str]: ...
+    async def unregister(self, model: str, version: str | None) -> dict[str, str]: ...
+    async def describe(self, model: str, version: str | None) -> list[dict[str, Any]]: ...
+    async def list_models(self) -> list[dict[str, str]]: ...
+
+
+class ScaleParams(BaseModel):
+    """TorchServe's scale query: a fixed worker count, or a min/max autoscaling range."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    min_worker: int = Field(1, ge=0, le=1024)
+    max_worker: int | None = Field(None, ge=1, le=1024)
+    synchronous: bool = False
+
+
+class CollectionPathFix:
+    """Serve ``/models`` itself (not only ``/models/``) under the /models route prefix.
+
+    Behind the prefix, ``/models`` reaches the app as an empty path, which Starlette would
+    answer with a redirect that POST clients (curl) do not follow.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            root = scope.get("root_path", "")
+            if scope["path"] in (root, ""):
+                scope = {**scope, "path": root + "/", "raw_path": (root + "/").encode()}
+        await self.app(scope, receive, send)
+
+
+def create_management_app(manager: Manager, token: str) -> FastAPI:
+    """The /models routes bound to ``manager``, protected by ``token``."""
+
+    async def authorized(request: Request) -> None:
+        check_bearer(request.headers.get("authorization"), token)
+
+    app = FastAPI(
+        title="raytorch management API",
+        version="0.1.0",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(authorized)],
+    )
+    install_error_handlers(app)
+    app.add_middleware(CollectionPathFix)
+
+    @app.post("/", summary="Register a model archive")
+    async def register(params: RegisterParams = Depends()) -> JSONResponse:  # noqa: B008 - FastAPI idiom
+        status, body = await manager.register(params)
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/", summary="List models")
+    async def list_models(
+        limit: int = Query(100, ge=1, le=MAX_PAGE), next_page_token: int = Query(0, ge=0)
+    ) -> JSONResponse:
+        models = await manager.list_models()
+        page = models[next_page_token : next_page_token + limit]
+        body: dict[str, Any] = {"models": page}
+        if next_page_token + limit < len(models):
+            body = {"nextPageToken": str(next_page_token + limit), **body}
+        return JSONResponse(body)
+
+    @app.get("/{model_name}", summary="Describe the default version")
+    async def describe(model_name: ModelName) -> JSONResponse:
+        return JSONResponse(await manager.describe(model_name, None))
+
+    @app.get("/{model_name}/{model_version}", summary="Describe a version, or all of them")
+    async def describe_version(model_name: ModelName, model_version: VersionOrAll) -> JSONResponse:
+        return JSONResponse(await manager.describe(model_name, model_version))
+
+    async def _scale(model: str, version: str | None, params: ScaleParams) -> JSONResponse:
+        high = params.max_worker if params.max_worker is not None else params.min_worker
+        if high < params.min_worker:
+            raise BadInputError(f"max_worker ({high}) is below min_worker ({params.min_worker})")
+        status, body = await manager.scale(model, version, params.min_worker, high, params.synchronous)
+        return JSONResponse(body, status_code=status)
+
+    @app.put("/{model_name}", summary="Scale the default version")
+    async def scale(model_name: ModelName, params: ScaleParams = Depends()) -> JSONResponse:  # noqa: B008
+        return await _scale(model_name, None, params)
+
+    @app.put("/{model_name}/{model_version}", summary="Scale one version")
+    async def scale_version(
+        model_name: ModelName,
+        model_version: Version,
+        params: ScaleParams = Depends(),  # noqa: B008
+    ) -> JSONResponse:
+        return await _scale(model_name, model_version, params)
+
+    @app.put("/{model_name}/{model_version}/set-default", summary="Set the default version")
+    async def set_default(model_name: ModelName, model_version: Version) -> JSONResponse:
+        return JSONResponse(await manager.set_default(model_name, model_version))
+
+    @app.delete("/{model_name}", summary="Unregister the default version")
+    async def unregister(model_name: ModelName) -> JSONResponse:
+        return JSONResponse(await manager.unregister(model_name, None))
+
+    @app.delete("/{model_name}/{model_version}", summary="Unregister one version")
+    async def unregister_version(model_name: ModelName, model_version: Version) -> JSONResponse:
+        return JSONResponse(await manager.unregister(model_name, model_version))
+
+    return app

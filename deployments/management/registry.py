@@ -1,0 +1,122 @@
+"""The registry of models registered at runtime, persisted atomically in the state directory.
+
+Every change rewrites ``registry.json`` (:func:`deployments.common.state_files.atomic_write`),
+so a crash leaves either the old or the new registry, never half of one. No Ray here.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.common.state_files import atomic_write
+from handlers.errors import ConflictError, ModelNotFoundError
+
+
+class RegistryRecord(BaseModel):
+    """Base of the registry's records: unknown keys refused; mutable, as the registry edits
+    copies of them before saving (the specs' own base, handlers.spec.StrictModel, is frozen)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class VersionRecord(RegistryRecord):
+    """One registered model version and how to bring it back."""
+
+    version: str
+    url: str = Field(..., description="What was registered (archive name in the model store).")
+    app_name: str = Field(..., description="The Serve application running it.")
+    args: dict[str, Any] = Field(..., description="ModelAppArgs as JSON.")
+    min_workers: int = 1
+    max_workers: int = 1
+    response_timeout_s: float | None = None
+    registered_at: float = Field(default_factory=time.time)
+
+
+class ModelRecord(RegistryRecord):
+    """A model name, its versions and which one answers /predictions/{model}."""
+
+    default_version: str
+    versions: dict[str, VersionRecord] = Field(default_factory=dict)
+
+
+class RegistryState(RegistryRecord):
+    """The whole registry file."""
+
+    models: dict[str, ModelRecord] = Field(default_factory=dict)
+
+
+class RegistryStore:
+    """Thread-safe access to ``registry.json``; every mutation is saved before it returns."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.state = self._load()
+
+    def _load(self) -> RegistryState:
+        if not self.path.is_file():
+            return RegistryState()
+        return RegistryState.model_validate(json.loads(self.path.read_text(encoding="utf-8")))
+
+    def _save(self, state: RegistryState) -> None:
+        atomic_write(self.path, state.model_dump_json(indent=2))
+        self.state = state
+
+    def get(self, model: str, version: str | None = None) -> VersionRecord:
+        """A version (the default one when ``version`` is None) or 404."""
+        record = self.state.models.get(model)
+        if record is None:
+            raise ModelNotFoundError(f"Model not found: {model}")
+        chosen = version or record.default_version
+        if chosen not in record.versions:
+            raise ModelNotFoundError(f"Model version not found: {model} version {chosen}")
+        return record.versions[chosen]
+
+    def add(self, model: str, entry: VersionRecord) -> None:
+        """Register a new version (409 if it exists); the first version becomes the default."""
+        with self._lock:
+            state = self.state.model_copy(deep=True)
+            record = state.models.get(model)
+            if record and entry.version in record.versions:
+                raise ConflictError(f"Model version {entry.version} is already registered for model {model}")
+            if record is None:
+                record = state.models[model] = ModelRecord(default_version=entry.version)
+            record.versions[entry.version] = entry
+            self._save(state)
+
+    def update(self, model: str, entry: VersionRecord) -> None:
+        """Replace an existing version's record (after scaling)."""
+        with self._lock:
+            state = self.state.model_copy(deep=True)
+            state.models[model].versions[entry.version] = entry
+            self._save(state)
+
+    def remove(self, model: str, version: str) -> None:
+        """Forget a version; the model goes when its last version does."""
+        with self._lock:
+            state = self.state.model_copy(deep=True)
+            record = state.models[model]
+            del record.versions[version]
+            if not record.versions:
+                del state.models[model]
+            elif record.default_version == version:
+                record.default_version = max(record.versions, key=lambda v: record.versions[v].registered_at)
+            self._save(state)
+
+    def set_default(self, model: str, version: str) -> None:
+        """Make ``version`` answer /predictions/{model}."""
+        self.get(model, version)
+        with self._lock:
+            state = self.state.model_copy(deep=True)
+            state.models[model].default_version = version
+            self._save(state)
+
+    def defaults(self) -> dict[str, str]:
+        """Model name -> default version, for the ingress."""
+        return {name: record.default_version for name, record in self.state.models.items()}

@@ -1,0 +1,1 @@
+"""The model part: one model version as a Serve deployment with ``@serve.batch``, and its builder."""

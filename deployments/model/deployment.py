@@ -1,0 +1,113 @@
+"""One model version as a Ray Serve deployment: a handler behind ``@serve.batch``.
+
+Requests are decoded one by one on a small thread pool (a bad input fails alone, before it can
+join a batch), then batched; every batch runs on the replica's one inference thread
+(:mod:`deployments.model.executor`). While a batch runs, decoded requests wait at the idle
+gate, so the next batch takes all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from ray import serve
+
+from deployments.common.messages import Answer, Rejected
+from deployments.common.settings import BatchingConfig, ModelAppArgs
+from deployments.model.executor import InferenceExecutor, decode_pool, machine_cores
+from handlers.errors import RaytorchError
+from handlers.registry import create_handler
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(
+    # A model that cannot load should fail its application quickly, not retry 20 times.
+    max_constructor_retry_count=3,
+    # A crashed replica is noticed (and replaced) at the next health check; until then the
+    # ingress may still route to it, so check often: the check is one cheap actor call.
+    health_check_period_s=2,
+    health_check_timeout_s=15,
+    graceful_shutdown_timeout_s=10,
+)
+class ModelDeployment:
+    """Loads the handler once, decodes each request alone, runs the model per batch."""
+
+    def __init__(self, args: ModelAppArgs, placement_note: str | None = None) -> None:
+        spec = self._spec = args.model
+        if placement_note:
+            logger.warning(placement_note)
+        self._handler = create_handler(spec)
+        self._executor = InferenceExecutor(spec.name, spec.torch_threads)
+        self._decoders = decode_pool(max(2, machine_cores()))
+        try:
+            self._executor.call(self._handler.load)
+        except Exception as exc:
+            # Logged with the reason here; Serve also shows it in the application's status.
+            logger.error("Model %s version %s failed to load: %s", spec.name, spec.version, exc)
+            raise
+        if self._handler.device.type != "cpu" and spec.torch_threads is None:
+            self._executor.pin_threads(1)  # the work is on the GPU: one CPU thread feeds it
+        # Set while no batch runs; see BatchingConfig.wait_for_idle_model.
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._wait_for_idle = True
+        logger.info(
+            "Model %s version %s ready on %s (handler %s, torch threads %s)",
+            spec.name,
+            spec.version,
+            self._handler.device,
+            spec.handler,
+            self._executor.fixed_threads or f"auto (1-{self._executor.cores})",
+        )
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply batching settings from YAML or a live config update, without a restart."""
+        batching = BatchingConfig.model_validate(user_config or {})
+        self._run_batch.set_max_batch_size(batching.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._wait_for_idle = batching.wait_for_idle_model
+
+    async def predict(self, body: bytes, content_type: str | None = None) -> Answer | Rejected:
+        """Answer one input; bad input is refused here, before it can join a batch."""
+        started = time.perf_counter()
+        try:
+            loop = asyncio.get_running_loop()
+            item = await loop.run_in_executor(self._decoders, self._handler.preprocess, body, content_type)
+            queued = time.perf_counter()
+            if self._wait_for_idle:
+                # Everyone held here enters the batch queue together when the model frees up.
+                await self._idle.wait()
+            answer = await self._run_batch((item, queued))
+        except RaytorchError as exc:
+            return Rejected(exc)
+        answer.timings["preprocess_s"] = queued - started
+        return answer
+
+    async def predict_many(self, inputs: list[tuple[bytes, str | None]]) -> list[Answer | Rejected]:
+        """Answer a group of inputs sent in one call; each is decoded and batched on its own."""
+        return await asyncio.gather(*(self.predict(body, content_type) for body, content_type in inputs))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
+    async def _run_batch(self, entries: list[tuple[Any, float]]) -> list[Answer]:
+        batch_started = time.perf_counter()
+        self._idle.clear()
+        try:
+            results = await self._executor.run_batch(
+                self._handler.predict_batch, [item for item, _ in entries]
+            )
+        finally:
+            self._idle.set()
+        inference_s = time.perf_counter() - batch_started
+        return [
+            Answer(
+                result,
+                len(entries),
+                timings={"queue_s": batch_started - queued, "inference_s": inference_s},
+                load_seconds=self._handler.load_seconds,
+            )
+            for result, (_, queued) in zip(results, entries, strict=True)
+        ]

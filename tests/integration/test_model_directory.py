@@ -1,0 +1,151 @@
+"""How the ingress keeps its model table current without polling Serve every second.
+
+Serve's status is faked (it counts the snapshots taken); the refresh policies are the real
+ones: a lookup that misses answers from a snapshot taken after it arrived, bursts of misses
+share snapshots, routing changes announced by the management part arrive through the long
+poll at once, health checks never read a stale table, and an idle server takes only the slow
+safety-poll snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from deployments.common.model_table import ModelTable, ModelVersionState
+from deployments.common.settings import IngressArgs
+from deployments.inference.model_directory import ModelDirectory
+from deployments.inference.router import ServeRouter
+from deployments.management.routing_feed import RoutingFeed
+from handlers.errors import ModelNotFoundError
+
+
+class FakeServe:
+    """One model version whose replica count the test changes; counts snapshots."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.present = True
+        self.calls = 0
+
+    async def snapshot(self) -> ModelTable:
+        self.calls += 1
+        table = ModelTable()
+        if self.present:
+            status = "RUNNING" if self.running else "DEPLOYING"
+            state = ModelVersionState("tiny", "1.0", "tiny@1.0", "model:tiny@1.0", status, self.running)
+            table.versions["tiny"] = {"1.0": state}
+        return table
+
+
+class FakeManagement:
+    """The management part's long poll over a real RoutingFeed."""
+
+    def __init__(self) -> None:
+        self.feed = RoutingFeed()
+        self.defaults: dict[str, str] = {}
+
+    async def routing_changes(self, since: int, timeout_s: float) -> dict:
+        version = await self.feed.wait_past(since, timeout_s)
+        return {"version": version, "defaults": dict(self.defaults), "draining": []}
+
+
+def router_over(
+    fake: FakeServe, management: FakeManagement | None = None, safety_s: float = 60
+) -> ServeRouter:
+    changes = management.routing_changes if management else None
+    return ServeRouter(IngressArgs(), ModelDirectory(fake.snapshot, changes, safety_s))
+
+
+@pytest.fixture
+def fake() -> FakeServe:
+    return FakeServe()
+
+
+def test_a_version_that_just_became_ready_is_found_at_once(fake: FakeServe) -> None:
+    async def scenario() -> str:
+        router = router_over(fake)
+        await router.start()  # snapshot: DEPLOYING, no replica
+        fake.running = 1  # the register's own poll sees the replica: it returns 200 now
+        state = await router.resolve("tiny", None)  # immediately after the last snapshot
+        router.directory.stop()
+        return state.app_status
+
+    assert asyncio.run(scenario()) == "RUNNING"
+
+
+def test_a_burst_of_misses_shares_a_few_snapshots(fake: FakeServe) -> None:
+    fake.present = False
+
+    async def scenario() -> list[BaseException | None]:
+        router = router_over(fake)
+        await router.start()
+        fake.calls = 0
+
+        async def miss() -> BaseException | None:
+            try:
+                await router.resolve("nosuch", None)
+            except ModelNotFoundError as exc:
+                return exc
+            return None
+
+        outcomes = await asyncio.gather(*(miss() for _ in range(50)))
+        router.directory.stop()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, ModelNotFoundError) for o in outcomes)
+    assert fake.calls <= 2, f"{fake.calls} snapshots for one burst of 50 misses"
+
+
+def test_an_announced_change_is_followed_at_once(fake: FakeServe) -> None:
+    fake.running = 1
+
+    async def scenario() -> tuple[str, int]:
+        management = FakeManagement()
+        router = router_over(fake, management)
+        await router.start()
+        await asyncio.sleep(0.05)
+        before = router.directory.table.default_name("tiny")
+        fake.calls = 0
+        management.defaults = {"tiny": "2.0"}
+        management.feed.announce()  # e.g. PUT /models/tiny/2.0/set-default
+        await asyncio.sleep(0.05)
+        after = router.directory.table.defaults.get("tiny", "")
+        router.directory.stop()
+        return f"{before}->{after}", fake.calls
+
+    change, snapshots = asyncio.run(scenario())
+    assert change == "1.0->2.0"
+    assert snapshots == 1  # one snapshot per announced change, none in between
+
+
+def test_an_idle_server_takes_only_safety_poll_snapshots(fake: FakeServe) -> None:
+    async def scenario() -> int:
+        router = router_over(fake, FakeManagement(), safety_s=0.2)
+        await router.start()
+        fake.calls = 0
+        await asyncio.sleep(1.05)
+        router.directory.stop()
+        return fake.calls
+
+    assert 4 <= asyncio.run(scenario()) <= 6  # about one per 0.2 s, not one per request or second
+
+
+def test_health_checks_never_read_a_stale_table(fake: FakeServe) -> None:
+    fake.running = 1
+
+    async def scenario() -> tuple[dict, dict]:
+        router = router_over(fake)
+        await router.start()
+        healthy = (await router.health_table()).unhealthy()
+        fake.running = 0  # the replica dies; nobody announces it
+        await asyncio.sleep(1.1)  # older than HEALTH_MAX_AGE_S
+        unhealthy = (await router.health_table()).unhealthy()
+        router.directory.stop()
+        return healthy, unhealthy
+
+    healthy, unhealthy = asyncio.run(scenario())
+    assert healthy == {}
+    assert "tiny/1.0" in unhealthy

@@ -1,0 +1,73 @@
+"""The model replica's inference thread: one OS thread for every torch call, and intra-op
+threads that follow how many model replicas of the machine are busy."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from deployments.model.executor import BusyReplicas, InferenceExecutor
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    # torch's intra-op thread count is process-wide: leave it as the other tests expect it.
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_load_and_every_batch_run_on_one_thread(tmp_path: Path) -> None:
+    executor = InferenceExecutor("m", busy=BusyReplicas(tmp_path))
+    seen = {executor.call(threading.get_ident)}
+
+    async def batches() -> None:
+        for _ in range(5):
+            seen.add(await executor.run_batch(threading.get_ident))
+
+    asyncio.run(batches())
+    executor.shutdown()
+    assert len(seen) == 1 and threading.get_ident() not in seen
+
+
+def test_a_replica_alone_gets_every_core_and_shares_them_when_others_are_busy(tmp_path: Path) -> None:
+    busy = BusyReplicas(tmp_path)
+    executor = InferenceExecutor("m", busy=busy)
+    executor.cores = 4  # a 4-core machine, whatever this one has
+    alone = asyncio.run(executor.run_batch(torch.get_num_threads))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / str(other.pid)).touch()  # another live replica is running a batch
+        shared = asyncio.run(executor.run_batch(torch.get_num_threads))
+    finally:
+        other.kill()
+        other.wait()
+    executor.shutdown()
+    assert (alone, shared) == (4, 2)
+
+
+def test_markers_of_dead_replicas_are_ignored_and_removed(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (tmp_path / dead.stdout.strip()).touch()  # it died mid-batch
+    busy = BusyReplicas(tmp_path)
+    with busy.busy() as count:
+        assert count == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_pinned_threads_ignore_the_machine(tmp_path: Path) -> None:
+    executor = InferenceExecutor("m", fixed_threads=1, busy=BusyReplicas(tmp_path))
+    assert asyncio.run(executor.run_batch(torch.get_num_threads)) == 1
+    executor.pin_threads(2)
+    assert asyncio.run(executor.run_batch(torch.get_num_threads)) == 2
+    executor.shutdown()
+    assert os.listdir(tmp_path) == []  # pinned executors do not count themselves busy
