@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from handlers.errors import ModelLoadError
+from handlers.onnx_model import OnnxModel
 from handlers.spec import ModelSource
 
 PKG_SCHEME = "pkg://"
@@ -225,8 +226,6 @@ def build_model(source: ModelSource, base_dir: str | None = None) -> tuple[nn.Mo
         except Exception as exc:
             raise ModelLoadError(f"Cannot load TorchScript file {path}: {exc}") from exc
     if source.onnx:
-        from handlers.onnx_model import OnnxModel
-
         return OnnxModel(resolve_path(source.onnx, base_dir)), None
     factory = import_object(source.factory or "", base_dir)
     if not callable(factory):

@@ -18,66 +18,65 @@ from torch import nn
 from torch.nn import functional as nnf
 from torchvision.ops import nms
 
+from handlers.loading import apply_state_dict, load_state_dict_file, resolve_path
+
 FACE_LABEL = 1
 # P-Net looks at 12-pixel windows with a stride of 2 pixels in each pyramid level.
 _CELL, _STRIDE = 12, 2
 
 
-def _conv_block(channels: list[int], kernels: list[int], pools: list[tuple[int, int] | None]) -> list:
-    layers: list[tuple[str, nn.Module]] = []
-    for i, (k, pool) in enumerate(zip(kernels, pools, strict=True), start=1):
-        layers += [
-            (f"conv{i}", nn.Conv2d(channels[i - 1], channels[i], k)),
-            (f"prelu{i}", nn.PReLU(channels[i])),
-        ]
-        if pool:
-            layers.append((f"pool{i}", nn.MaxPool2d(*pool, ceil_mode=True)))
-    return layers
+class _Stage(nn.Module):
+    """Conv + PReLU (+ max-pool) layers named ``conv1``, ``prelu1``, ``pool1``, ... as in the
+    state_dicts, optionally followed by a dense layer and its PReLU (R-Net, O-Net)."""
+
+    def __init__(self, channels: list[int], kernels: list[int], pools: list[tuple[int, int] | None]) -> None:
+        super().__init__()
+        self.trunk_layers: list[str] = []
+        for i, (kernel, pool) in enumerate(zip(kernels, pools, strict=True), start=1):
+            self.add_module(f"conv{i}", nn.Conv2d(channels[i - 1], channels[i], kernel))
+            self.add_module(f"prelu{i}", nn.PReLU(channels[i]))
+            self.trunk_layers += [f"conv{i}", f"prelu{i}"]
+            if pool:
+                self.add_module(f"pool{i}", nn.MaxPool2d(*pool, ceil_mode=True))
+                self.trunk_layers.append(f"pool{i}")
+        self.dense_layers: list[str] = []
+
+    def add_dense(self, index: int, inputs: int, outputs: int) -> None:
+        """The dense layer (and PReLU) after the convolutions, named as in the state_dicts."""
+        self.add_module(f"dense{index}", nn.Linear(inputs, outputs))
+        self.add_module(f"prelu{index}", nn.PReLU(outputs))
+        self.dense_layers = [f"dense{index}", f"prelu{index}"]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.trunk_layers:
+            x = getattr(self, name)(x)
+        if self.dense_layers:
+            # The weights come from Caffe/TensorFlow, which flatten in (W, H, C) order.
+            x = x.permute(0, 3, 2, 1).flatten(1)
+            for name in self.dense_layers:
+                x = getattr(self, name)(x)
+        return x
 
 
-class PNet(nn.Module):
+class PNet(_Stage):
     """Proposal network: fully convolutional, face probability and box offsets per 12x12 window."""
 
     def __init__(self) -> None:
-        super().__init__()
-        for name, layer in _conv_block([3, 10, 16, 32], [3, 3, 3], [(2, 2), None, None]):
-            self.add_module(name, layer)
+        super().__init__([3, 10, 16, 32], [3, 3, 3], [(2, 2), None, None])
         self.conv4_1 = nn.Conv2d(32, 2, 1)
         self.conv4_2 = nn.Conv2d(32, 4, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        for name in ("conv1", "prelu1", "pool1", "conv2", "prelu2", "conv3", "prelu3"):
-            x = getattr(self, name)(x)
+        x = self.features(x)
         return self.conv4_2(x), torch.softmax(self.conv4_1(x), dim=1)
 
 
-class _RefineNet(nn.Module):
-    """R-Net (24 px crops) and O-Net (48 px crops): a convnet, a dense layer, then the heads."""
-
-    def __init__(self, convs: list[tuple[str, nn.Module]], flat: int, hidden: int, dense: int) -> None:
-        super().__init__()
-        for name, layer in convs:
-            self.add_module(name, layer)
-        self._convs = [name for name, _ in convs]
-        self._dense = f"dense{dense}"
-        self.add_module(self._dense, nn.Linear(flat, hidden))
-        self.add_module(f"prelu{dense}", nn.PReLU(hidden))
-        self._prelu = f"prelu{dense}"
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self._convs:
-            x = getattr(self, name)(x)
-        # The weights come from Caffe/TensorFlow, which flatten in (W, H, C) order.
-        x = x.permute(0, 3, 2, 1).flatten(1)
-        return getattr(self, self._prelu)(getattr(self, self._dense)(x))
-
-
-class RNet(_RefineNet):
+class RNet(_Stage):
     """Refinement network over 24x24 crops: face probability and box offsets."""
 
     def __init__(self) -> None:
-        convs = _conv_block([3, 28, 48, 64], [3, 3, 2], [(3, 2), (3, 2), None])
-        super().__init__(convs, flat=576, hidden=128, dense=4)
+        super().__init__([3, 28, 48, 64], [3, 3, 2], [(3, 2), (3, 2), None])
+        self.add_dense(4, 576, 128)
         self.dense5_1 = nn.Linear(128, 2)
         self.dense5_2 = nn.Linear(128, 4)
 
@@ -86,12 +85,12 @@ class RNet(_RefineNet):
         return self.dense5_2(x), torch.softmax(self.dense5_1(x), dim=1)
 
 
-class ONet(_RefineNet):
+class ONet(_Stage):
     """Output network over 48x48 crops: face probability, box offsets (and unused landmarks)."""
 
     def __init__(self) -> None:
-        convs = _conv_block([3, 32, 64, 64, 128], [3, 3, 3, 2], [(3, 2), (3, 2), (2, 2), None])
-        super().__init__(convs, flat=1152, hidden=256, dense=5)
+        super().__init__([3, 32, 64, 64, 128], [3, 3, 3, 2], [(3, 2), (3, 2), (2, 2), None])
+        self.add_dense(5, 1152, 256)
         self.dense6_1 = nn.Linear(256, 2)
         self.dense6_2 = nn.Linear(256, 4)
         self.dense6_3 = nn.Linear(256, 10)  # facial landmarks: kept so the state_dict loads strictly
@@ -209,7 +208,7 @@ class MTCNN(nn.Module):
             found.append((boxes[keep], scores[keep], offsets[0][:, hits[:, 0], hits[:, 1]].T[keep]))
             scale *= self.factor
         if not found:
-            return torch.zeros(0, 4), torch.zeros(0)
+            return pixels.new_zeros(0, 4), pixels.new_zeros(0)
         boxes, scores, offsets = (torch.cat(parts) for parts in zip(*found, strict=True))
         keep = nms(boxes, scores, 0.7)
         boxes, scores, offsets = boxes[keep], scores[keep], offsets[keep]
@@ -235,8 +234,6 @@ class MTCNN(nn.Module):
 
 def mtcnn(pnet: str, rnet: str, onet: str, min_face_size: int = 20) -> MTCNN:
     """An :class:`MTCNN` with the three networks' state_dicts loaded (paths or ``pkg://``)."""
-    from handlers.loading import apply_state_dict, load_state_dict_file, resolve_path
-
     model = MTCNN(min_face_size=min_face_size)
     for net, ref in ((model.pnet, pnet), (model.rnet, rnet), (model.onet, onet)):
         apply_state_dict(net, load_state_dict_file(resolve_path(ref)), ref)

