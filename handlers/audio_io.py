@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
+from handlers.audio_features import resample
 from handlers.errors import BadInputError, PayloadTooLargeError, UnsupportedMediaTypeError
+from handlers.options import AUDIO_MAX_RATE as MAX_RATE
+from handlers.options import AUDIO_MIN_RATE as MIN_RATE
 
 PCM, IEEE_FLOAT, EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
-MIN_RATE, MAX_RATE = 1_000, 384_000
 MAX_CHANNELS = 32
 _SUPPORTED_BITS = {PCM: (8, 16, 24, 32), IEEE_FLOAT: (32, 64)}
 _INT_DTYPES = {16: torch.int16, 32: torch.int32}
@@ -126,3 +128,14 @@ def decode_wav(data: bytes, max_seconds: float | None = None) -> tuple[torch.Ten
     if not torch.isfinite(mono).all():
         raise BadInputError("WAV file contains NaN or infinite (or float32-overflowing) samples.")
     return mono, fmt.sample_rate
+
+
+def decode_clip(data: bytes, sample_rate: int, max_seconds: float, crop: bool) -> torch.Tensor:
+    """Mono samples at ``sample_rate``, at most ``max_seconds`` long.
+
+    A longer clip is refused with 413, or with ``crop`` cut to its first ``max_seconds``.
+    """
+    samples, rate = decode_wav(data, max_seconds=None if crop else max_seconds)
+    # Cropping before resampling saves work; the slack covers the filter's edge.
+    samples = samples[: round(max_seconds * rate) + 1]
+    return resample(samples, rate, sample_rate)[: round(max_seconds * sample_rate)]

@@ -13,19 +13,15 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
 from handlers.errors import ConfigError, InferenceError, RaytorchError
 from handlers.labels import resolve_labels
 from handlers.loading import build_model
+from handlers.options import NoOptions, parse_options
 from handlers.spec import ModelSpec, StrictModel
 
 logger = logging.getLogger("raytorch.handlers")
-
-
-class NoOptions(StrictModel):
-    """Handlers without specific settings accept an empty ``options`` block only."""
 
 
 class BaseHandler(ABC):
@@ -39,11 +35,7 @@ class BaseHandler(ABC):
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
-        try:
-            self.options = self.Options.model_validate(spec.options)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"Invalid options for handler {spec.handler}: {problems}") from None
+        self.options = parse_options(self.Options, spec.options, spec.handler)
         self.model: nn.Module | None = None
         self.labels: list[str] | None = None
         self.device = torch.device("cpu")
@@ -74,19 +66,35 @@ class BaseHandler(ABC):
     def select_device(self) -> torch.device:
         """The device named by the spec; 'auto' takes a GPU only when one is visible."""
         if self.spec.device == "cuda" and not torch.cuda.is_available():
-            raise RaytorchError("device 'cuda' was requested but no GPU is visible to this replica")
+            raise ConfigError(
+                "device 'cuda' was requested but no GPU is visible to this replica: set "
+                "`device: auto` (or cpu), or give the model `num_gpus` on a cluster with GPUs"
+            )
         if self.spec.device == "cpu" or not torch.cuda.is_available():
             return torch.device("cpu")
         return torch.device("cuda")
 
     def warmup(self) -> None:
-        """Run one example batch so lazy initialisation is not paid by the first user."""
-        example = self.example_input()
-        if example is not None:
-            self.predict_batch([example])
+        """Run one example batch so lazy initialisation is not paid by the first user.
+
+        A probe that does not fit the model (a custom model's input the handler cannot
+        guess, such as a grayscale 28x28 network behind image_classifier) is logged and
+        skipped: it must never stop a model that would serve its real requests.
+        """
+        try:
+            example = self.example_input()
+            if example is not None:
+                self.predict_batch([example])
+        except Exception as exc:
+            logger.warning(
+                "Warm-up of model %s version %s skipped: the example input does not fit the model (%s)",
+                self.spec.name,
+                self.spec.version,
+                exc,
+            )
 
     def example_input(self) -> Any:
-        """A preprocessed input for warm-up, or None to skip it."""
+        """A preprocessed input for warm-up, or None to skip it (the default)."""
         return None
 
     @abstractmethod
@@ -104,8 +112,12 @@ class BaseHandler(ABC):
             return self.model(batch.to(self.device, non_blocking=True))
 
     @abstractmethod
-    def postprocess(self, output: Any, count: int) -> list[Any]:
-        """Split a batch output into one JSON-serialisable result per request."""
+    def postprocess(self, output: Any, items: list[Any]) -> list[Any]:
+        """Split a batch output into one JSON-serialisable result per request.
+
+        ``items`` are the batch's preprocessed requests, in order (what ``preprocess``
+        returned), for handlers whose answer needs more than the model output (a photo's size).
+        """
 
     def label(self, index: int) -> str:
         """The class name of ``index``, or the index itself when no label is known."""
@@ -119,7 +131,7 @@ class BaseHandler(ABC):
         if not items:
             return []
         try:
-            results = self.postprocess(self.inference(self.collate(items)), len(items))
+            results = self.postprocess(self.inference(self.collate(items)), items)
         except RaytorchError:
             raise
         except Exception as exc:

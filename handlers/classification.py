@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from handlers.base import BaseHandler
@@ -14,7 +16,7 @@ class TopKClassifier(BaseHandler):
     first (TorchServe's classifier shape), probabilities rounded to 6 decimals.
     """
 
-    def postprocess(self, output: torch.Tensor, count: int) -> list[dict[str, float]]:
+    def postprocess(self, output: torch.Tensor, items: list[Any]) -> list[dict[str, float]]:
         probabilities = torch.softmax(output.float(), dim=1).cpu()
         k = min(self.spec.top_k, probabilities.shape[1])
         values, indices = probabilities.topk(k, dim=1)

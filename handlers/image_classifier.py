@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import torch
+from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
@@ -41,5 +43,9 @@ class ImageClassifier(TopKClassifier):
         return F.normalize(tensor, mean=list(p.mean), std=list(p.std))
 
     def example_input(self) -> torch.Tensor:
-        side = self.spec.preprocess.crop or self.spec.preprocess.resize or 224
-        return torch.zeros(3, side, side)
+        # A blank photo through preprocess: the probe is what a real request becomes, also when
+        # a subclass preprocesses differently (a grayscale 28x28 MNIST handler, say).
+        side = max(self.spec.preprocess.resize or 0, self.spec.preprocess.crop or 0, 32)
+        buffer = io.BytesIO()
+        Image.new("RGB", (side, side)).save(buffer, format="PNG")
+        return self.preprocess(buffer.getvalue(), "image/png")

@@ -3,7 +3,9 @@
 TorchServe returns the raw per-pixel scores as nested JSON lists (tens of megabytes for one
 photo); we return the class map as a PNG instead. Works with torchvision's segmentation
 models (``deeplabv3_mobilenet_v3_large``, ``lraspp_mobilenet_v3_large``, ``fcn_resnet50``),
-or any model mapping ``[B, 3, S, S]`` to logits ``[B, C, s, s]`` (or a dict with ``"out"``).
+or any model mapping ``[B, 3, S, S]`` to logits ``[B, C, s, s]`` (or a dict with ``"out"``, or
+a tuple whose first element is the final map). A one-channel output is a foreground/background
+segmenter such as U²-Net (``configs/image_segmenter.yaml``): its pixels over 0.5 are class 1.
 
 Batching: every photo is resized to the same ``preprocess.resize`` square (aspect ratio is not
 kept), so photos of any size share a batch and a photo's answer never depends on its
@@ -20,7 +22,6 @@ from typing import Any
 
 import torch
 from PIL import Image
-from pydantic import Field
 from torch.nn import functional as nnf
 from torchvision.transforms.v2 import functional as F
 
@@ -28,25 +29,11 @@ from handlers.base import BaseHandler
 from handlers.errors import ConfigError, InferenceError
 from handlers.image_classifier import INTERPOLATION
 from handlers.image_io import check_media_type, decode_image
-from handlers.spec import ModelSpec, StrictModel
+from handlers.options import SegmenterOptions
+from handlers.spec import ModelSpec
 
 # Logit values interpolated at once when building a full-size mask: bounds memory on huge photos.
 _BAND_VALUES = 1 << 24
-
-
-class SegmenterOptions(StrictModel):
-    """Settings of ``image_segmenter`` (the spec's ``options`` block)."""
-
-    raw_probabilities: bool = Field(
-        False,
-        description=(
-            "Also return per-class probabilities on a coarse grid (longer side "
-            "`probabilities_size` cells), as nested lists [class][row][column]."
-        ),
-    )
-    probabilities_size: int = Field(
-        32, ge=1, le=128, description="Longer side, in cells, of the `raw_probabilities` grid."
-    )
 
 
 @dataclass(frozen=True)
@@ -79,6 +66,18 @@ def upsampled_argmax(logits: torch.Tensor, height: int, width: int) -> torch.Ten
         )
         bands.append(sampled[0].argmax(0))
     return torch.cat(bands)
+
+
+def two_class_scores(foreground: torch.Tensor, kind: str) -> torch.Tensor:
+    """A one-channel output ``[B, 1, h, w]`` as background/foreground logits ``[B, 2, h, w]``.
+
+    Chosen so that the usual path stays exact: the argmax is class 1 where the probability is
+    over 0.5, and a softmax over the two channels gives back (1 - p, p).
+    """
+    if kind == "logit":
+        return torch.cat([torch.zeros_like(foreground), foreground], dim=1)
+    p = foreground.float().clamp(1e-7, 1 - 1e-7)
+    return torch.log(torch.cat([1 - p, p], dim=1))
 
 
 def png_base64(class_map: torch.Tensor) -> str:
@@ -126,25 +125,28 @@ class ImageSegmenter(BaseHandler):
     def example_input(self) -> SegmentationInput:
         return SegmentationInput(torch.zeros(3, self.side, self.side), self.side, self.side)
 
-    def collate(self, items: list[SegmentationInput]) -> tuple[torch.Tensor, list[SegmentationInput]]:
-        return torch.stack([item.image for item in items]), items
+    def collate(self, items: list[SegmentationInput]) -> torch.Tensor:
+        return torch.stack([item.image for item in items])
 
-    def inference(
-        self, batch: tuple[torch.Tensor, list[SegmentationInput]]
-    ) -> tuple[torch.Tensor, list[SegmentationInput]]:
-        images, items = batch
-        output = super().inference(images)
-        logits = output["out"] if isinstance(output, dict) else output
-        if logits.dim() != 4 or logits.shape[1] > 256:
+    def inference(self, batch: torch.Tensor) -> torch.Tensor:
+        output = super().inference(batch)
+        # torchvision's models answer {"out": ..., "aux": ...}; U²-Net and other multi-output
+        # exports put the final map first.
+        if isinstance(output, dict):
+            output = output["out"]
+        elif isinstance(output, list | tuple):
+            output = output[0]
+        if output.dim() != 4 or output.shape[1] > 256:
             raise InferenceError(
-                f"{self.spec.name} returned logits of shape {tuple(logits.shape)}; image_segmenter "
+                f"{self.spec.name} returned logits of shape {tuple(output.shape)}; image_segmenter "
                 "needs [batch, classes <= 256, height, width] (the mask is an 8-bit PNG)."
             )
-        return logits, items
+        return (
+            two_class_scores(output, self.options.single_channel_output) if output.shape[1] == 1 else output
+        )
 
-    def postprocess(self, output: tuple[torch.Tensor, list[SegmentationInput]], count: int) -> list[Any]:
-        logits, items = output
-        return [self.segmentation(item_logits, item) for item_logits, item in zip(logits, items, strict=True)]
+    def postprocess(self, output: torch.Tensor, items: list[SegmentationInput]) -> list[Any]:
+        return [self.segmentation(logits, item) for logits, item in zip(output, items, strict=True)]
 
     def segmentation(self, logits: torch.Tensor, item: SegmentationInput) -> dict[str, Any]:
         """One image's answer from its logits (C, s, s)."""

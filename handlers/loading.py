@@ -1,7 +1,8 @@
 """Build an ``nn.Module`` from a :class:`~handlers.spec.ModelSource`.
 
-Three forms: a torchvision architecture with its weights, a TorchScript file, or a user's
-factory plus a state_dict. Pickled weights are always read with ``weights_only=True``.
+Four forms: a torchvision architecture with its weights, a TorchScript file, an ONNX file
+(run by onnxruntime), or a user's factory plus a state_dict. Pickled weights are always read
+with ``weights_only=True``.
 Weights that must be downloaded are fetched with a bounded timeout, and every failure
 becomes a :class:`~handlers.errors.ModelLoadError` that tells the user what to do.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
-import importlib.resources
 import importlib.util
 import inspect
 import os
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from handlers.errors import ModelLoadError
+from handlers.onnx_model import OnnxModel
 from handlers.spec import ModelSource
 
 PKG_SCHEME = "pkg://"
@@ -38,12 +39,7 @@ def resolve_path(ref: str, base_dir: str | None = None) -> Path:
     """
     if ref.startswith(PKG_SCHEME):
         package, _, relative = ref[len(PKG_SCHEME) :].partition("/")
-        try:
-            path = Path(str(importlib.resources.files(package).joinpath(relative)))
-        except ModuleNotFoundError as exc:
-            raise ModelLoadError(
-                f"Package {package!r} named in {ref!r} is not installed: pip install it."
-            ) from exc
+        path = package_dir(package, ref) / relative
     else:
         path = Path(ref).expanduser()
         if base_dir and not path.is_absolute():
@@ -51,6 +47,23 @@ def resolve_path(ref: str, base_dir: str | None = None) -> Path:
     if not path.is_file():
         raise ModelLoadError(f"Weights or model file not found: {ref} (looked at {path})")
     return path
+
+
+def package_dir(package: str, ref: str) -> Path:
+    """The folder of an installed package, found without importing it.
+
+    Weight-carrying packages may import heavy or conflicting dependencies in their
+    ``__init__`` (facenet-pytorch wants tqdm, rembg wants OpenCV); reading a data file
+    must not run that code. A dotted name imports its parent packages (Python's rule).
+    """
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations:
+        raise ModelLoadError(f"Package {package!r} named in {ref!r} is not installed: pip install it.")
+    return Path(locations[0])
 
 
 def _module_from_file(path: Path) -> object:
@@ -212,6 +225,8 @@ def build_model(source: ModelSource, base_dir: str | None = None) -> tuple[nn.Mo
             return torch.jit.load(str(path), map_location="cpu"), None
         except Exception as exc:
             raise ModelLoadError(f"Cannot load TorchScript file {path}: {exc}") from exc
+    if source.onnx:
+        return OnnxModel(resolve_path(source.onnx, base_dir)), None
     factory = import_object(source.factory or "", base_dir)
     if not callable(factory):
         raise ModelLoadError(f"{source.factory!r} is not callable")
@@ -224,4 +239,6 @@ def build_model(source: ModelSource, base_dir: str | None = None) -> tuple[nn.Mo
     if source.state_dict:
         path = resolve_path(source.state_dict, base_dir)
         apply_state_dict(model, load_state_dict_file(path), source.state_dict)
-    return model, None
+    # A factory knows its model's classes as torchvision's weights do (handlers.zoo's models).
+    categories = getattr(model, "categories", None)
+    return model, list(categories) if categories else None

@@ -4,7 +4,8 @@ Works with any model that follows torchvision's detection interface: in eval mod
 list of ``(3, H, W)`` float images in 0-1 (each its own size; the model resizes and
 normalises internally) and returns one dict per image with ``boxes`` (x1, y1, x2, y2 in the
 input's pixels), ``scores`` and ``labels``: ``fasterrcnn_mobilenet_v3_large_320_fpn``,
-``ssdlite320_mobilenet_v3_large``, ``retinanet_resnet50_fpn``, ...
+``ssdlite320_mobilenet_v3_large``, ``retinanet_resnet50_fpn``, ... and the MTCNN face
+detector of :mod:`handlers.mtcnn` (``configs/object_detector.yaml``).
 """
 
 from __future__ import annotations
@@ -13,37 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import Field
 from torchvision.transforms.v2 import functional as F
 
 from handlers.base import BaseHandler
 from handlers.image_io import check_media_type, decode_image
-from handlers.spec import StrictModel
-
-
-class DetectorOptions(StrictModel):
-    """Settings of ``object_detector`` (the spec's ``options`` block)."""
-
-    score_threshold: float = Field(
-        0.5,
-        ge=0.0,
-        le=1.0,
-        description=(
-            "Drop detections scoring below this. The model's own threshold applies first "
-            "(torchvision's box_score_thresh, 0.05 by default), so lower values change nothing."
-        ),
-    )
-    max_detections: int = Field(100, ge=1, le=1000, description="At most this many boxes per image.")
-    max_side: int = Field(
-        1333,
-        ge=32,
-        le=8192,
-        description=(
-            "Images whose longer side exceeds this are downscaled before inference (boxes are "
-            "scaled back). torchvision's detectors shrink to at most 1333 px anyway; this only "
-            "bounds the memory a huge photo takes on its way there."
-        ),
-    )
+from handlers.options import DetectorOptions
 
 
 @dataclass(frozen=True)
@@ -79,20 +54,19 @@ class ObjectDetector(BaseHandler):
     def example_input(self) -> DetectionInput:
         return DetectionInput(torch.zeros(3, 320, 320), 1.0, 320, 320)
 
-    def collate(self, items: list[DetectionInput]) -> list[DetectionInput]:
+    def collate(self, items: list[DetectionInput]) -> list[torch.Tensor]:
         # Detection models take a list of differently sized images; no stacking, no padding.
-        return list(items)
+        return [item.image for item in items]
 
-    def inference(self, batch: list[DetectionInput]) -> list[tuple[DetectionInput, dict[str, Any]]]:
+    def inference(self, batch: list[torch.Tensor]) -> list[dict[str, Any]]:
         assert self.model is not None, "load() must run before inference()"
         with torch.inference_mode():
-            found = self.model([item.image.to(self.device, non_blocking=True) for item in batch])
-        return list(zip(batch, found, strict=True))
+            return self.model([image.to(self.device, non_blocking=True) for image in batch])
 
     def postprocess(
-        self, output: list[tuple[DetectionInput, dict[str, Any]]], count: int
+        self, output: list[dict[str, Any]], items: list[DetectionInput]
     ) -> list[list[dict[str, Any]]]:
-        return [self.detections(item, found) for item, found in output]
+        return [self.detections(item, found) for item, found in zip(items, output, strict=True)]
 
     def detections(self, item: DetectionInput, found: dict[str, Any]) -> list[dict[str, Any]]:
         """One image's detections above the threshold, in the photo's pixel coordinates."""

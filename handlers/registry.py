@@ -20,6 +20,7 @@ DEFAULT_HANDLERS = {
     "image_segmenter": "handlers.image_segmenter:ImageSegmenter",
     "text_classifier": "handlers.text_classifier:TextClassifier",
     "audio_classifier": "handlers.audio_classifier:AudioClassifier",
+    "voice_activity": "handlers.voice_activity:VoiceActivity",
 }
 
 

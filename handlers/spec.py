@@ -27,7 +27,7 @@ class StrictModel(BaseModel):
 
 
 class ModelSource(StrictModel):
-    """Where the network and its weights come from: exactly one of three forms."""
+    """Where the network and its weights come from: exactly one of four forms."""
 
     architecture: str | None = Field(
         None,
@@ -44,6 +44,14 @@ class ModelSource(StrictModel):
     )
     torchscript: str | None = Field(
         None, description="Path to a TorchScript file (torch.jit.save) to load as the model."
+    )
+    onnx: str | None = Field(
+        None,
+        description=(
+            "Path to an ONNX file, run with onnxruntime (CPU, or CUDA with onnxruntime-gpu). "
+            "Like every file path here, 'pkg://package/relative/path' names a file inside an "
+            "installed package."
+        ),
     )
     factory: str | None = Field(
         None,
@@ -65,10 +73,11 @@ class ModelSource(StrictModel):
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> ModelSource:
-        chosen = [k for k in ("architecture", "torchscript", "factory") if getattr(self, k)]
+        chosen = [k for k in ("architecture", "torchscript", "onnx", "factory") if getattr(self, k)]
         if len(chosen) != 1:
             raise ValueError(
-                f"set exactly one of `architecture`, `torchscript` or `factory` (got {chosen or 'none'})"
+                "set exactly one of `architecture`, `torchscript`, `onnx` or `factory` "
+                f"(got {chosen or 'none'})"
             )
         if self.weights is not None and not self.architecture:
             raise ValueError("`weights` applies only to `architecture`")
@@ -120,8 +129,9 @@ class ModelSpec(StrictModel):
         None,
         description=(
             "'imagenet' for torchvision's ImageNet categories, 'weights' for the categories of "
-            "the torchvision weights, or a TorchServe index_to_name.json path. Default: the "
-            "weights' categories when there are some, else class indices."
+            "the torchvision weights (or of a factory's model: its `categories` attribute), or "
+            "a TorchServe index_to_name.json path. Default: those categories when there are "
+            "some, else class indices."
         ),
     )
     preprocess: ImagePreprocess = Field(

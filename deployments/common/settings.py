@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from handlers.errors import ConfigError
+from handlers.options import validate_options
 from handlers.spec import ModelSpec, StrictModel
 
 
@@ -77,6 +79,16 @@ class ModelAppArgs(StrictModel):
     model: ModelSpec = Field(..., description="What to load and how to preprocess.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @model_validator(mode="after")
+    def _handler_options(self) -> ModelAppArgs:
+        # Checked when `serve run` builds the app (torch-free), not when a replica starts:
+        # a typo such as `scor_threshold` fails at once, naming the field.
+        try:
+            validate_options(self.model.handler, self.model.options)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return self
 
     @model_validator(mode="after")
     def _enough_concurrency(self) -> ModelAppArgs:

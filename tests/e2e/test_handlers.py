@@ -1,34 +1,29 @@
-"""One server, one model of every default handler, plus a custom handler registered at runtime.
-
-Shapes and invariants over real HTTP (random weights: no made-up labels are asserted).
-"""
+"""One server with the real model of every example config, plus a custom handler registered
+at runtime: the answers a user would check, over real HTTP."""
 
 from __future__ import annotations
 
-import base64
-import io
 import shutil
 
 import pytest
 import torch
-from PIL import Image
 
 from handlers.archive import write_archive
 from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run
-from tests.fixtures.audio import make_wav, sine
+from tests.fixtures import real_models as real
 from tests.fixtures.models import tiny_classifier
+from tests.fixtures.specs import photo_path
 
 pytestmark = pytest.mark.e2e
 TOKEN = "e2e-handlers-token"
 CUSTOM = "tests/fixtures/custom_handlers/shouting_classifier.py"
 
 
-def _model_app(config_name: str, **model_changes: object) -> dict:
+def _model_app(config_name: str) -> dict:
     app = next(
         a for a in load_config(config_name)["applications"] if a["name"] not in ("ingress", "management")
     )
     app["args"]["resources"]["num_cpus"] = 0.25  # five models on two CPUs
-    app["args"]["model"].update(model_changes)
     return app
 
 
@@ -51,7 +46,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> ServeCluster:
     apps = [a for a in base["applications"] if a["name"] in ("ingress", "management")]
     apps += [
         _model_app("object_detector.yaml"),
-        _model_app("image_segmenter.yaml", preprocess={"resize": 128}),
+        _model_app("image_segmenter.yaml"),
         _model_app("text_classifier.yaml"),
         _model_app("audio_classifier.yaml"),
     ]
@@ -71,62 +66,40 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> ServeCluster:
         yield running
 
 
-def _names() -> dict[str, str]:
-    """Handler name -> model name in the shipped example configs."""
-    return {
-        a["args"]["model"]["handler"]: a["args"]["model"]["name"]
-        for a in load_config_apps()
-        if a["import_path"].endswith("build_model")
-    }
-
-
-def load_config_apps() -> list[dict]:
-    apps = []
-    for name in (
-        "object_detector.yaml",
-        "image_segmenter.yaml",
-        "text_classifier.yaml",
-        "audio_classifier.yaml",
-    ):
-        apps += load_config(name)["applications"]
-    return apps
-
-
-def test_every_handler_answers_in_its_shape(server: ServeCluster, cat_png: bytes) -> None:
-    names = _names()
+def test_the_example_models_answer_what_they_see(
+    server: ServeCluster, cat_png: bytes, coffee_png: bytes
+) -> None:
+    astronaut = photo_path("astronaut.png").read_bytes()
     with server.client() as client:
-        detections = client.put(f"/predictions/{names['object_detector']}", content=cat_png)
-        assert detections.status_code == 200, detections.text
-        for box in detections.json():
-            (label, coords), score = next((k, v) for k, v in box.items() if k != "score"), box["score"]
-            x1, y1, x2, y2 = coords
-            assert 0 <= x1 <= x2 <= 451 and 0 <= y1 <= y2 <= 300 and 0 <= score <= 1, label
+        faces = [client.put("/predictions/faces", content=png) for png in (astronaut, coffee_png)]
+        assert [r.status_code for r in faces] == [200, 200], faces[0].text
+        real.check_astronaut_face(faces[0].json())
+        assert faces[1].json() == []
 
-        segments = client.put(f"/predictions/{names['image_segmenter']}", content=cat_png)
-        assert segments.status_code == 200, segments.text
-        seg = segments.json()
-        assert (seg["width"], seg["height"]) == (451, 300)
-        assert Image.open(io.BytesIO(base64.b64decode(seg["mask_png"]))).size == (451, 300)
-        assert abs(sum(c["pixel_share"] for c in seg["classes"]) - 1) < 1e-3
+        salient = client.put("/predictions/salient", content=cat_png)
+        assert salient.status_code == 200, salient.text
+        real.check_cat_mask(salient.json())
 
-        text = client.post(
-            f"/predictions/{names['text_classifier']}",
-            json={"text": "what a wonderful, delightful film"},
-        )
-        assert text.status_code == 200, text.text
-        assert 0 < sum(text.json().values()) <= 1.0001
+        for code, sentence in real.SENTENCES.items():
+            answer = client.post(
+                "/predictions/language", content=sentence.encode(), headers={"content-type": "text/plain"}
+            )
+            assert answer.status_code == 200, answer.text
+            real.check_language(answer.json(), code)
+        as_json = client.post("/predictions/language", json={"text": real.SENTENCES["fr"]})
+        real.check_language(as_json.json(), "fr")
 
-        wav = make_wav([sine(440, 16000, 1.0)], 16000)
-        audio = client.post(f"/predictions/{names['audio_classifier']}", content=wav)
-        assert audio.status_code == 200, audio.text
-        assert list(audio.json().values()) == sorted(audio.json().values(), reverse=True)
+        # `curl -T speech.wav`: a PUT of the raw file, as in the README.
+        speech = client.put("/predictions/speech", content=real.speech_wav())
+        assert speech.status_code == 200, speech.text
+        real.check_speech_found(speech.json())
+        for clip in (real.noise_wav(), real.silence_wav()):
+            real.check_no_speech(client.post("/predictions/speech", content=clip).json())
 
         # Each handler refuses what is not its kind of input, alone, with a 4xx.
-        assert client.post(f"/predictions/{names['audio_classifier']}", content=cat_png).status_code == 400
-        assert (
-            client.post(f"/predictions/{names['text_classifier']}", content=b"\xff\xfe\xfa").status_code
-            == 400
-        )
+        assert client.post("/predictions/speech", content=cat_png).status_code == 400
+        assert client.post("/predictions/language", content=b"\xff\xfe\xfa").status_code == 400
+        assert client.post("/predictions/faces", content=real.speech_wav()).status_code == 400
 
 
 def test_custom_handler_archive_registers_and_answers(server: ServeCluster, cat_png: bytes) -> None:

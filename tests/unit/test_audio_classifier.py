@@ -31,7 +31,10 @@ def audio_spec(**options: object) -> ModelSpec:
         {
             "name": "audio",
             "handler": "audio_classifier",
-            "source": {"factory": "handlers.zoo:tiny_audio_cnn", "factory_kwargs": {"num_classes": 6}},
+            "source": {
+                "factory": "tests.fixtures.models:tiny_audio_cnn",
+                "factory_kwargs": {"num_classes": 6},
+            },
             "top_k": 4,
             "options": {"max_seconds": 1.0, "n_mels": 32, **options},
         }

@@ -9,13 +9,17 @@ from handlers.registry import create_handler
 from tests.fixtures.specs import tiny_spec
 
 
-def test_one_result_per_item(cat_png: bytes, coffee_png: bytes) -> None:
+def test_each_request_gets_its_own_answer(cat_png: bytes, coffee_png: bytes) -> None:
     handler = create_handler(tiny_spec())
     handler.load()
     items = [handler.preprocess(data) for data in (cat_png, coffee_png, cat_png)]
     results = handler.predict_batch(items)
-    assert len(results) == 3
-    assert results[0] == results[2]
+    # In request order, and what each photo gets alone: batch-mates change nothing.
+    assert results[0] != results[1]
+    for result, item in zip(results, items, strict=True):
+        (alone,) = handler.predict_batch([item])
+        assert list(result) == list(alone)
+        assert list(result.values()) == pytest.approx(list(alone.values()), abs=1e-5)
 
 
 def test_empty_batch() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -113,3 +114,27 @@ def test_config_errors_are_named() -> None:
         create_handler(segmenter_spec(preprocess={"resize": None}))
     with pytest.raises(ConfigError, match="raw_probs"):
         create_handler(segmenter_spec(options={"raw_probs": True}))
+
+
+@pytest.mark.parametrize("kind", ["probability", "logit"])
+def test_one_channel_models_segment_foreground_from_background(kind: str, cat_png: bytes) -> None:
+    handler = create_handler(
+        segmenter_spec(
+            source={
+                "factory": "tests.fixtures.models:ramp_segmenter",
+                "factory_kwargs": {"logits": kind == "logit"},
+            },
+            options={"single_channel_output": kind, "raw_probabilities": True, "probabilities_size": 8},
+        )
+    )
+    handler.load()
+    answer = handler.predict(cat_png)
+    mask = torch.from_numpy(np.array(decode_mask(answer)))
+    # The right half of the photo is over 0.5: foreground (class 1), the left half background.
+    assert mask[:, :220].max() == 0 and mask[:, 231:].min() == 1
+    assert {c["index"]: c["pixel_share"] for c in answer["classes"]} == pytest.approx(
+        {0: 0.5, 1: 0.5}, abs=0.01
+    )
+    background, foreground = torch.tensor(answer["probabilities"]["values"])
+    assert torch.allclose(background + foreground, torch.ones(5, 8), atol=1e-3)
+    assert foreground[0].tolist() == pytest.approx([(i + 0.5) / 8 for i in range(8)], abs=0.02)

@@ -103,3 +103,17 @@ def test_model_replicas_take_several_batches_of_requests() -> None:
     resources = args.resources.model_copy(update={"max_ongoing_requests": 5})
     pinned = args.model_copy(update={"resources": resources})
     assert build_model(pinned)._bound_deployment.max_ongoing_requests == 5
+
+
+def test_handler_option_typos_fail_when_the_app_is_built() -> None:
+    # `serve run` validates args with ModelAppArgs before any replica starts.
+    config = {
+        "model": {
+            "name": "faces",
+            "handler": "object_detector",
+            "source": {"architecture": "resnet18"},
+            "options": {"scor_threshold": 0.5},
+        }
+    }
+    with pytest.raises(ValidationError, match="scor_threshold"):
+        ModelAppArgs.model_validate(config)
