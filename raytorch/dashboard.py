@@ -34,6 +34,8 @@ COOKIE_NAME = "ray-authentication-token"
 SERVE_TAB = "/#/serve"
 # Serve's application states that no longer change without a new deploy.
 SETTLED_STATES = {"RUNNING", "DEPLOY_FAILED", "UNHEALTHY"}
+# Everything here is on 127.0.0.1: never through an HTTP(S)_PROXY from the environment.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class DashboardError(Exception):
@@ -52,7 +54,7 @@ def _call(
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        return urllib.request.urlopen(request, timeout=timeout_s)
+        return _LOCAL.open(request, timeout=timeout_s)
     except urllib.error.HTTPError as exc:
         raise DashboardError(f"{method} {url} answered {exc.code}") from None
     except OSError as exc:

@@ -32,6 +32,8 @@ SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "prometheus.y
 RAY_PROMETHEUS_HOST_ENV = "RAY_PROMETHEUS_HOST"
 RETENTION = "15d"
 _PR_SET_PDEATHSIG = 1
+# Prometheus is on 127.0.0.1: never ask it through an HTTP_PROXY from the environment.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class PrometheusError(Exception):
@@ -159,7 +161,7 @@ def start(
             tail = log_path.read_text(errors="replace")[-2000:]
             raise PrometheusError(f"prometheus exited ({process.returncode}):\n{tail}")
         try:
-            with urllib.request.urlopen(f"{prometheus.url}/-/ready", timeout=2):
+            with _LOCAL.open(f"{prometheus.url}/-/ready", timeout=2):
                 return prometheus
         except OSError:
             time.sleep(0.1)
