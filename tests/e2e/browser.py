@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,14 +58,15 @@ def ensure_chromium() -> str | None:
     return None
 
 
-def new_browser(width: int = 1400, height: int = 1000):  # -> selenium WebDriver
-    """A fresh headless Chromium (empty profile: no cookies); the caller quits it."""
+def new_browser(profile: Path, width: int = 1400, height: int = 1000):  # -> selenium WebDriver
+    """A fresh headless Chromium with an empty profile in ``profile`` (no cookies); the caller quits it."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in [*FLAGS, f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"]:
+    profile.mkdir(parents=True, exist_ok=False)
+    for flag in [*FLAGS, f"--user-data-dir={profile}"]:
         options.add_argument(flag)
     options.add_argument(f"--window-size={width},{height}")
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)

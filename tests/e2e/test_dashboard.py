@@ -86,7 +86,7 @@ def test_sign_in_link_opens_the_serve_tab_with_every_model_version(
         link, helper = _fresh_link(dashboard)
 
     _register_watched(quickstart)
-    browser = new_browser(1400, 1500)
+    browser = new_browser(tmp_path / "chromium", 1400, 1500)
     try:
         expected = _deployments_of_every_version(quickstart)
         assert {"model:efficientnet_lite0@1.0", "model:watched@1.0", "model:watched@2.0"} <= expected

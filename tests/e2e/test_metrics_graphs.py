@@ -165,7 +165,7 @@ def test_graph_page_draws_rate_latency_batches_and_replicas(
     params: dict[str, str] = {}
     for i, expr in enumerate(GRAPHS.values()):
         params |= {f"g{i}.expr": expr, f"g{i}.tab": "0", f"g{i}.range_input": "1m"}
-    browser = new_browser(1400, 3100)
+    browser = new_browser(tmp_path / "chromium", 1400, 3100)
     try:
         browser.get(f"{metrics_server.prometheus}/graph?{urllib.parse.urlencode(params)}")  # type: ignore[attr-defined]
         text = wait_for_text(
