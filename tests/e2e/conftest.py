@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.browser import ensure_chromium
 from tests.e2e.serve_cluster import ServeCluster, free_port, load_config, serve_run
 
 BODY_LIMIT = 1_000_000
@@ -43,6 +44,14 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory, cat_png: bytes) -> Iter
         seconds = running.wait_for(first_prediction, timeout=240, what="the first prediction")
         print(f"\nlaunch -> first prediction: {seconds:.1f}s")
         yield running
+
+
+@pytest.fixture(scope="session")
+def chromium() -> None:
+    """Debian's headless Chromium and chromedriver, installed with apt-get when missing."""
+    reason = ensure_chromium()
+    if reason:
+        pytest.skip(f"no headless Chromium to drive: {reason}")
 
 
 def read_access_log(cluster: ServeCluster) -> str:

@@ -1,0 +1,279 @@
+"""Opening the Ray dashboard in one step, without weakening its token authentication.
+
+Ray 2.60 turns token authentication on for new local clusters, so the dashboard opens on an
+"Authentication Token Required" prompt. The token is the one ``ray get-auth-token`` prints
+(``~/.ray/auth_token`` unless ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH`` say otherwise);
+pasting it makes the dashboard set an HttpOnly ``ray-authentication-token`` cookie.
+
+``SignInLink`` does that paste for the user. It serves one random link on 127.0.0.1 that, the
+first time it is opened before it expires, calls the dashboard's ``POST /api/authenticate``
+itself, hands the cookie the dashboard answers with to the browser and redirects to the Serve
+tab. Cookies belong to a host, not a port, so a cookie set by the link's port reaches the
+dashboard's. The token never appears in the link, on the console or in a log; the link works
+once, expires after ``LINK_TTL_S``, and is reachable from this machine only, like the dashboard.
+
+    python -m raytorch.dashboard --dashboard-port 8265     # a new link for a running server
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import http.server
+import json
+import secrets
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+LINK_TTL_S = 600.0
+COOKIE_NAME = "ray-authentication-token"
+SERVE_TAB = "/#/serve"
+# Serve's application states that no longer change without a new deploy.
+SETTLED_STATES = {"RUNNING", "DEPLOY_FAILED", "UNHEALTHY"}
+# Everything here is on 127.0.0.1: never through an HTTP(S)_PROXY from the environment.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class DashboardError(Exception):
+    """The dashboard could not be reached or refused the token."""
+
+
+def dashboard_url(port: int) -> str:
+    """The dashboard's address; `make serve` binds it to 127.0.0.1."""
+    return f"http://127.0.0.1:{port}"
+
+
+def _call(
+    url: str, token: str | None = None, method: str = "GET", timeout_s: float = 5.0
+) -> http.client.HTTPResponse:
+    request = urllib.request.Request(url, data=b"" if method == "POST" else None, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        return _LOCAL.open(request, timeout=timeout_s)
+    except urllib.error.HTTPError as exc:
+        raise DashboardError(f"{method} {url} answered {exc.code}") from None
+    except OSError as exc:
+        raise DashboardError(f"{method} {url} failed: {exc}") from None
+
+
+def token_auth_enabled(dashboard: str) -> bool:
+    """Whether the dashboard asks for a token (its public ``/api/authentication_mode``)."""
+    with _call(f"{dashboard}/api/authentication_mode") as response:
+        return json.load(response).get("authentication_mode") == "token"
+
+
+def ray_token() -> str | None:
+    """The token a local cluster uses: the one ``ray get-auth-token`` prints, if any."""
+    # The same loader as `ray get-auth-token`, so RAY_AUTH_TOKEN(_PATH) are honoured.
+    from ray._raylet import AuthenticationTokenLoader
+
+    loader = AuthenticationTokenLoader.instance()
+    if not loader.has_token(ignore_auth_mode=True):
+        return None
+    return loader.get_raw_token(ignore_auth_mode=True)
+
+
+def authenticate(dashboard: str, token: str) -> list[str]:
+    """The dashboard's own ``Set-Cookie`` header(s) for ``token`` (``POST /api/authenticate``)."""
+    with _call(f"{dashboard}/api/authenticate", token, method="POST") as response:
+        cookies = [c for c in response.headers.get_all("Set-Cookie") or [] if c.startswith(COOKIE_NAME)]
+    if not cookies:
+        raise DashboardError("the dashboard accepted the token but set no cookie")
+    return cookies
+
+
+class _LinkHandler(http.server.BaseHTTPRequestHandler):
+    server: _LinkServer
+    # One request at a time: a browser's idle preconnect must not hold the real one for long.
+    timeout = 2.0
+
+    def do_GET(self) -> None:
+        link = self.server.link
+        # The path is the secret: compare it in constant time.
+        if not secrets.compare_digest(self.path.encode("utf-8", "replace"), link.path.encode()):
+            self._reply(404, "Not found.\n")
+            return
+        if link.used or link.expired:
+            self._reply(410, f"This sign-in link was used or has expired.\n{link.help_text()}\n")
+            return
+        try:
+            cookies = authenticate(link.dashboard, link.token)
+        except DashboardError as exc:  # the link stays usable: the dashboard may still be starting
+            self._reply(502, f"The dashboard did not sign you in: {exc}.\n{link.help_text()}\n")
+            return
+        link.used = True
+        self.send_response(303)
+        self.send_header("Location", link.dashboard + SERVE_TAB)
+        for cookie in cookies:
+            self.send_header("Set-Cookie", cookie)
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Referrer-Policy", "no-referrer")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _reply(self, status: int, text: str) -> None:
+        body = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Silent: a request line would print the link's secret."""
+
+
+class _LinkServer(http.server.HTTPServer):
+    link: SignInLink
+
+
+class SignInLink:
+    """A one-time, expiring link on 127.0.0.1 that signs a browser in to the dashboard.
+
+    Takes the dashboard's URL and the cluster's token. ``url`` is what to open; ``serve()``
+    answers requests until the link has been used or has expired, then closes its port.
+    """
+
+    def __init__(self, dashboard: str, token: str, ttl_s: float = LINK_TTL_S) -> None:
+        self.dashboard = dashboard.rstrip("/")
+        self.token = token
+        self.path = "/" + secrets.token_urlsafe(32)
+        self.deadline = time.monotonic() + ttl_s
+        self.ttl_s = ttl_s
+        self.used = False
+        # Port 0: the kernel picks a free one, so two servers on one machine never collide.
+        self._server = _LinkServer(("127.0.0.1", 0), _LinkHandler)
+        self._server.link = self
+        self.url = f"http://127.0.0.1:{self._server.server_port}{self.path}"
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
+
+    def help_text(self) -> str:
+        """What to do without a working link."""
+        return (
+            f"For a new link: {_here('python')} -m raytorch.dashboard --dashboard-port "
+            f"{self.dashboard.rsplit(':', 1)[-1]}; or paste the output of {_here('ray')} "
+            "get-auth-token into the dashboard's prompt."
+        )
+
+    def serve(self) -> bool:
+        """Answer requests until the link is used (True) or expires (False); then close."""
+        try:
+            while not self.used and not self.expired:
+                # Blocks in select() until a request or the deadline: no wake-ups while idle.
+                self._server.timeout = max(self.deadline - time.monotonic(), 0.01)
+                self._server.handle_request()
+            return self.used
+        finally:
+            self._server.server_close()
+
+    def close(self) -> None:
+        """Stop listening without serving (``serve()`` closes by itself)."""
+        self._server.server_close()
+
+    def start(self) -> threading.Thread:
+        """``serve()`` in a daemon thread."""
+        thread = threading.Thread(target=self.serve, name="dashboard-sign-in", daemon=True)
+        thread.start()
+        return thread
+
+
+def _here(tool: str) -> str:
+    """``tool`` from this interpreter's environment, as the user would type it from here."""
+    path = Path(sys.executable).parent / tool
+    if not path.exists():
+        return tool
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def banner(dashboard: str, link: SignInLink | None, token_auth: bool = True) -> str:
+    """The console lines that say how to open the dashboard (never the token itself)."""
+    lines = [f"Ray dashboard: {dashboard}{SERVE_TAB}  (Serve tab: every model version, its replicas, logs)"]
+    if link is not None:
+        minutes = round(link.ttl_s / 60)
+        lines.append(f"  sign this machine's browser in (one use, {minutes} min): {link.url}")
+    if token_auth:
+        lines.append(f"  or paste the token `{_here('ray')} get-auth-token` prints into its prompt")
+    return "\n".join(lines)
+
+
+def wait_for_serve(dashboard: str, token: str | None, timeout_s: float = 120.0) -> None:
+    """Return once every Serve application has settled (or after ``timeout_s``).
+
+    So that the sign-in banner is the last thing on the console, not lost above start-up logs.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with _call(f"{dashboard}/api/serve/applications/", token) as response:
+                apps = json.load(response).get("applications") or {}
+            if apps and all(app.get("status") in SETTLED_STATES for app in apps.values()):
+                return
+        except (DashboardError, ValueError):
+            pass
+        time.sleep(2.0)
+
+
+def announce(dashboard_port: int, also: tuple[str, ...] = (), wait: bool = True) -> SignInLink | None:
+    """What the launcher calls once Ray is up: print the banner and serve a sign-in link.
+
+    Runs in a daemon thread (waiting for Serve's applications first when ``wait``); ``also``
+    are lines printed under the banner. Returns the link, or None when token authentication
+    is off or there is no token.
+    """
+    dashboard = dashboard_url(dashboard_port)
+    try:
+        token_auth = token_auth_enabled(dashboard)
+    except DashboardError:
+        token_auth = True  # say how to sign in anyway
+    token = ray_token() if token_auth else None
+    link = SignInLink(dashboard, token) if token else None
+
+    def run() -> None:
+        if wait:
+            wait_for_serve(dashboard, token)
+        print("\n".join([banner(dashboard, link, token_auth), *also]), flush=True)
+        if link is not None:
+            link.serve()
+
+    threading.Thread(target=run, name="dashboard-sign-in", daemon=True).start()
+    return link
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print a fresh sign-in link for a running dashboard and serve it until used or expired."""
+    parser = argparse.ArgumentParser(
+        prog="python -m raytorch.dashboard", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--dashboard-port", type=int, default=8265, help="the dashboard's port on 127.0.0.1")
+    parser.add_argument("--ttl-s", type=float, default=LINK_TTL_S, help="seconds before the link expires")
+    args = parser.parse_args(argv)
+    dashboard = dashboard_url(args.dashboard_port)
+    try:
+        token_auth = token_auth_enabled(dashboard)
+    except DashboardError as exc:
+        print(f"No Ray dashboard at {dashboard}: {exc}", file=sys.stderr)
+        return 1
+    token = ray_token() if token_auth else None
+    link = SignInLink(dashboard, token, args.ttl_s) if token else None
+    print(banner(dashboard, link, token_auth), flush=True)
+    if link is None:
+        return 0
+    used = link.serve()
+    print("Signed in." if used else "The link expired unused.", flush=True)
+    return 0 if used else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
