@@ -32,6 +32,8 @@ class BaseHandler(ABC):
     """
 
     Options: type[StrictModel] = NoOptions
+    # Whether channels_last is the default for this handler's models (spec.channels_last wins).
+    prefers_channels_last = False
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -39,6 +41,7 @@ class BaseHandler(ABC):
         self.model: nn.Module | None = None
         self.labels: list[str] | None = None
         self.device = torch.device("cpu")
+        self.channels_last = False
         self.load_seconds: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -51,6 +54,9 @@ class BaseHandler(ABC):
         model, categories = build_model(self.spec.source, self.spec.base_dir)
         self.labels = resolve_labels(self.spec.labels, categories, self.spec.base_dir)
         self.model = model.to(self.device).eval()
+        self.channels_last = self._wants_channels_last(self.model)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         if self.spec.warmup:
             self.warmup()
         self.load_seconds = time.perf_counter() - started
@@ -108,8 +114,19 @@ class BaseHandler(ABC):
     def inference(self, batch: Any) -> Any:
         """Run the model once over a batch."""
         assert self.model is not None, "load() must run before inference()"
+        if self.channels_last and batch.dim() == 4:
+            batch = batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+        else:
+            batch = batch.to(self.device, non_blocking=True)
         with torch.inference_mode():
-            return self.model(batch.to(self.device, non_blocking=True))
+            return self.model(batch)
+
+    def _wants_channels_last(self, model: nn.Module) -> bool:
+        wanted = (
+            self.spec.channels_last if self.spec.channels_last is not None else self.prefers_channels_last
+        )
+        # Only modules with 4-D (convolution) weights gain; ONNX-backed models have none here.
+        return bool(wanted) and any(p.dim() == 4 for p in model.parameters())
 
     @abstractmethod
     def postprocess(self, output: Any, items: list[Any]) -> list[Any]:

@@ -22,9 +22,17 @@ INTERPOLATION = {
 
 
 class ImageClassifier(TopKClassifier):
-    """Returns ``{label: probability}`` for the top-k classes, highest first."""
+    """Returns ``{label: probability}`` for the top-k classes, highest first.
+
+    Each request is decoded, resized and cropped on its own (``preprocess`` -> ``transform``,
+    a uint8 tensor); the batch is converted to float and normalised in one vectorised step
+    (``collate``) on the replica's inference thread, so per-request work never starts torch's
+    thread pools elsewhere. A subclass whose ``transform`` returns a float tensor (already
+    normalised, any number of channels) gets it batched as it is.
+    """
 
     name = "image_classifier"
+    prefers_channels_last = True
 
     def preprocess(self, data: bytes, content_type: str | None = None) -> torch.Tensor:
         check_media_type(content_type, self.name)
@@ -32,15 +40,31 @@ class ImageClassifier(TopKClassifier):
         return self.transform(image)
 
     def transform(self, image: Any) -> torch.Tensor:
-        """PIL image -> normalised float tensor of shape (3, H, W)."""
+        """PIL image -> uint8 tensor of shape (3, H, W), resized and cropped."""
         p = self.spec.preprocess
         # Resize and crop on the uint8 PIL image: cheaper than on a float tensor.
         if p.resize:
             image = F.resize(image, [p.resize], interpolation=INTERPOLATION[p.interpolation], antialias=True)
         if p.crop:
             image = F.center_crop(image, [p.crop, p.crop])
-        tensor = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
-        return F.normalize(tensor, mean=list(p.mean), std=list(p.std))
+        return F.pil_to_tensor(image)
+
+    def normalize(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) -> float, scaled to 0-1 and normalised with the spec's mean/std."""
+        p = self.spec.preprocess
+        if batch.shape[1] != len(p.mean):  # broadcasting would hide the mismatch
+            raise ValueError(f"input has {batch.shape[1]} channels, preprocess.mean has {len(p.mean)}")
+        mean = torch.tensor(p.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        std = torch.tensor(p.std, dtype=torch.float32).view(1, -1, 1, 1) * 255
+        return (batch.float() - mean) / std
+
+    def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
+        batch = torch.stack(items)
+        if batch.dtype == torch.uint8:
+            if self.channels_last:  # converted while still uint8: a quarter of the bytes to move
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = self.normalize(batch)
+        return batch
 
     def example_input(self) -> torch.Tensor:
         # A blank photo through preprocess: the probe is what a real request becomes, also when

@@ -142,9 +142,22 @@ class ModelSpec(StrictModel):
         "auto", description="'auto' uses a GPU when the replica has one, else the CPU."
     )
     torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads; default: Ray's OMP_NUM_THREADS."
+        None,
+        ge=1,
+        description=(
+            "torch intra-op threads per batch. Default (served): every core of the machine while "
+            "no other model replica on it is busy, an equal share once several are."
+        ),
     )
     warmup: bool = Field(True, description="Run one dummy batch at load so the first request is fast.")
+    channels_last: bool | None = Field(
+        None,
+        description=(
+            "Run convolutions on channels-last tensors (oneDNN's fast path on CPU, tensor cores "
+            "on GPU). Default: on for image classifiers (measured 1.1-2x faster per batch on "
+            "EfficientNet-Lite0, ResNet-18 and DenseNet-161), off for other handlers."
+        ),
+    )
     base_dir: str | None = Field(
         None,
         description="Directory that relative file paths in this spec are resolved against (archives).",

@@ -102,7 +102,10 @@ class InferenceExecutor:
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the inference thread and wait (model load and warm-up)."""
-        return self._pool.submit(self._with_threads, fn, args, self.fixed_threads or self.cores).result()
+        try:
+            return self._pool.submit(self._with_threads, fn, args, self.fixed_threads or self.cores).result()
+        finally:
+            self.last_threads = 0  # fn may have set torch's threads itself (a spec's torch_threads)
 
     async def run_batch(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one batch on the inference thread with the threads the machine's load allows."""

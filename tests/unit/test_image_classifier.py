@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from handlers.errors import BadInputError, ConfigError
 from handlers.image_classifier import ImageClassifier
@@ -92,3 +93,28 @@ def test_handler_must_subclass_base_handler() -> None:
 def test_unknown_handler_options_are_refused() -> None:
     with pytest.raises(ConfigError, match="threshold"):
         create_handler(tiny_spec(options={"threshold": 0.5}))
+
+
+def test_batches_are_normalised_like_torchvision_and_channels_last_changes_no_answer(
+    cat_png: bytes, coffee_png: bytes
+) -> None:
+    from torchvision.transforms.v2 import functional as F
+
+    from handlers.image_io import decode_image
+
+    spec = tiny_spec(preprocess={"resize": 64, "crop": 56, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]})
+    fast, plain = create_handler(spec), create_handler(spec.model_copy(update={"channels_last": False}))
+    for handler in (fast, plain):
+        handler.load()
+    assert fast.channels_last and not plain.channels_last
+    item = fast.preprocess(cat_png)
+    assert item.dtype == torch.uint8 and tuple(item.shape) == (3, 56, 56)  # normalised per batch
+    resized = F.center_crop(F.resize(decode_image(cat_png, 10**8), [64]), [56])  # on the PIL image
+    reference = F.normalize(
+        F.to_dtype(F.pil_to_tensor(resized), torch.float32, scale=True),
+        mean=[0.4, 0.5, 0.6],
+        std=[0.2, 0.25, 0.3],
+    )
+    assert torch.allclose(fast.collate([item])[0], reference, atol=1e-5)
+    batch = [fast.preprocess(cat_png), fast.preprocess(coffee_png)]
+    assert fast.predict_batch(batch) == plain.predict_batch(batch)
