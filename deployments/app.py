@@ -9,10 +9,11 @@ before deploying, so a wrong or misspelt field is reported with its name.
 from ray.serve import Application
 
 from deployments.common.naming import INGRESS_DEPLOYMENT, MANAGEMENT_DEPLOYMENT, SERVE_LOGGING
-from deployments.common.settings import IngressArgs, ManagementArgs, ModelAppArgs
+from deployments.common.settings import IngressArgs, ManagementArgs, ModelAppArgs, PoolArgs
 from deployments.inference.ingress import Ingress
 from deployments.management.deployment import ManagementDeployment
 from deployments.model.builder import model_application
+from deployments.pool.builder import pool_application
 
 # Pinned to the head node: the management part keeps its state directory there, and the
 # ingress listens on the address users were given (the head's, unless a config says otherwise).
@@ -22,6 +23,12 @@ HEAD_NODE = {"node:__internal_head__": 0.001}
 def build_model(args: ModelAppArgs) -> Application:
     """One model version as its own application (no HTTP route: the ingress calls it)."""
     return model_application(args)
+
+
+def build_pool(args: PoolArgs) -> Application:
+    """A model pool (no HTTP route): models registered with ``pool=NAME`` are loaded by its
+    replicas on demand and share its resources."""
+    return pool_application(args)
 
 
 def build_ingress(args: IngressArgs) -> Application:

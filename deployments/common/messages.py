@@ -9,6 +9,16 @@ from handlers.errors import RaytorchError
 
 
 @dataclass(frozen=True)
+class PoolEvent:
+    """What a pool replica did for one request besides answering it: the cold load it waited
+    for and the models it evicted to make room (the ingress counts them per model)."""
+
+    pool: str
+    load_seconds: float | None = None
+    evicted: tuple[str, ...] = ()  # pooled model ids
+
+
+@dataclass(frozen=True)
 class Answer:
     """A prediction, the size of the batch it ran in and the version that answered.
 
@@ -21,6 +31,7 @@ class Answer:
     # Seconds spent per stage in the replica: preprocess, queue (waiting for a batch), inference.
     timings: dict[str, float] = field(default_factory=dict)
     load_seconds: float | None = None
+    pool_event: PoolEvent | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ between the model builder, the management part and the router.
 from __future__ import annotations
 
 MODEL_DEPLOYMENT_PREFIX = "model:"
+POOL_DEPLOYMENT_PREFIX = "pool:"
 MANAGEMENT_APP = "management"
 MANAGEMENT_DEPLOYMENT = "Management"
 INGRESS_DEPLOYMENT = "Ingress"
@@ -24,6 +25,34 @@ def parse_model_deployment_name(deployment: str) -> tuple[str, str] | None:
         return None
     name, sep, version = deployment[len(MODEL_DEPLOYMENT_PREFIX) :].rpartition("@")
     return (name, version) if sep and name and version else None
+
+
+def pool_deployment_name(pool: str) -> str:
+    """Serve deployment name of a model pool (the ingress and management find pools by it)."""
+    return f"{POOL_DEPLOYMENT_PREFIX}{pool}"
+
+
+def parse_pool_deployment_name(deployment: str) -> str | None:
+    """Inverse of :func:`pool_deployment_name`; None for deployments that are not pools."""
+    if not deployment.startswith(POOL_DEPLOYMENT_PREFIX):
+        return None
+    return deployment[len(POOL_DEPLOYMENT_PREFIX) :] or None
+
+
+def pooled_model_id(model: str, version: str, token: str) -> str:
+    """Serve's multiplexed model id of one pooled registration: ``<model>@<version>#<token>``.
+
+    The token is new for every registration, so a version unregistered and registered again
+    with other files is never answered by a copy a pool replica still holds of the old one.
+    """
+    return f"{model}@{version}#{token}"
+
+
+def parse_pooled_model_id(model_id: str) -> tuple[str, str] | None:
+    """(model, version) of a pooled model id; None when it is not one."""
+    head, sep, token = model_id.rpartition("#")
+    name, at, version = head.rpartition("@")
+    return (name, version) if sep and at and name and version and token else None
 
 
 def registered_app_name(model: str, version: str) -> str:

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from handlers.errors import ConfigError
 from handlers.options import validate_options
-from handlers.spec import ModelSpec, StrictModel
+from handlers.spec import NAME_PATTERN, ModelSpec, StrictModel
 
 
 class BatchingConfig(StrictModel):
@@ -101,6 +101,60 @@ class ModelAppArgs(StrictModel):
         return self
 
 
+class PoolArgs(StrictModel):
+    """``args`` of a model pool (``deployments.app:build_pool``): one deployment whose replicas
+    load registered models on demand, by model id, and evict the least recently used ones."""
+
+    name: str = Field(..., pattern=NAME_PATTERN, description="Pool name, as in POST /models?pool=NAME.")
+    memory_budget_mb: float = Field(
+        1024.0,
+        gt=0,
+        description=(
+            "Per replica: models stay loaded while their estimated memory (weights and buffers, "
+            "plus model_overhead_mb each) fits; the least recently used ones are evicted first."
+        ),
+    )
+    model_overhead_mb: float = Field(
+        0.5,
+        ge=0,
+        description=(
+            "Memory counted per loaded model besides its tensors: the handler, the module objects "
+            "and the allocator's slack (measured: about 0.3 MB for a tiny CNN)."
+        ),
+    )
+    max_models_per_replica: int | None = Field(
+        None, ge=1, description="Also evict once a replica holds this many models (None: memory only)."
+    )
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads; default: shared among busy replicas of the machine."
+    )
+    batching: BatchingConfig = Field(
+        default_factory=BatchingConfig,
+        description="Batching of every model in the pool (each batch holds one model's requests).",
+    )
+    resources: ResourcesConfig = Field(
+        default_factory=ResourcesConfig,
+        description=(
+            "Replicas of the pool; with max_replicas, Serve autoscales it on the total load of all "
+            "its models."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _serving(self) -> PoolArgs:
+        if self.resources.num_replicas < 1:
+            raise ValueError(
+                "a pool needs resources.num_replicas >= 1: its models have no replica of their own"
+            )
+        limit = self.resources.max_ongoing_requests
+        if limit is not None and limit < self.batching.max_batch_size:
+            raise ValueError(
+                f"resources.max_ongoing_requests ({limit}) is below batching.max_batch_size "
+                f"({self.batching.max_batch_size}): batches could never fill"
+            )
+        return self
+
+
 class ManagementArgs(StrictModel):
     """``args`` of the management application (``deployments.app:build_management``)."""
 
@@ -127,6 +181,14 @@ class ManagementArgs(StrictModel):
     )
     default_num_cpus: float = Field(
         0.5, ge=0, description="CPUs per replica of a registered model unless `num_cpus=` is given."
+    )
+    default_pool: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description=(
+            "Pool that registrations without `pool=` go to (`dedicated=true` still gives a model "
+            "its own application); None: models get their own application unless `pool=` says otherwise."
+        ),
     )
     wait_for_resources: bool = Field(
         False,

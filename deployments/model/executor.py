@@ -107,6 +107,15 @@ class InferenceExecutor:
         finally:
             self.last_threads = 0  # fn may have set torch's threads itself (a spec's torch_threads)
 
+    async def call_async(self, fn: Callable[..., T], *args: Any) -> T:
+        """:meth:`call` without blocking the event loop: a pool replica loads models while it
+        serves others (the load waits for the running batch; batches wait for the load)."""
+        try:
+            future = self._pool.submit(self._with_threads, fn, args, self.fixed_threads or self.cores)
+            return await asyncio.wrap_future(future)
+        finally:
+            self.last_threads = 0  # fn may have set torch's threads itself (a spec's torch_threads)
+
     async def run_batch(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one batch on the inference thread with the threads the machine's load allows."""
         return await asyncio.wrap_future(self._pool.submit(self._batch, fn, args))

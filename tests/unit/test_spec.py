@@ -8,8 +8,15 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from deployments.common.naming import model_deployment_name, parse_model_deployment_name
-from deployments.common.settings import IngressArgs, ManagementArgs, ModelAppArgs
+from deployments.common.naming import (
+    model_deployment_name,
+    parse_model_deployment_name,
+    parse_pool_deployment_name,
+    parse_pooled_model_id,
+    pool_deployment_name,
+    pooled_model_id,
+)
+from deployments.common.settings import IngressArgs, ManagementArgs, ModelAppArgs, PoolArgs
 from handlers.spec import ModelSpec
 from tests.fixtures.specs import ROOT
 
@@ -70,6 +77,7 @@ def test_shipped_configs_validate(config: Path) -> None:
             "build_model": ModelAppArgs,
             "build_ingress": IngressArgs,
             "build_management": ManagementArgs,
+            "build_pool": PoolArgs,
         }[builder]
         args_type.model_validate(app.get("args", {}))
         assert raw["http_options"]["host"] == "127.0.0.1", "serve on loopback unless configured otherwise"
@@ -79,6 +87,19 @@ def test_deployment_names_round_trip() -> None:
     name = model_deployment_name("resnet-18.v2", "1.0")
     assert parse_model_deployment_name(name) == ("resnet-18.v2", "1.0")
     assert parse_model_deployment_name("Ingress") is None
+    assert parse_pool_deployment_name(pool_deployment_name("small")) == "small"
+    assert parse_pool_deployment_name(name) is None
+    assert parse_pooled_model_id(pooled_model_id("m@x", "1.0", "ab12")) == ("m@x", "1.0")
+    assert parse_pooled_model_id("m@1.0") is None
+
+
+def test_a_pool_needs_a_replica_and_batches_that_can_fill() -> None:
+    with pytest.raises(ValidationError, match="num_replicas >= 1"):
+        PoolArgs.model_validate({"name": "p", "resources": {"num_replicas": 0, "max_replicas": 4}})
+    with pytest.raises(ValidationError, match="batches could never fill"):
+        PoolArgs.model_validate({"name": "p", "resources": {"max_ongoing_requests": 2}})
+    with pytest.raises(ValidationError, match="memory_budget_mb"):
+        PoolArgs.model_validate({"name": "p", "memory_budget_mb": 0})
 
 
 def test_ingress_concurrency_is_not_serves_default_of_five() -> None:

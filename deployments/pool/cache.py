@@ -1,0 +1,153 @@
+"""The models one pool replica holds: loaded on demand by model id, least recently used evicted
+first under a memory budget (and an optional count limit).
+
+Serve's ``@serve.multiplexed`` keeps a fixed number of models per replica; a pool of models of
+different sizes needs a memory budget instead, so the replica keeps its models here. Concurrent
+requests for a model that is loading share one load, and a load is never abandoned because the
+request that started it was cancelled. A model that failed to load is not retried for a few
+seconds, so a broken archive cannot make every request reload it. No Ray, no torch: the loader
+is a function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from deployments.common.naming import parse_pooled_model_id
+from handlers.errors import InsufficientResourcesError
+
+MIB = 1024 * 1024
+FAILURE_TTL_S = 5.0
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to serve: its handler and what it counts against the budget."""
+
+    model_id: str
+    handler: Any
+    size_bytes: int
+    load_seconds: float
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    """What the request that started a cold load learns: how long it took, what it evicted."""
+
+    seconds: float
+    evicted: tuple[str, ...]
+
+
+def _label(model_id: str) -> str:
+    parsed = parse_pooled_model_id(model_id)
+    return f'Model "{parsed[0]}" version {parsed[1]}' if parsed else f"Model {model_id}"
+
+
+class ModelCache:
+    """Loaded models of one replica, in least-recently-used order.
+
+    ``load(model_id)`` builds a :class:`LoadedModel`; ``on_change(ids)`` hears the ids loaded or
+    loading after every change (for Serve's routing: requests go where their model is).
+    """
+
+    def __init__(
+        self,
+        budget_bytes: int,
+        max_models: int | None,
+        load: Callable[[str], Awaitable[LoadedModel]],
+        on_change: Callable[[list[str]], None] | None = None,
+        failure_ttl_s: float = FAILURE_TTL_S,
+    ) -> None:
+        self.budget_bytes = budget_bytes
+        self.max_models = max_models
+        self._load = load
+        self._on_change = on_change
+        self._failure_ttl_s = failure_ttl_s
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loading: dict[str, asyncio.Task[tuple[LoadedModel, tuple[str, ...]]]] = {}
+        self._failed: dict[str, tuple[float, Exception]] = {}
+        self.used_bytes = 0
+        self.loads = 0
+        self.evictions = 0
+
+    async def get(self, model_id: str) -> tuple[LoadedModel, LoadOutcome | None]:
+        """The model, loading it first when needed. The outcome is set only for the request
+        that started the load (the one whose latency includes it)."""
+        entry = self._models.get(model_id)
+        if entry is not None:
+            self._models.move_to_end(model_id)
+            return entry, None
+        pending = self._loading.get(model_id)
+        if pending is not None:
+            return (await asyncio.shield(pending))[0], None
+        failure = self._failed.get(model_id)
+        if failure is not None and failure[0] > time.monotonic():
+            raise failure[1]
+        started = time.monotonic()
+        task = asyncio.get_running_loop().create_task(self._load_and_admit(model_id))
+        # Read its outcome even when every request waiting for it was cancelled (no warning).
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._loading[model_id] = task
+        self._changed()
+        entry, evicted = await asyncio.shield(task)
+        return entry, LoadOutcome(time.monotonic() - started, evicted)
+
+    async def _load_and_admit(self, model_id: str) -> tuple[LoadedModel, tuple[str, ...]]:
+        try:
+            entry = await self._load(model_id)
+            evicted = self._admit(entry)
+        except Exception as exc:
+            now = time.monotonic()
+            self._failed = {k: v for k, v in self._failed.items() if v[0] > now}
+            self._failed[model_id] = (now + self._failure_ttl_s, exc)
+            raise
+        finally:
+            del self._loading[model_id]
+            self._changed()
+        self._failed.pop(model_id, None)
+        return entry, evicted
+
+    def _admit(self, entry: LoadedModel) -> tuple[str, ...]:
+        if entry.size_bytes > self.budget_bytes:
+            raise InsufficientResourcesError(
+                f"{_label(entry.model_id)} needs about {entry.size_bytes / MIB:.1f} MB, more than the "
+                f"pool's memory budget per replica ({self.budget_bytes / MIB:.1f} MB): raise the pool's "
+                "memory_budget_mb or register the model as a dedicated deployment (dedicated=true)"
+            )
+        evicted = []
+        while self._models and (
+            self.used_bytes + entry.size_bytes > self.budget_bytes
+            or (self.max_models is not None and len(self._models) >= self.max_models)
+        ):
+            old_id, old = self._models.popitem(last=False)
+            self.used_bytes -= old.size_bytes
+            evicted.append(old_id)
+        self._models[entry.model_id] = entry
+        self.used_bytes += entry.size_bytes
+        self.loads += 1
+        self.evictions += len(evicted)
+        return tuple(evicted)
+
+    def evict(self, model_id: str) -> bool:
+        """Drop a model now (it was unregistered); False when it was not loaded. A batch that
+        is running keeps its own reference and finishes."""
+        self._failed.pop(model_id, None)
+        entry = self._models.pop(model_id, None)
+        if entry is None:
+            return False
+        self.used_bytes -= entry.size_bytes
+        self._changed()
+        return True
+
+    def loaded_ids(self) -> list[str]:
+        """Ids of the loaded models, least recently used first."""
+        return list(self._models)
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change([*self._models, *self._loading])

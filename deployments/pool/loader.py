@@ -1,0 +1,78 @@
+"""How a pool replica turns a model id into a loaded model: the spec from the management part,
+the handler built from it, loaded on the replica's inference thread, and its memory estimate.
+
+The management part is the one owner of registrations (its registry on the head node), so a
+replica asks it for a model's spec when it first needs the model; nothing about a pooled model
+lives in Serve or in the replica until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from deployments.model.executor import InferenceExecutor
+from deployments.pool.cache import MIB, LoadedModel
+from handlers.errors import ModelNotFoundError, ModelNotReadyError, RaytorchError
+from handlers.registry import create_handler
+from handlers.spec import ModelSpec
+
+SPEC_TIMEOUT_S = 10.0
+SPEC_RETRY_AFTER_S = 2.0
+
+SpecSource = Callable[[str], Awaitable[dict[str, Any] | None]]
+
+
+def model_bytes(handler: Any) -> int:
+    """Bytes of a loaded model's weights and buffers; for models without torch tensors (ONNX),
+    the size of its files."""
+    import torch
+
+    model = getattr(handler, "model", None)
+    total = 0
+    if isinstance(model, torch.nn.Module):
+        total = sum(
+            t.numel() * t.element_size() for t in itertools.chain(model.parameters(), model.buffers())
+        )
+    base_dir = getattr(getattr(handler, "spec", None), "base_dir", None)
+    if total == 0 and base_dir:
+        total = sum(p.stat().st_size for p in Path(base_dir).rglob("*") if p.is_file())
+    return total
+
+
+class PooledLoader:
+    """Loads pooled models for one replica (``specs(model_id)`` returns a ModelSpec as JSON, or
+    None when no such registration exists)."""
+
+    def __init__(self, pool: str, specs: SpecSource, executor: InferenceExecutor, overhead_mb: float) -> None:
+        self.pool = pool
+        self._specs = specs
+        self._executor = executor
+        self._overhead_bytes = int(overhead_mb * MIB)
+
+    async def __call__(self, model_id: str) -> LoadedModel:
+        """Fetch the spec and load the model (the cache calls this on a miss)."""
+        try:
+            spec = await asyncio.wait_for(self._specs(model_id), SPEC_TIMEOUT_S)
+        except RaytorchError:
+            raise
+        except Exception as exc:  # the management part is restarting, or unreachable
+            raise ModelNotReadyError(
+                f"Pool {self.pool} cannot look up model {model_id} now ({type(exc).__name__}); retry",
+                retry_after_s=SPEC_RETRY_AFTER_S,
+            ) from None
+        if spec is None:
+            raise ModelNotFoundError(f"Model {model_id} is not registered in pool {self.pool}")
+        return await self.load(model_id, spec)
+
+    async def load(self, model_id: str, spec: dict[str, Any]) -> LoadedModel:
+        """Build and load the handler of ``spec`` on the inference thread."""
+        started = time.perf_counter()
+        handler = create_handler(ModelSpec.model_validate(spec))
+        await self._executor.call_async(handler.load)
+        seconds = time.perf_counter() - started
+        return LoadedModel(model_id, handler, model_bytes(handler) + self._overhead_bytes, seconds)
