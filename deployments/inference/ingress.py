@@ -55,8 +55,8 @@ class Ingress:
     async def __init__(self, args: IngressArgs) -> None:
         self._args = args
         self._server: HttpServer | None = None
-        self._router = ServeRouter(args)
         self._telemetry = Telemetry(args.access_log, args.log_dir)
+        self._router = ServeRouter(args, on_shadow=self._telemetry.metrics.pools.observe_shadow)
         predictor = Predictor(self._router, self._telemetry.metrics.in_flight)
         routes = create_routes(self._router, predictor, self._telemetry, self._authorize, args.max_body_bytes)
         plan = await listen_plan()

@@ -12,6 +12,7 @@ import socket
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from deployments.common.messages import Answer
+from deployments.inference.pool_metrics import PoolMetrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -68,6 +69,7 @@ class ServingMetrics:
         self.load_seconds = Gauge(
             "raytorch_model_load_seconds", "Model load time of a replica.", LABELS, registry=r
         )
+        self.pools = PoolMetrics(r)
 
     def observe(
         self, model: str, version: str, code: int, seconds: float, answers: list[Answer], protocol: str
@@ -85,6 +87,8 @@ class ServingMetrics:
                 self.ts_queue.labels(model, version, self.hostname).inc(answer.timings["queue_s"] * 1e6)
             if answer.load_seconds is not None:
                 self.load_seconds.labels(model, version).set(answer.load_seconds)
+            if answer.pool_event is not None:
+                self.pools.observe_event(model, version, answer.pool_event)
 
     def set_replicas(self, ready: dict[tuple[str, str], int]) -> None:
         """Replace the replicas-ready gauge with the latest view of the cluster."""

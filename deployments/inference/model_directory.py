@@ -2,10 +2,13 @@
 
 Sources, from most to least frequent:
 - a lookup that misses (unknown model, no ready replica) takes a snapshot requested after it
-  arrived, so a model that just appeared or became ready is found; such forced snapshots are
-  shared by all waiting requests and at most one per ``MIN_FORCED_REFRESH_GAP_S`` is taken;
-- the management part announces every routing change (register, ready, set-default, removal)
-  through a long poll, and the directory takes a snapshot at once;
+  arrived, and the routing changes made before it, so a model that just appeared (in Serve or in
+  a pool) or became ready is found; such forced snapshots are shared by all waiting requests and
+  at most one per ``MIN_FORCED_REFRESH_GAP_S`` is taken;
+- the management part announces every routing change (register, ready, set-default, removal,
+  pooled versions, traffic policies) through a long poll; the directory takes a snapshot at once
+  when the change touched Serve's applications, and otherwise only updates the models it names
+  (registering a pooled model costs no snapshot);
 - health routes (/ping, readiness, /metrics) take a snapshot when the last one is over
   ``HEALTH_MAX_AGE_S`` old, so they tell the truth without a fast background poll;
 - a slow safety poll (``discovery_interval_s``) catches what nobody announced.
@@ -20,9 +23,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from deployments.common.model_table import ModelTable
+from deployments.common.routing import RoutingState, RoutingUpdate
 
 logger = logging.getLogger("ray.serve")
 
@@ -33,14 +36,14 @@ RETRY_AFTER_FAILURE_S = 2.0
 MAX_RETRY_AFTER_FAILURE_S = 30.0
 
 Snapshot = Callable[[], Awaitable[ModelTable]]
-RoutingChanges = Callable[[int, float], Awaitable[dict[str, Any]]]
+RoutingChanges = Callable[[int, float, str], Awaitable[RoutingUpdate]]
 
 
 class ModelDirectory:
     """The latest :class:`ModelTable`, with the policies above for refreshing it.
 
-    ``snapshot()`` returns a table of what Serve runs; ``routing_changes(since, timeout)`` long
-    polls the management part (None when there is no management app).
+    ``snapshot()`` returns a table of what Serve runs; ``routing_changes(since, timeout, epoch)``
+    long polls the management part (None when there is no management app).
     """
 
     def __init__(
@@ -55,7 +58,7 @@ class ModelDirectory:
         self._routing_changes = routing_changes
         self._safety_interval_s = safety_interval_s
         self._on_change = on_change
-        self._routing: dict[str, Any] = {"version": -1, "defaults": {}, "draining": []}
+        self.routing = RoutingState()
         self._taken_at = -1.0  # when the latest completed snapshot was requested
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,7 +87,7 @@ class ModelDirectory:
             if self._taken_at >= arrived:
                 return  # someone else's snapshot, taken while we waited for the lock
             await asyncio.sleep(max(0.0, self._taken_at + MIN_FORCED_REFRESH_GAP_S - time.monotonic()))
-            await self._take()
+            await self._take(pull_routing=True)
 
     async def fresh_for_health(self) -> ModelTable:
         """The table, no older than ``HEALTH_MAX_AGE_S`` (for /ping and readiness)."""
@@ -96,10 +99,15 @@ class ModelDirectory:
                 logger.exception("Refreshing the model table for a health check failed")
         return self.table
 
-    async def _take(self) -> None:
+    async def _take(self, pull_routing: bool = False) -> None:
         started = time.monotonic()
+        if pull_routing and self._routing_changes is not None:
+            try:  # what changed before the request that missed arrived (a model just registered)
+                self.routing.apply(await self._routing_changes(self.routing.version, 0.0, self.routing.epoch))
+            except Exception as exc:  # the long poll will catch up; Serve's view is still worth having
+                logger.debug("Could not read routing changes of the management app: %s", exc)
         table = await self._snapshot()
-        table.apply_routing(self._routing)
+        table.apply_routing(self.routing)
         self.table = table
         self._taken_at = started
         if self._on_change is not None:
@@ -118,7 +126,9 @@ class ModelDirectory:
         backoff = RETRY_AFTER_FAILURE_S
         while True:
             try:
-                routing = await self._routing_changes(self._routing["version"], LONG_POLL_TIMEOUT_S)
+                update = await self._routing_changes(
+                    self.routing.version, LONG_POLL_TIMEOUT_S, self.routing.epoch
+                )
             except Exception as exc:  # management restarting (or absent): keep the routing, retry
                 level = logging.WARNING if backoff == RETRY_AFTER_FAILURE_S else logging.DEBUG
                 logger.log(level, "Could not follow routing changes of the management app: %s", exc)
@@ -126,12 +136,18 @@ class ModelDirectory:
                 backoff = min(MAX_RETRY_AFTER_FAILURE_S, backoff * 2)
                 continue
             backoff = RETRY_AFTER_FAILURE_S
-            if routing.get("version") != self._routing["version"]:
-                self._routing = routing
-                try:
-                    await self.refresh()
-                except Exception:
-                    logger.exception("Refreshing the model table after a routing change failed")
+            changed = self.routing.apply(update)
+            if changed is None:
+                continue
+            if not (update.full or update.serve):
+                self.table.update_models(self.routing, changed)
+                if self._on_change is not None:
+                    self._on_change(self.table)
+                continue
+            try:
+                await self.refresh()
+            except Exception:
+                logger.exception("Refreshing the model table after a routing change failed")
 
     def stop(self) -> None:
         """Stop following changes."""

@@ -2,7 +2,10 @@
 
 Every handle call has a deadline, and handles of versions that disappear or stop being
 routable are dropped at once (a call through a handle of an app being deleted would hang).
-What a handle raises becomes one of our errors here, in one place.
+What a handle raises becomes one of our errors here, in one place. A pooled version is called
+through its pool's handle with its multiplexed model id, so Serve routes it to a replica that
+holds the model. A request the traffic policy also shadows is copied to the shadow version in
+the background; the copy's outcome is only measured.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ray import serve
@@ -20,10 +24,11 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 
 from deployments.common.forwarding import ForwardedRequest, ForwardedResponse
 from deployments.common.messages import Answer, Rejected
-from deployments.common.model_table import ModelTable, ModelVersionState
+from deployments.common.model_table import ModelTable, ModelVersionState, PoolState
 from deployments.common.naming import MANAGEMENT_APP, MANAGEMENT_DEPLOYMENT
 from deployments.common.settings import IngressArgs
 from deployments.inference.model_directory import ModelDirectory
+from deployments.pool.calls import PoolCalls
 from handlers.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
@@ -39,6 +44,11 @@ REPLICA_LOST_RETRY_AFTER_S = 2.0
 MANAGEMENT_TIMEOUT_S = 5.0
 # A synchronous register waits for the model to load (and maybe download): allow for it.
 MANAGEMENT_CALL_TIMEOUT_S = 900.0
+# Shadow copies in flight per ingress; beyond it a copy is skipped (and counted), so a slow
+# shadow version can never hold the live traffic's memory or the event loop hostage.
+MAX_SHADOWS_IN_FLIGHT = 64
+
+ShadowOutcome = Callable[[str, str, str, float], None]  # (model, version, outcome, seconds)
 
 
 async def serve_snapshot() -> ModelTable:
@@ -50,9 +60,17 @@ async def serve_snapshot() -> ModelTable:
 class ServeRouter:
     """Resolves model versions and sends inputs to their replicas."""
 
-    def __init__(self, settings: IngressArgs, directory: ModelDirectory | None = None) -> None:
+    def __init__(
+        self,
+        settings: IngressArgs,
+        directory: ModelDirectory | None = None,
+        on_shadow: ShadowOutcome | None = None,
+    ) -> None:
         self._settings = settings
-        self._handles: dict[tuple[str, str], Any] = {}
+        self._handles: dict[tuple[str, str, str], Any] = {}
+        self._on_shadow = on_shadow
+        self._shadows = 0
+        self.pools = PoolCalls()
         self._management: Any = None
         self._token: str | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -66,9 +84,9 @@ class ServeRouter:
             self._management = serve.get_deployment_handle(MANAGEMENT_DEPLOYMENT, app_name=MANAGEMENT_APP)
         return self._management
 
-    async def _routing_changes(self, since: int, timeout_s: float) -> dict[str, Any]:
+    async def _routing_changes(self, since: int, timeout_s: float, epoch: str) -> Any:
         try:
-            call = self._management_handle().routing_changes.remote(since, timeout_s)
+            call = self._management_handle().routing_changes.remote(since, timeout_s, epoch)
             return await asyncio.wait_for(call, timeout=timeout_s + MANAGEMENT_TIMEOUT_S)
         except Exception:
             self._management = None  # a new handle once the management app is back
@@ -123,16 +141,26 @@ class ServeRouter:
         """A table fresh enough for health answers."""
         return await self.directory.fresh_for_health()
 
+    async def pool_reports(self) -> dict[str, list[dict[str, Any]]]:
+        """Pool name -> what each of its replicas holds now (for the metrics page)."""
+        pools: list[PoolState] = list(self.directory.table.pools.values())
+        reports = await asyncio.gather(*(self.pools.reports(pool) for pool in pools))
+        return {pool.name: report for pool, report in zip(pools, reports, strict=True)}
+
     # -- predictions ---------------------------------------------------------------------------
     def _handle(self, state: ModelVersionState) -> Any:
-        key = (state.app_name, state.deployment_name)
-        if key not in self._handles:
-            self._handles[key] = serve.get_deployment_handle(state.deployment_name, app_name=state.app_name)
-        return self._handles[key]
+        key = (state.app_name, state.deployment_name, state.model_id)
+        handle = self._handles.get(key)
+        if handle is None:
+            handle = serve.get_deployment_handle(state.deployment_name, app_name=state.app_name)
+            if state.model_id:  # a pooled version: Serve routes by it to a replica holding the model
+                handle = handle.options(multiplexed_model_id=state.model_id)
+            self._handles[key] = handle
+        return handle
 
     def _drop_stale_handles(self, table: ModelTable) -> None:
         live = {
-            (s.app_name, s.deployment_name)
+            (s.app_name, s.deployment_name, s.model_id)
             for versions in table.versions.values()
             for s in versions.values()
             if table.routable(s)
@@ -151,6 +179,8 @@ class ServeRouter:
         """
         if request_id:
             serve_context._set_request_context(request_id=request_id, app_name=state.app_name)
+        if state.shadow is not None:
+            self._shadow(state.shadow, body, content_type)
         response = self._handle(state).predict.remote(body, content_type)
         result = await self._await(state, response)
         if isinstance(result, Rejected):
@@ -186,6 +216,33 @@ class ServeRouter:
             if isinstance(cause, RaytorchError):
                 raise cause from None
             raise
+
+    def _shadow(self, state: ModelVersionState, body: bytes, content_type: str | None) -> None:
+        if self._shadows >= MAX_SHADOWS_IN_FLIGHT:
+            self._shadow_done(state, "skipped", 0.0)
+            return
+        self._shadows += 1
+        task = asyncio.get_running_loop().create_task(self._run_shadow(state, body, content_type))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_shadow(self, state: ModelVersionState, body: bytes, content_type: str | None) -> None:
+        started = time.perf_counter()
+        try:
+            result = await self._await(state, self._handle(state).predict.remote(body, content_type))
+            outcome = str(result.error.status) if isinstance(result, Rejected) else "200"
+        except RaytorchError as exc:
+            outcome = str(exc.status)
+        except Exception:
+            logger.exception('Shadow request to model "%s" version %s failed', state.model, state.version)
+            outcome = "500"
+        finally:
+            self._shadows -= 1
+        self._shadow_done(state, outcome, time.perf_counter() - started)
+
+    def _shadow_done(self, state: ModelVersionState, outcome: str, seconds: float) -> None:
+        if self._on_shadow is not None:
+            self._on_shadow(state.model, state.version, outcome, seconds)
 
     def _refresh_soon(self) -> None:
         task = asyncio.get_running_loop().create_task(self.directory.refresh_since(time.monotonic()))

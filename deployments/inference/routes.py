@@ -27,6 +27,7 @@ class Directory(Protocol):
 
     async def health_table(self) -> ModelTable: ...
     async def versions(self, model: str) -> list[str]: ...
+    async def pool_reports(self) -> dict[str, list[dict]]: ...
 
 
 def create_routes(
@@ -64,7 +65,9 @@ def create_routes(
 
     @app.get("/metrics", summary="Prometheus metrics (TorchServe's names and ours)")
     async def metrics(names: list[str] | None = Query(None, alias="name[]")) -> Response:  # noqa: B008
-        telemetry.metrics.set_replicas((await directory.health_table()).ready_replicas())
+        table = await directory.health_table()
+        telemetry.metrics.set_replicas(table.ready_replicas())
+        telemetry.metrics.pools.set_state(table, await directory.pool_reports() if table.pools else {})
         wanted = None
         if names:
             suffixes = ("", "_total", "_bucket", "_count", "_sum")

@@ -40,6 +40,32 @@ class Manager(Protocol):
     async def unregister(self, model: str, version: str | None) -> dict[str, str]: ...
     async def describe(self, model: str, version: str | None) -> list[dict[str, Any]]: ...
     async def list_models(self) -> list[dict[str, str]]: ...
+    @property
+    def traffic(self) -> Traffic: ...
+
+
+class Traffic(Protocol):
+    """Traffic control between versions (deployments.management.traffic.TrafficControl)."""
+
+    async def get(self, model: str) -> dict[str, Any]: ...
+    async def set(
+        self, model: str, split: str | None, shadow: str | None, shadow_percent: float
+    ) -> dict[str, Any]: ...
+    async def clear(self, model: str) -> dict[str, Any]: ...
+
+
+class TrafficParams(BaseModel):
+    """``PUT /models/{model}/traffic``: a weighted split and/or a shadow version."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    split: str | None = Field(
+        None, max_length=2048, description="version:weight,... e.g. 1.0:90,2.0:10 (weights are relative)."
+    )
+    shadow: str | None = Field(
+        None, pattern=VERSION_PATTERN, description="A version that also gets a copy of the requests."
+    )
+    shadow_percent: float = Field(100.0, gt=0, le=100, description="Percent of the requests copied.")
 
 
 class ScaleParams(BaseModel):
@@ -102,6 +128,20 @@ def create_management_app(manager: Manager, token: str) -> FastAPI:
         if next_page_token + limit < len(models):
             body = {"nextPageToken": str(next_page_token + limit), **body}
         return JSONResponse(body)
+
+    # Before the /{model_name}/{model_version} routes: "traffic" is a reserved version word.
+    @app.get("/{model_name}/traffic", summary="Traffic split and shadow of a model")
+    async def get_traffic(model_name: ModelName) -> JSONResponse:
+        return JSONResponse(await manager.traffic.get(model_name))
+
+    @app.put("/{model_name}/traffic", summary="Split traffic between versions, or shadow one")
+    async def set_traffic(model_name: ModelName, params: TrafficParams = Depends()) -> JSONResponse:  # noqa: B008
+        body = await manager.traffic.set(model_name, params.split, params.shadow, params.shadow_percent)
+        return JSONResponse(body)
+
+    @app.delete("/{model_name}/traffic", summary="End a split or shadow: back to the default")
+    async def clear_traffic(model_name: ModelName) -> JSONResponse:
+        return JSONResponse(await manager.traffic.clear(model_name))
 
     @app.get("/{model_name}", summary="Describe the default version")
     async def describe(model_name: ModelName) -> JSONResponse:

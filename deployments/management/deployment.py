@@ -11,6 +11,7 @@ from ray import serve
 
 from deployments.common.auth import load_or_create_token
 from deployments.common.forwarding import ForwardedRequest, ForwardedResponse, call_asgi
+from deployments.common.routing import RoutingUpdate
 from deployments.common.settings import ManagementArgs
 from deployments.management.api import MOUNT_PATH, create_management_app
 from deployments.management.manager import ModelManager
@@ -62,10 +63,14 @@ class ManagementDeployment:
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._app
 
-    async def routing_changes(self, since: int, timeout_s: float) -> dict[str, Any]:
-        """Defaults and versions being removed, once they differ from version ``since``
+    async def routing_changes(self, since: int, timeout_s: float, epoch: str = "") -> RoutingUpdate:
+        """What the ingresses route on, once it differs from version ``since`` of ``epoch``
         (a long poll each ingress keeps open; handle call)."""
-        return await self._manager.routing_changes(since, timeout_s)
+        return await self._manager.routing_changes(since, timeout_s, epoch)
+
+    def pooled_spec(self, model_id: str) -> dict[str, Any] | None:
+        """The model spec a pool replica loads for ``model_id`` (handle call; None: unknown)."""
+        return self._manager.pools.spec(model_id)
 
     def token(self) -> str:
         """The bearer token, for an ingress configured to protect inference (handle call)."""

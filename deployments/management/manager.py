@@ -3,9 +3,11 @@
 Each registered version is an application ``<model>@<version>`` deployed without blocking;
 readiness is awaited with our own deadline. Removal hides the version from the ingresses
 first, waits for them to notice, and only then deletes the application, so no request is sent
-into a deleting app. Every routing change (a default, a version appearing or being removed) is
-announced to the ingresses through :meth:`ModelManager.routing_changes` (a long poll), so they
-need not poll Serve often.
+into a deleting app. Versions registered into a model pool have no application: they are
+handled by :mod:`deployments.management.pools`; defaults and traffic policies of every model by
+:mod:`deployments.management.traffic`. Every routing change (a default, a version appearing or
+being removed, a policy) is announced to the ingresses through
+:meth:`ModelManager.routing_changes` (a long poll), so they need not poll Serve often.
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ from typing import Any, Protocol
 
 from deployments.common.model_table import ModelTable
 from deployments.common.naming import registered_app_name
+from deployments.common.routing import RoutingUpdate
 from deployments.common.settings import ManagementArgs, ModelAppArgs
 from deployments.management.archive_sources import resolve_url, settle, unpack
 from deployments.management.capacity import missing_resources
 from deployments.management.describe import describe_version
+from deployments.management.ingress_routing import IngressRouting
+from deployments.management.pools import PoolCallsProtocol, PoolManager
 from deployments.management.register_params import RegisterParams, app_args
 from deployments.management.registry import RegistryStore, VersionRecord
-from deployments.management.routing_feed import RoutingFeed
 from deployments.management.serve_control import ServeSnapshot
+from deployments.management.traffic import TrafficControl
+from deployments.management.traffic_store import TrafficStore
 from deployments.model.placement import decide_gpus
 from handlers.errors import (
     BadInputError,
@@ -43,6 +49,9 @@ logger = logging.getLogger("ray.serve")
 SCALE_POLL_S = 0.5
 # How long a removed version stays hidden after its deletion started (Serve removes it meanwhile).
 DRAIN_MEMORY_S = 30.0
+# Pooled registrations check conflicts and pools against a Serve snapshot this recent: a
+# serve.status() per registration would make bulk registration slow.
+RECENT_TABLE_S = 1.0
 
 
 class Serve(Protocol):
@@ -58,7 +67,9 @@ class Serve(Protocol):
 class ModelManager:
     """The management API's operations over Serve and the persisted registry."""
 
-    def __init__(self, settings: ManagementArgs, serve: Serve) -> None:
+    def __init__(
+        self, settings: ManagementArgs, serve: Serve, pool_calls: PoolCallsProtocol | None = None
+    ) -> None:
         self.settings = settings
         self.serve = serve
         self.state_dir = Path(os.environ.get("RAYTORCH_STATE_DIR") or settings.state_dir).resolve()
@@ -67,31 +78,50 @@ class ModelManager:
         self.registry = RegistryStore(self.state_dir / "registry.json")
         self.draining: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()
-        self.feed = RoutingFeed()
         self._watchers: set[asyncio.Task[None]] = set()
+        self._recent: tuple[float, ModelTable] | None = None
+        if pool_calls is None:
+            from deployments.pool.calls import PoolCalls
+
+            pool_calls = PoolCalls()
+        self.pools = PoolManager(
+            settings, self.state_dir, self.model_store, pool_calls, self._recent_table,
+            lambda m, v: v in self._registered(m), self._models_changed, self._lock,
+        )  # fmt: skip
+        self.traffic = TrafficControl(
+            TrafficStore(self.state_dir / "traffic.json"), self._current_table, self._models_changed,
+            settings.propagation_s,
+        )  # fmt: skip
+        self.routing = IngressRouting(self.registry, self.pools, self.traffic.store, lambda: self.draining)
 
     # -- routing, as the ingresses see it ------------------------------------------------------
-    def routing(self) -> dict[str, Any]:
-        """Defaults and versions being removed, with a version number that grows on each change."""
-        return {
-            "version": self.feed.version,
-            "defaults": self.registry.defaults(),
-            "draining": sorted(self.draining),
-        }
-
     def announce(self) -> None:
-        """Wake every ingress waiting in :meth:`routing_changes`."""
-        self.feed.announce()
+        """Wake every ingress waiting in :meth:`routing_changes`: Serve's applications changed."""
+        self.routing.feed.announce()
 
-    async def routing_changes(self, since: int, timeout_s: float) -> dict[str, Any]:
-        """Routing as soon as it differs from version ``since``, or after ``timeout_s`` anyway."""
-        await self.feed.wait_past(since, timeout_s)
-        return self.routing()
+    def _models_changed(self, models: list[str]) -> None:
+        """Announce a change of these models' routing that did not touch Serve's applications."""
+        self.routing.feed.announce(models, serve=False)
+
+    async def routing_changes(self, since: int, timeout_s: float, epoch: str = "") -> RoutingUpdate:
+        """What changed after version ``since``, as soon as something did, or after ``timeout_s``."""
+        await self.routing.feed.wait_past(since, timeout_s, epoch)
+        return self.routing.update(since, epoch)
 
     async def _table(self) -> tuple[dict[str, str], ModelTable]:
         snapshot = await self.serve.snapshot()
-        snapshot.table.apply_routing(self.routing())
+        snapshot.table.apply_routing(self.routing.state())
         return snapshot.apps, snapshot.table
+
+    async def _current_table(self) -> ModelTable:
+        return (await self._table())[1]
+
+    async def _recent_table(self) -> ModelTable:
+        """Serve's table (no routing applied), at most ``RECENT_TABLE_S`` old."""
+        now = time.monotonic()
+        if self._recent is None or now - self._recent[0] > RECENT_TABLE_S:
+            self._recent = (now, (await self.serve.snapshot()).table)
+        return self._recent[1]
 
     # -- operations ----------------------------------------------------------------------------
     async def restore(self) -> list[str]:
@@ -110,6 +140,9 @@ class ModelManager:
 
     async def register(self, params: RegisterParams) -> tuple[int, dict[str, str]]:
         """TorchServe's register: 200 when ready (synchronous) or 202 at once."""
+        pool = self.pools.target(params)
+        if pool is not None:
+            return await self.pools.register(params, pool)
         archive = resolve_url(params.url, self.model_store, self.settings.allowed_urls)
         found, folder = await asyncio.to_thread(unpack, archive, self.models_dir, f"{time.time_ns()}")
         try:
@@ -134,6 +167,9 @@ class ModelManager:
             response_timeout_s=params.response_timeout or found.response_timeout_s,
         )
         async with self._lock:
+            if version in self.pools.registry.versions(name):
+                shutil.rmtree(final, ignore_errors=True)
+                raise ConflictError(f"Model version {version} is already registered for model {name}")
             self.registry.add(name, entry)
             await self.serve.deploy(entry.app_name, args)
         self.announce()
@@ -195,6 +231,14 @@ class ModelManager:
         self, model: str, version: str | None, low: int, high: int, synchronous: bool
     ) -> tuple[int, dict]:
         """Set replicas (low == high) or an autoscaling range for a registered version."""
+        _, table = await self._table()
+        state = table.versions.get(model, {}).get(version or table.default_name(model) or "")
+        if state is not None and state.pool is not None:
+            raise BadInputError(
+                f'Model "{model}" version {state.version} is in pool {state.pool}, whose replicas serve '
+                "every model in it: scale the pool in the server's config (resources.num_replicas, "
+                "max_replicas), or register the model as a dedicated deployment"
+            )
         entry = await self._registered_or_explain(model, version)
         args = ModelAppArgs.model_validate(entry.args)
         resources = args.resources.model_copy(
@@ -245,20 +289,32 @@ class ModelManager:
         return ModelNotFoundError(f"Model version not found: {model} version {version}")
 
     async def set_default(self, model: str, version: str) -> dict[str, str]:
-        """Make ``version`` the one /predictions/{model} uses."""
-        self.registry.set_default(model, version)
-        self.announce()
+        """Make ``version`` the one /predictions/{model} uses (any version: registered,
+        pooled or from the config); a traffic split of the model ends."""
+        _, table = await self._table()
+        if version not in table.versions.get(model, {}) and version not in self._registered(model):
+            raise self._not_found(model, version, table)
+        if version in self._registered(model):
+            self.registry.set_default(model, version)
+        await asyncio.to_thread(self.traffic.store.set_default, model, version)
+        self._models_changed([model])
         # Answer once every ingress routes to the new default, as TorchServe's call implies.
         await asyncio.sleep(self.settings.propagation_s)
         return {"status": f'Default version updated for model "{model}" to "{version}"'}
 
     async def unregister(self, model: str, version: str | None) -> dict[str, str]:
-        """Hide the version from the ingress, let it drain, then delete its application."""
+        """Hide the version from the ingress, let it drain, then delete its application (or
+        forget it and unload it from its pool)."""
         _, table = await self._table()
         version = version or table.default_name(model)
         if version not in table.versions.get(model, {}) and version not in self._registered(model):
             raise self._not_found(model, version, table)
-        await self._remove(model, version, drain=True, table=table)
+        if version in self.pools.registry.versions(model):
+            await self.pools.unregister(model, version)
+        else:
+            await self._remove(model, version, drain=True, table=table)
+        if await asyncio.to_thread(self.traffic.store.forget_version, model, version):
+            self._models_changed([model])
         return {"status": f'Model "{model}" unregistered'}
 
     async def _remove(self, model: str, version: str, drain: bool, table: ModelTable | None = None) -> None:
@@ -294,7 +350,16 @@ class ModelManager:
         for v in versions:
             if v not in live and v not in registered:
                 raise self._not_found(model, v, table)
-        return [describe_version(model, v, live.get(v), registered.get(v), v == default) for v in versions]
+        pooled = self.pools.registry.versions(model)
+        described = [
+            await self.pools.describe(model, v, table, v == default)
+            if v in pooled
+            else describe_version(model, v, live.get(v), registered.get(v), v == default)
+            for v in versions
+        ]
+        for item in described:
+            item.update(self.traffic.version_fields(model, item["modelVersion"], default))
+        return described
 
     async def list_models(self) -> list[dict[str, str]]:
         """Every model (registered or from the config), with the URL it came from."""
@@ -302,7 +367,7 @@ class ModelManager:
         result = []
         for name in sorted(set(table.versions) | set(self.registry.state.models)):
             default = table.default_name(name) or ""
-            entry = self._registered(name).get(default)
+            entry = self._registered(name).get(default) or self.pools.registry.versions(name).get(default)
             state = table.versions.get(name, {}).get(default)
             url = entry.url if entry else f"config:{state.app_name if state else name}"
             result.append({"modelName": name, "modelUrl": url})

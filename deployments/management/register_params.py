@@ -14,6 +14,9 @@ from handlers.errors import BadInputError, validation_message
 from handlers.registry import DEFAULT_HANDLERS, handler_class
 from handlers.spec import NAME_PATTERN, ModelSpec
 
+# Words of the management API's paths (/models/{m}/all, /models/{m}/traffic): never versions.
+RESERVED_VERSIONS = frozenset({"all", "traffic"})
+
 
 def ms_to_s(milliseconds: float) -> float:
     """TorchServe counts batch delays in milliseconds; Serve in seconds."""
@@ -35,6 +38,14 @@ class RegisterParams(BaseModel):
     response_timeout: int | None = Field(None, ge=1, le=3600, description="Seconds.")
     num_cpus: float | None = Field(None, ge=0, le=1024, description="raytorch extension: CPUs per replica.")
     num_gpus: float | None = Field(None, ge=0, le=64, description="raytorch extension: GPUs per replica.")
+    pool: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="raytorch extension: register into this model pool (loaded on demand, no application).",
+    )
+    dedicated: bool = Field(
+        False, description="raytorch extension: give the model its own application despite a default pool."
+    )
 
 
 def app_args(found: ArchiveModel, params: RegisterParams, default_num_cpus: float = 0.5) -> ModelAppArgs:
@@ -60,6 +71,10 @@ def app_args(found: ArchiveModel, params: RegisterParams, default_num_cpus: floa
         args = ModelAppArgs.model_validate({"model": model, "batching": batching, "resources": resources})
     except ValidationError as exc:
         raise BadInputError(f"Invalid model settings: {validation_message(exc.errors())}") from None
+    if args.model.version in RESERVED_VERSIONS:
+        raise BadInputError(
+            f"Version {args.model.version!r} is reserved by the management API: choose another"
+        )
     check_handler(args.model)
     return args
 

@@ -3,8 +3,8 @@
 Serve's status is faked (it counts the snapshots taken); the refresh policies are the real
 ones: a lookup that misses answers from a snapshot taken after it arrived, bursts of misses
 share snapshots, routing changes announced by the management part arrive through the long
-poll at once, health checks never read a stale table, and an idle server takes only the slow
-safety-poll snapshots.
+poll at once (a pooled model's registration without any snapshot of Serve), health checks
+never read a stale table, and an idle server takes only the slow safety-poll snapshots.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import asyncio
 
 import pytest
 
-from deployments.common.model_table import ModelTable, ModelVersionState
+from deployments.common.model_table import ModelTable, ModelVersionState, PoolState
+from deployments.common.routing import ModelRouting, PooledEntry, RoutingUpdate
 from deployments.common.settings import IngressArgs
 from deployments.inference.model_directory import ModelDirectory
 from deployments.inference.router import ServeRouter
@@ -22,7 +23,7 @@ from handlers.errors import ModelNotFoundError
 
 
 class FakeServe:
-    """One model version whose replica count the test changes; counts snapshots."""
+    """One model version whose replica count the test changes, and a pool; counts snapshots."""
 
     def __init__(self) -> None:
         self.running = 0
@@ -36,19 +37,25 @@ class FakeServe:
             status = "RUNNING" if self.running else "DEPLOYING"
             state = ModelVersionState("tiny", "1.0", "tiny@1.0", "model:tiny@1.0", status, self.running)
             table.versions["tiny"] = {"1.0": state}
+        table.pools["small"] = PoolState("small", "pool-small", "pool:small", "RUNNING", 1)
         return table
 
 
 class FakeManagement:
-    """The management part's long poll over a real RoutingFeed."""
+    """The management part's long poll over a real RoutingFeed; counts the records it sends."""
 
     def __init__(self) -> None:
         self.feed = RoutingFeed()
-        self.defaults: dict[str, str] = {}
+        self.models: dict[str, ModelRouting] = {}
+        self.records_sent = 0
 
-    async def routing_changes(self, since: int, timeout_s: float) -> dict:
-        version = await self.feed.wait_past(since, timeout_s)
-        return {"version": version, "defaults": dict(self.defaults), "draining": []}
+    async def routing_changes(self, since: int, timeout_s: float, epoch: str) -> RoutingUpdate:
+        await self.feed.wait_past(since, timeout_s, epoch)
+        names, serve = self.feed.changes_since(since, epoch)
+        full = names is None
+        chosen = dict(self.models) if full else {name: self.models.get(name) for name in names or ()}
+        self.records_sent += len(chosen)
+        return RoutingUpdate(self.feed.epoch, self.feed.version, full, serve, chosen)
 
 
 def router_over(
@@ -109,8 +116,8 @@ def test_an_announced_change_is_followed_at_once(fake: FakeServe) -> None:
         await asyncio.sleep(0.05)
         before = router.directory.table.default_name("tiny")
         fake.calls = 0
-        management.defaults = {"tiny": "2.0"}
-        management.feed.announce()  # e.g. PUT /models/tiny/2.0/set-default
+        management.models = {"tiny": ModelRouting(default="2.0")}
+        management.feed.announce()  # e.g. a new version deployed
         await asyncio.sleep(0.05)
         after = router.directory.table.defaults.get("tiny", "")
         router.directory.stop()
@@ -149,3 +156,32 @@ def test_health_checks_never_read_a_stale_table(fake: FakeServe) -> None:
     healthy, unhealthy = asyncio.run(scenario())
     assert healthy == {}
     assert "tiny/1.0" in unhealthy
+
+
+def test_pooled_registrations_reach_the_ingress_without_snapshots(fake: FakeServe) -> None:
+    fake.running = 1
+
+    async def scenario() -> tuple[str, str | None, int, int]:
+        management = FakeManagement()
+        router = router_over(fake, management)
+        await router.start()
+        await asyncio.sleep(0.05)
+        fake.calls, management.records_sent = 0, 0
+        for i in range(200):  # a bulk registration: one small update per model
+            name = f"m{i}"
+            management.models[name] = ModelRouting("1.0", {"1.0": PooledEntry("small", f"{name}@1.0#t")})
+            management.feed.announce([name], serve=False)
+            await asyncio.sleep(0)
+        # Resolved at once, even before the long poll has delivered the last registration.
+        management.models["late"] = ModelRouting(None, {"1.0": PooledEntry("small", "late@1.0#t")})
+        management.feed.announce(["late"], serve=False)
+        state = await router.resolve("late", None)
+        await asyncio.sleep(0.05)
+        pooled = router.directory.table.lookup("m199", None).model_id
+        router.directory.stop()
+        return f"{state.pool}:{state.model_id}", pooled, fake.calls, management.records_sent
+
+    found, pooled, snapshots, records = asyncio.run(scenario())
+    assert found == "small:late@1.0#t" and pooled == "m199@1.0#t"
+    assert snapshots <= 1  # only the miss of "late" may take one; registrations take none
+    assert records <= 205  # each model's record sent about once, not the whole table per change

@@ -1,8 +1,10 @@
-"""How ServeRouter turns what a Serve handle raises into statuses (fake handles, no cluster)."""
+"""How ServeRouter turns what a Serve handle raises into statuses, and copies shadowed requests
+(fake handles, no cluster)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from ray.serve.exceptions import BackPressureError
 from deployments.common.messages import Answer, Rejected
 from deployments.common.model_table import ModelVersionState
 from deployments.common.settings import IngressArgs
+from deployments.inference import router as router_module
 from deployments.inference.router import ServeRouter
 from handlers.errors import BadInputError, ModelNotReadyError, RequestTimeoutError
 
@@ -89,3 +92,38 @@ def test_past_the_deadline_is_504_and_the_request_is_cancelled() -> None:
 def test_rejected_input_is_raised_as_its_own_error() -> None:
     with pytest.raises(BadInputError, match="not an image"):
         predict(FakeResponse(Rejected(BadInputError("not an image"))))
+
+
+def test_a_shadowed_request_answers_from_its_version_and_copies_to_the_shadow() -> None:
+    outcomes: list[tuple[str, str, str]] = []
+    called: list[str] = []
+
+    async def scenario() -> Answer:
+        router = ServeRouter(
+            IngressArgs(), on_shadow=lambda m, v, outcome, s: outcomes.append((m, v, outcome))
+        )
+
+        def handle(state: ModelVersionState) -> Any:
+            class Handle:
+                class predict:
+                    @staticmethod
+                    def remote(body: bytes, content_type: str | None) -> FakeResponse:
+                        called.append(state.version)
+                        if state.version == "2.0":
+                            return FakeResponse(Rejected(BadInputError("no")), delay_s=0.01)
+                        return FakeResponse(Answer({"a": 1.0}, 1))
+
+            return Handle()
+
+        router._handle = handle  # type: ignore[method-assign]
+        shadow = dataclasses.replace(STATE, version="2.0", deployment_name="model:tiny@2.0")
+        answer = await router.predict(dataclasses.replace(STATE, shadow=shadow), b"x", None)
+        await asyncio.sleep(0.05)  # the copy finishes in the background
+        router._shadows = router_module.MAX_SHADOWS_IN_FLIGHT  # a slow shadow: copies are skipped
+        await router.predict(dataclasses.replace(STATE, shadow=shadow), b"x", None)
+        return answer
+
+    answer = asyncio.run(scenario())
+    assert answer.version == "1.0"  # the client's answer never comes from the shadow
+    assert sorted(called) == ["1.0", "1.0", "2.0"]  # one copy: the second was skipped
+    assert outcomes == [("tiny", "2.0", "400"), ("tiny", "2.0", "skipped")]

@@ -17,6 +17,7 @@ import yaml
 
 from deployments.common.model_table import ModelTable, ModelVersionState
 from deployments.common.naming import model_deployment_name
+from deployments.common.routing import RoutingUpdate
 from deployments.common.settings import ManagementArgs, ModelAppArgs
 from deployments.management.manager import ModelManager
 from deployments.management.register_params import RegisterParams
@@ -165,16 +166,17 @@ def test_default_version_rules(manager: ModelManager, serve: FakeServe) -> None:
 
 
 def test_routing_changes_are_announced_to_waiting_ingresses(manager: ModelManager) -> None:
-    async def scenario() -> tuple[bool, dict]:
-        waiting = asyncio.ensure_future(manager.routing_changes(manager.routing()["version"], timeout_s=30))
+    async def scenario() -> tuple[bool, RoutingUpdate]:
+        first = await manager.routing_changes(-1, 0, "")  # an ingress starting: everything
+        waiting = asyncio.ensure_future(manager.routing_changes(first.version, 30, first.epoch))
         await asyncio.sleep(0.05)
         waited = not waiting.done()
         await manager.register(RegisterParams(url=make_archive(manager.model_store, "m", "1.0")))
         return waited, await asyncio.wait_for(waiting, 1)
 
-    waited, routing = run(scenario())
+    waited, update = run(scenario())
     assert waited  # the long poll holds while nothing changes...
-    assert routing["defaults"] == {"m": "1.0"} and routing["version"] > 0  # ...and answers at once
+    assert update.models["m"].default == "1.0" and update.serve  # ...and answers at once
 
 
 def test_unknown_models_and_config_models(manager: ModelManager, serve: FakeServe) -> None:
