@@ -4,8 +4,10 @@ Examples::
 
     raytorch predict kitten.jpg --model densenet161
     raytorch register resnet18.mar --batch-size 8        # shows progress while it loads
+    raytorch register customer42.zip --pool small         # into a model pool: loaded on demand
     raytorch list | describe resnet18 all | scale resnet18 --min 2 --max 4
     raytorch set-default resnet18 2.0 | unregister resnet18 1.0
+    raytorch traffic resnet18 --split 1.0=90,2.0=10      # a canary; --shadow 3.0, --clear
     raytorch archive --name tiny --factory pkg.mod:make --state-dict w.pth -o tiny.zip
 """
 
@@ -62,7 +64,7 @@ def wait_with_progress(client: Client, model: str, version: str | None, timeout_
             last = line.split("] ", 1)[1]
         if info["status"] == "RUNNING" and info.get("workers"):
             return True
-        if info["status"] in ("DEPLOY_FAILED", "NOT_DEPLOYED"):
+        if info["status"] in ("DEPLOY_FAILED", "NOT_DEPLOYED", "LOAD_FAILED", "NO_POOL"):
             return False
         time.sleep(POLL_S)
     print(f"still not ready after {timeout_s:g}s", file=sys.stderr)
@@ -79,6 +81,8 @@ def cmd_register(client: Client, args: argparse.Namespace) -> int:
         "initial_workers": args.workers,
         "num_cpus": args.num_cpus,
         "num_gpus": args.num_gpus,
+        "pool": args.pool,
+        "dedicated": "true" if args.dedicated else None,
         "synchronous": "false",
     }
     _, body, _ = client.request("POST", "/models", params)
@@ -87,6 +91,21 @@ def cmd_register(client: Client, args: argparse.Namespace) -> int:
         return 0
     name = args.name or Path(args.url.split("?")[0]).stem
     return 0 if wait_with_progress(client, name, args.version, args.timeout) else 1
+
+
+def cmd_traffic(client: Client, args: argparse.Namespace) -> int:
+    path = f"/models/{args.model}/traffic"
+    if args.clear:
+        return _print(client.request("DELETE", path)[1])
+    if args.split is None and args.shadow is None:
+        return _print(client.request("GET", path)[1])
+    params = {
+        # "1.0=90,2.0=10" on the command line; the API's own form is "1.0:90,2.0:10".
+        "split": args.split.replace("=", ":") if args.split else None,
+        "shadow": args.shadow,
+        "shadow_percent": args.shadow_percent,
+    }
+    return _print(client.request("PUT", path, params)[1])
 
 
 def _print(body: Any) -> int:
@@ -148,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int)
     p.add_argument("--num-cpus", type=float)
     p.add_argument("--num-gpus", type=float)
+    p.add_argument("--pool", help="register into this model pool (loaded on demand, no replicas of its own)")
+    p.add_argument("--dedicated", action="store_true", help="its own replicas, despite a default pool")
     p.add_argument("--no-wait", action="store_true")
     p.add_argument("--timeout", type=float, default=300)
 
@@ -163,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("set-default", help="choose the version /predictions/{model} uses")
     p.add_argument("model")
     p.add_argument("version")
+    p = sub.add_parser("traffic", help="show, split or shadow the traffic between a model's versions")
+    p.add_argument("model")
+    p.add_argument("--split", help="version=weight,... e.g. 1.0=90,2.0=10")
+    p.add_argument("--shadow", help="a version that also gets a copy of the requests")
+    p.add_argument("--shadow-percent", type=float, default=100.0)
+    p.add_argument("--clear", action="store_true", help="back to the default version alone")
     p = sub.add_parser("unregister", help="remove a model version")
     p.add_argument("model")
     p.add_argument("version", nargs="?")
@@ -199,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             return _print(client.request("PUT", f"/models/{args.model}{version}", params)[1])
         if args.command == "set-default":
             return _print(client.request("PUT", f"/models/{args.model}/{args.version}/set-default")[1])
+        if args.command == "traffic":
+            return cmd_traffic(client, args)
         if args.command == "unregister":
             return _print(client.request("DELETE", f"/models/{args.model}{version}")[1])
     except ApiError as exc:

@@ -46,10 +46,15 @@ def check_serve_config(config: dict[str, Any]) -> None:
     """Raise if ``config`` is not a valid Serve config whose apps take our typed args."""
     from ray.serve.schema import ServeDeploySchema
 
-    from deployments.common.settings import IngressArgs, ModelAppArgs
+    from deployments.common.settings import IngressArgs, ManagementArgs, ModelAppArgs, PoolArgs
 
     ServeDeploySchema.model_validate(config)
-    builders = {"build_model": ModelAppArgs, "build_ingress": IngressArgs}
+    builders = {
+        "build_model": ModelAppArgs,
+        "build_ingress": IngressArgs,
+        "build_management": ManagementArgs,
+        "build_pool": PoolArgs,
+    }
     for app in config["applications"]:
         args_type = builders.get(app["import_path"].rsplit(":", 1)[-1])
         if args_type is not None:

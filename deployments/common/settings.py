@@ -115,11 +115,12 @@ class PoolArgs(StrictModel):
         ),
     )
     model_overhead_mb: float = Field(
-        0.5,
+        0.25,
         ge=0,
         description=(
             "Memory counted per loaded model besides its tensors: the handler, the module objects "
-            "and the allocator's slack (measured: about 0.3 MB for a tiny CNN)."
+            "and the allocator's slack (measured: 0.02 MB for a tiny CNN; label lists and larger "
+            "handlers take more)."
         ),
     )
     max_models_per_replica: int | None = Field(

@@ -72,6 +72,7 @@ class PoolManager:
         self._lock = lock
         self.draining: set[tuple[str, str]] = set()
         self.failed: dict[tuple[str, str], str] = {}  # asynchronous registrations that did not load
+        self.checking: set[tuple[str, str]] = set()  # asynchronous registrations being loaded once
         self._checks: set[asyncio.Task[None]] = set()
 
     def target(self, params: RegisterParams) -> str | None:
@@ -138,20 +139,20 @@ class PoolManager:
         return 200, {"status": f'Model "{name}" Version: {version} registered in pool {pool_name}'}
 
     def _check_later(self, pool: PoolState, name: str, record: PooledVersion) -> None:
+        key = (name, record.version)
+        self.checking.add(key)
+
         async def check() -> None:
             try:
                 await self.calls.validate(
                     pool, record.model_id, record.spec, self.settings.register_timeout_s
                 )
-            except RaytorchError as exc:
-                self.failed[(name, record.version)] = exc.message
-                logger.error(
-                    "Model %s version %s does not load in pool %s: %s",
-                    name,
-                    record.version,
-                    pool.name,
-                    exc.message,
-                )
+            except Exception as exc:  # recorded for describe: nobody waits for this answer
+                reason = exc.message if isinstance(exc, RaytorchError) else f"{type(exc).__name__}: {exc}"
+                self.failed[key] = reason
+                logger.error("Model %s version %s does not load in pool %s: %s", *key, pool.name, reason)
+            finally:
+                self.checking.discard(key)
 
         task = asyncio.get_running_loop().create_task(check())
         self._checks.add(task)
@@ -189,6 +190,8 @@ class PoolManager:
                 reports = await self.calls.reports(pool)
         failure = self.failed.get((model, version))
         status = "LOAD_FAILED" if failure else (state.app_status if state else "NO_POOL")
+        if (model, version) in self.checking:
+            status = "LOADING"  # an asynchronous registration's first load is running
         message = failure or (table.not_ready_reason(state) if state and not state.ready else "")
         return {
             "modelName": model,

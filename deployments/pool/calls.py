@@ -12,11 +12,12 @@ import logging
 from typing import Any
 
 from deployments.common.model_table import PoolState
-from handlers.errors import RaytorchError, RequestTimeoutError
+from handlers.errors import ModelNotReadyError, RaytorchError, RequestTimeoutError
 
 logger = logging.getLogger("ray.serve")
 REPORT_TIMEOUT_S = 3.0
 UNLOAD_TIMEOUT_S = 10.0
+CHECK_RETRY_AFTER_S = 5.0
 
 
 class PoolCalls:
@@ -45,11 +46,16 @@ class PoolCalls:
             raise RequestTimeoutError(
                 f"Pool {pool.name} did not load the model within {timeout_s:g}s"
             ) from None
+        except RaytorchError:
+            raise
         except Exception as exc:
             cause = getattr(exc, "cause", None)  # errors raised in the replica arrive wrapped
             if isinstance(cause, RaytorchError):
                 raise cause from None
-            raise
+            raise ModelNotReadyError(
+                f"Pool {pool.name} could not load the model to check it ({type(exc).__name__}: {exc}); retry",
+                retry_after_s=CHECK_RETRY_AFTER_S,
+            ) from None
 
     async def unload(self, pool: PoolState, model_id: str) -> int:
         """Drop the model on every replica; returns how many held it."""
