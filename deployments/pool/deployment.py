@@ -130,6 +130,10 @@ class PoolDeployment:
             answer, pool_event=PoolEvent(self._args.name, outcome.seconds, outcome.evicted)
         )
 
+    async def predict_many(self, inputs: list[tuple[bytes, str | None]]) -> list[Answer | Rejected]:
+        """Answer a group of inputs for one model sent in one call; each is decoded on its own."""
+        return await asyncio.gather(*(self.predict(body, content_type) for body, content_type in inputs))
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def _run_batch(self, entries: list[tuple[LoadedModel, Any, float]]) -> list[Answer]:
         batch_started = time.perf_counter()

@@ -72,7 +72,10 @@ class PooledLoader:
     async def load(self, model_id: str, spec: dict[str, Any]) -> LoadedModel:
         """Build and load the handler of ``spec`` on the inference thread."""
         started = time.perf_counter()
-        handler = create_handler(ModelSpec.model_validate(spec))
+        # The pool decides the threads of every batch; a model's own setting would change them
+        # for the whole process while it loads.
+        model_spec = ModelSpec.model_validate(spec).model_copy(update={"torch_threads": None})
+        handler = create_handler(model_spec)
         await self._executor.call_async(handler.load)
         seconds = time.perf_counter() - started
         return LoadedModel(model_id, handler, model_bytes(handler) + self._overhead_bytes, seconds)
