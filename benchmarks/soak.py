@@ -88,6 +88,9 @@ class Memory:
         marker = f"RAY_TMPDIR={cluster.workdir}".encode()
         # pid -> (title, rss, pss); keyed by pid because Ray retitles busy workers per task
         self.by_pid: dict[int, tuple[str, int, int]] = {}
+        # Private pages only (USS): unlike PSS, it does not move when processes of other
+        # clusters on the machine map (or unmap) the same libraries.
+        self.uss_by_pid: dict[int, int] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -102,6 +105,8 @@ class Memory:
             fields = dict(line.split(":", 1) for line in rollup if ":" in line)
             kib = (int(fields[k].split()[0]) * 1024 for k in ("Rss", "Pss"))
             self.by_pid[int(entry.name)] = (title, *kib)
+            private = ("Private_Clean", "Private_Dirty")
+            self.uss_by_pid[int(entry.name)] = sum(int(fields[k].split()[0]) * 1024 for k in private)
 
     @property
     def rss(self) -> int:
@@ -110,6 +115,10 @@ class Memory:
     @property
     def pss(self) -> int:
         return sum(v[2] for v in self.by_pid.values())
+
+    @property
+    def uss(self) -> int:
+        return sum(self.uss_by_pid.values())
 
 
 def build_config(store: Path) -> dict:
