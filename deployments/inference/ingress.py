@@ -56,7 +56,7 @@ class Ingress:
         self._args = args
         self._server: HttpServer | None = None
         self._router = ServeRouter(args)
-        self._telemetry = Telemetry(args.access_log, args.log_dir)
+        self._telemetry = Telemetry(args.access_log, args.log_dir, args.access_log_console)
         predictor = Predictor(self._router, self._telemetry.metrics.in_flight)
         routes = create_routes(self._router, predictor, self._telemetry, self._authorize, args.max_body_bytes)
         plan = await listen_plan()

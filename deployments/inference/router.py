@@ -23,6 +23,7 @@ from deployments.common.messages import Answer, Rejected
 from deployments.common.model_table import ModelTable, ModelVersionState
 from deployments.common.naming import MANAGEMENT_APP, MANAGEMENT_DEPLOYMENT
 from deployments.common.settings import IngressArgs
+from deployments.inference.call_groups import CallGrouper
 from deployments.inference.model_directory import ModelDirectory
 from handlers.errors import (
     ModelNotFoundError,
@@ -53,6 +54,8 @@ class ServeRouter:
     def __init__(self, settings: IngressArgs, directory: ModelDirectory | None = None) -> None:
         self._settings = settings
         self._handles: dict[tuple[str, str], Any] = {}
+        self._groupers: dict[tuple[str, str], CallGrouper] = {}
+        self._replicas: dict[tuple[str, str], int] = {}  # running replicas per routable version
         self._management: Any = None
         self._token: str | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -132,30 +135,52 @@ class ServeRouter:
 
     def _drop_stale_handles(self, table: ModelTable) -> None:
         live = {
-            (s.app_name, s.deployment_name)
+            (s.app_name, s.deployment_name): max(1, s.running_replicas)
             for versions in table.versions.values()
             for s in versions.values()
             if table.routable(s)
         }
+        self._replicas = live
         for key in list(self._handles):
             if key not in live:
                 del self._handles[key]
+        for key in list(self._groupers):
+            if key not in live:
+                del self._groupers[key]
 
     async def predict(
         self, state: ModelVersionState, body: bytes, content_type: str | None, request_id: str = ""
     ) -> Answer:
         """Send one input to ``state``'s replicas and wait for its answer within the deadline.
 
-        ``request_id`` goes along in Serve's request context, so the replica's log lines for
-        this request carry the id of our access log and the client's ``x-request-id``.
+        Inputs that arrive together for the same version share one Serve call
+        (:mod:`deployments.inference.call_groups`).
         """
-        if request_id:
-            serve_context._set_request_context(request_id=request_id, app_name=state.app_name)
-        response = self._handle(state).predict.remote(body, content_type)
-        result = await self._await(state, response)
+        if not self._settings.group_calls:
+            (result,) = await self._send_group(state, [(body, content_type)], request_id)
+            if isinstance(result, Rejected):
+                raise result.error
+            return dataclasses.replace(result, version=state.version)
+        key = (state.app_name, state.deployment_name)
+        grouper = self._groupers.get(key)
+        if grouper is None:
+            grouper = self._groupers[key] = CallGrouper(
+                lambda items, request_id: self._send_group(state, items, request_id),
+                lambda: self._replicas.get(key, 1),
+            )
+        result = await grouper.submit(body, content_type, request_id)
         if isinstance(result, Rejected):
             raise result.error
         return dataclasses.replace(result, version=state.version)
+
+    async def _send_group(
+        self, state: ModelVersionState, items: list[tuple[bytes, str | None]], request_id: str
+    ) -> list[Answer | Rejected]:
+        # The request id goes along in Serve's request context, so the replica's log lines
+        # carry the id of our access log and of the client's x-request-id.
+        if request_id:
+            serve_context._set_request_context(request_id=request_id, app_name=state.app_name)
+        return await self._await(state, self._handle(state).predict_many.remote(items))
 
     async def _await(self, state: ModelVersionState, response: Any) -> Any:
         model, timeout = state.model, self._settings.request_timeout_s
