@@ -48,8 +48,12 @@ class Predictor:
     ) -> list[Answer]:
         """One answer per input, in order. With ``where`` (e.g. ``"instances"``), an input's
         own error names its index (``instances[2]: ...``)."""
-        record.model, record.version = self.router.labels(model, version)
-        state = await self.router.resolve(model, version)
+        try:
+            state = await self.router.resolve(model, version)
+        finally:
+            # Labelled after the lookup, which refreshes the table when it misses: a version
+            # registered a moment ago is named, made-up names are not.
+            record.model, record.version = self.router.labels(model, version)
         record.version = state.version
         gauge = self._in_flight.labels(record.model)
         gauge.inc()
