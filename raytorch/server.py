@@ -28,8 +28,20 @@ from raytorch.stopping import ForcedStop, StopSignals, become_subreaper, kill_de
 # socket); then the rest stops. Requests still running after it are cut off.
 DRAIN_TIMEOUT_S = 9.0
 RAY_SHUTDOWN_TIMEOUT_S = 4.0
-# Ray and Serve settings that only trade idle CPU for nothing a user notices (issue 20).
-QUIET_ENV: dict[str, str] = {}
+# Ray's and Serve's background work, turned down where it costs an idle server CPU and buys
+# nothing a user notices (issue 20; benchmarks/idle_cpu.py measured each, docs/performance.md).
+# Read by every Ray process at start; a value already in the environment wins.
+QUIET_ENV: dict[str, str] = {
+    # Serve's controller loop: 10 times a second by default. Replica restarts and scaling are
+    # decided up to 0.4 s later; /ping and routing follow the replicas' own health checks.
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    # Serve's per-request metrics are flushed to Ray's exporter once a second, not 10 times.
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+    # The dashboard agent's process statistics every 10 s (5 s by default).
+    "REPORTER_UPDATE_INTERVAL_MS": "10000",
+    # Its scan of the event files every 10 s (2 s by default).
+    "SCAN_EVENT_DIR_INTERVAL_SECONDS": "10",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
