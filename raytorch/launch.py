@@ -42,6 +42,16 @@ def http_port(config_path: str) -> int:
     return int((config.get("http_options") or {}).get("port", 8000))
 
 
+def grpc_port(config_path: str) -> int | None:
+    """The port the ingress serves gRPC on, when its args say ``grpc: true`` (else None)."""
+    config = yaml.safe_load(Path(config_path).read_text()) or {}
+    serves_grpc = any(
+        str(app.get("import_path", "")).endswith(":build_ingress") and (app.get("args") or {}).get("grpc")
+        for app in config.get("applications") or []
+    )
+    return int((config.get("grpc_options") or {}).get("port", 9000)) if serves_grpc else None
+
+
 def taken_ports(ports: list[int]) -> list[str]:
     """A sentence per port that some process already listens on."""
     return [f"port {port} is taken by {describe_port_owner(port)}" for port in ports if port_owner(port)]
@@ -50,7 +60,8 @@ def taken_ports(ports: list[int]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Start Ray, then run ``serve run CONFIG`` in this process until stopped."""
     args = parse_args(argv)
-    taken = taken_ports([http_port(args.config), args.metrics_port, args.dashboard_port])
+    ports = [http_port(args.config), grpc_port(args.config), args.metrics_port, args.dashboard_port]
+    taken = taken_ports([port for port in ports if port is not None])
     if taken:
         print(
             "Cannot start: " + "; ".join(taken) + ". Stop that process (a server left over from an "
