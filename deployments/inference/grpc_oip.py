@@ -22,7 +22,7 @@ from deployments.inference.predictions import Predictor
 from deployments.inference.routes import Directory
 from deployments.inference.telemetry import Telemetry
 from deployments.protos import OIP_SERVICE, service_methods
-from handlers.errors import BadInputError
+from handlers.errors import BadInputError, ModelNotFoundError
 from handlers.tensor_data import BYTES, DATATYPES, Tensor, element_count
 from handlers.tensor_json import json_to_array
 
@@ -133,7 +133,12 @@ class OpenInferenceServicer:
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
         async def work(_: Any) -> Any:
-            _, reason = await self._directory.readiness(request.name, request.version or None)
+            # Unknown models are "not ready" rather than an error, as Triton answers (and as
+            # tritonclient's is_model_ready expects: a boolean).
+            try:
+                _, reason = await self._directory.readiness(request.name, request.version or None)
+            except ModelNotFoundError:
+                return self._reply("ModelReady", ready=False)
             return self._reply("ModelReady", ready=reason is None)
 
         return await self._call(context, "ModelReady", work)
