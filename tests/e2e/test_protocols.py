@@ -251,3 +251,14 @@ def test_every_protocol_is_counted_and_logged_with_model_and_version(cluster: Se
         ("kserve_v1", "tiny"),
     ):
         assert f"protocol={protocol} model={model} version=1.0" in log, protocol
+
+
+def test_grpc_listens_on_the_http_host_only(cluster: ServeCluster) -> None:
+    port = int(cluster.grpc_target.rsplit(":", 1)[1])
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                listening.add(local.rsplit(":", 1)[0])
+    assert listening == {"0100007F"}, f"gRPC port {port} listens on {listening}, not only 127.0.0.1"

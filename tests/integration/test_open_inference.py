@@ -423,3 +423,13 @@ def test_impossible_model_names_are_400_and_not_echoed_whole(client: TestClient,
         return
     assert response.status_code == 400, response.text
     assert len(response.text) < 400 and "model" in response.text.lower()
+
+
+def test_api_description_lists_the_v1_and_v2_routes(client: TestClient) -> None:
+    paths = client.get("/api-description").json()["paths"]
+    for path in (
+        "/v1/models/{model_name}:explain",
+        "/v2",
+        "/v2/models/{model_name}/versions/{model_version}/infer",
+    ):
+        assert path in paths, path
