@@ -24,11 +24,10 @@ from deployments.inference.predictions import MAX_INPUTS, Predictor
 from deployments.inference.request_body import RequestInput, read_body
 from deployments.inference.telemetry import record_of
 from handlers.errors import BadInputError, NotImplementedFeatureError
+from handlers.spec import NAME_PATTERN, VERSION_PATTERN
 
 if TYPE_CHECKING:
     from deployments.inference.routes import Directory
-
-from handlers.spec import NAME_PATTERN, VERSION_PATTERN
 
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN)]
 Version = Annotated[str, Path(pattern=VERSION_PATTERN)]
