@@ -52,14 +52,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def config_ports(config_path: str) -> list[int]:
-    """The ports the config listens on: HTTP (Serve's default 8000) and gRPC when it has one."""
+def http_port(config_path: str) -> int:
+    """The port the config serves HTTP on (Serve's default 8000 when it names none)."""
     config = yaml.safe_load(Path(config_path).read_text()) or {}
-    ports = [int((config.get("http_options") or {}).get("port", 8000))]
-    grpc = config.get("grpc_options") or {}
-    if grpc.get("port"):
-        ports.append(int(grpc["port"]))
-    return ports
+    return int((config.get("http_options") or {}).get("port", 8000))
+
+
+def grpc_port(config_path: str) -> int | None:
+    """The port the ingress serves gRPC on, when its args say ``grpc: true`` (else None)."""
+    config = yaml.safe_load(Path(config_path).read_text()) or {}
+    serves_grpc = any(
+        str(app.get("import_path", "")).endswith(":build_ingress") and (app.get("args") or {}).get("grpc")
+        for app in config.get("applications") or []
+    )
+    return int((config.get("grpc_options") or {}).get("port", 9000)) if serves_grpc else None
 
 
 def taken_ports(ports: list[int]) -> list[str]:
@@ -70,7 +76,8 @@ def taken_ports(ports: list[int]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the server until a signal; the server's exit code (0 after a clean stop)."""
     args = parse_args(argv)
-    taken = taken_ports([*config_ports(args.config), args.metrics_port, args.dashboard_port])
+    ports = [http_port(args.config), grpc_port(args.config), args.metrics_port, args.dashboard_port]
+    taken = taken_ports([port for port in ports if port is not None])
     if taken:
         print(
             "Cannot start: " + "; ".join(taken) + ". Stop that process (a server left over from an "

@@ -168,7 +168,18 @@ class IngressArgs(StrictModel):
         ),
     )
     inference_auth: bool = Field(
-        False, description="Require the management bearer token on inference routes too."
+        False,
+        description=(
+            "Require the management bearer token on inference routes and RPCs too (health "
+            "probes stay open but name no model without it)."
+        ),
+    )
+    grpc: bool = Field(
+        False,
+        description=(
+            "Serve gRPC (OIP's GRPCInferenceService, TorchServe's InferenceAPIsService and "
+            "ManagementAPIsService) on grpc_options.port, bound to http_options.host."
+        ),
     )
     access_log: Literal["text", "json", "off"] = Field(
         "text", description="One line per request to <log_dir>/access.log (and the console)."

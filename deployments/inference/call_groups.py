@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-Item = tuple[bytes, str | None]
+Item = tuple[Any, str | None]  # (body: bytes or a decoded tensor request, content type)
 Send = Callable[[list[Item], str], Awaitable[list[Any]]]
 
 MAX_GROUP = 64

@@ -16,6 +16,7 @@ from deployments.common.model_table import ModelVersionState
 from deployments.inference.request_body import RequestInput
 from deployments.inference.telemetry import RequestRecord
 from handlers.errors import RaytorchError
+from handlers.tensor_data import TensorRequest
 
 INPUT_ERRORS = (400, 413, 415)  # statuses that blame one input; their message then names it
 MAX_INPUTS = 64
@@ -27,7 +28,11 @@ class Router(Protocol):
     async def resolve(self, model: str, version: str | None) -> ModelVersionState: ...
     def labels(self, model: str, version: str | None) -> tuple[str, str]: ...
     async def predict(
-        self, state: ModelVersionState, body: bytes, content_type: str | None, request_id: str = ""
+        self,
+        state: ModelVersionState,
+        body: bytes | TensorRequest,
+        content_type: str | None,
+        request_id: str = "",
     ) -> Answer: ...
 
 
