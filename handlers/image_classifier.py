@@ -7,18 +7,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
 from handlers.classification import TopKClassifier
 from handlers.image_io import check_media_type, decode_image
-
-# Names of `preprocess.interpolation`, shared by every image handler.
-INTERPOLATION = {
-    "nearest": InterpolationMode.NEAREST,
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-}
+from handlers.image_ops import center_crop, resize_shorter_side, to_uint8_tensor
 
 
 class ImageClassifier(TopKClassifier):
@@ -44,10 +36,10 @@ class ImageClassifier(TopKClassifier):
         p = self.spec.preprocess
         # Resize and crop on the uint8 PIL image: cheaper than on a float tensor.
         if p.resize:
-            image = F.resize(image, [p.resize], interpolation=INTERPOLATION[p.interpolation], antialias=True)
+            image = resize_shorter_side(image, p.resize, p.interpolation)
         if p.crop:
-            image = F.center_crop(image, [p.crop, p.crop])
-        return F.pil_to_tensor(image)
+            image = center_crop(image, p.crop)
+        return to_uint8_tensor(image)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> float, scaled to 0-1 and normalised with the spec's mean/std."""
