@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     cropped = center_crop(resized, 224)
     items = [to_uint8_tensor(cropped) for _ in range(32)]
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225])
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    scale, bias = 1 / (255 * std), -mean / std  # as handlers/image_classifier.py normalises
     answer = {f"label {i}": 0.123456 for i in range(5)}
     stages = {
         f"JPEG decode ({image.width}x{image.height})": lambda: decode_image(data, 10**9),
