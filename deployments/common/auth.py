@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from deployments.common.state_files import atomic_write, move_aside
@@ -96,3 +97,14 @@ def check_bearer(header: str | None, token: str) -> None:
         raise UnauthorizedError("Missing token: send 'Authorization: Bearer <token>' (see key_file.json).")
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise UnauthorizedError("Invalid token.")
+
+
+async def may_see_details(authorize: Callable[[str | None], Awaitable[None]], header: str | None) -> bool:
+    """Whether a health answer may name models and why they fail (reasons can hold file paths):
+    always without inference auth (``authorize`` never raises then); with it, only for a caller
+    whose ``Authorization`` header holds the token. Probes without it still get the status."""
+    try:
+        await authorize(header)
+    except Exception:  # no token, a wrong one, or no way to check it now: say less
+        return False
+    return True

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 
+from deployments.common.auth import may_see_details
 from deployments.inference.predictions import MAX_INPUTS, Predictor
 from deployments.inference.request_body import RequestInput, read_body
 from deployments.inference.telemetry import record_of
@@ -174,14 +175,18 @@ def add_open_inference_routes(
         return JSONResponse({"live": True})
 
     @app.get("/v2/health/ready", summary="Open Inference readiness: every model has a ready replica")
-    async def ready() -> JSONResponse:
+    async def ready(request: Request) -> JSONResponse:
         unhealthy = (await directory.health_table()).unhealthy()
         if unhealthy:
-            return JSONResponse({"ready": False, "models": unhealthy}, status_code=503)
+            body: dict[str, Any] = {"ready": False}
+            if await may_see_details(authorize, request.headers.get("authorization")):
+                body["models"] = unhealthy
+            return JSONResponse(body, status_code=503)
         return JSONResponse({"ready": True})
 
     @app.get("/v2/models/{model_name}", summary="Open Inference model metadata")
-    async def metadata(model_name: ModelName) -> JSONResponse:
+    async def metadata(model_name: ModelName, request: Request) -> JSONResponse:
+        await authorize(request.headers.get("authorization"))
         versions = await directory.versions(model_name)
         return JSONResponse(
             {
