@@ -144,3 +144,11 @@ def test_impossible_model_names_are_400_and_not_echoed_whole(client: TestClient,
         return
     assert_error(response, 400, "BadRequestException", "model")
     assert len(response.json()["message"]) < 300
+
+
+@pytest.mark.parametrize("path", ["/v1/models/tiny:predict", "/v2/models/tiny/infer"])
+def test_deeply_nested_json_is_a_400_not_a_500(client: TestClient, path: str) -> None:
+    deep = b'{"instances": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    response = client.post(path, content=deep)
+    assert response.status_code == 400, response.text
+    assert "nested too deeply" in response.json()["message"]
