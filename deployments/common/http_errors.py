@@ -65,7 +65,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if type(error) is RaytorchError and not isinstance(exc, RaytorchError | StarletteHTTPException):
             request_id = request.headers.get("x-request-id", "-")
             logger.exception(
-                "Unexpected error in %s %s (request id %s)", request.method, request.url.path, request_id
+                "Unexpected error in %s %r (request id %r)", request.method, request.url.path, request_id
             )
             error = internal_error(request_id)
         return JSONResponse(error.to_dict(), error.status, headers=error.headers())
