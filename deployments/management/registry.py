@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from deployments.common.settings import ModelAppArgs
 from deployments.common.state_files import atomic_write, move_aside
 from handlers.errors import ConflictError, ModelNotFoundError, validation_message
 
@@ -68,7 +69,9 @@ def _read_model(name: str, raw: Any, bad: list[str]) -> ModelRecord | None:
     for version, entry in versions.items():
         try:
             good[str(version)] = VersionRecord.model_validate(entry)
+            ModelAppArgs.model_validate(good[str(version)].args)  # describe and restore need them
         except ValidationError as exc:
+            good.pop(str(version), None)
             bad.append(f"{name} {version} ({validation_message(exc.errors())[:200]})")
     if not good:
         return None

@@ -5,10 +5,8 @@ host (127.0.0.2, allowed explicitly) and the internal service it redirects to (l
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,78 +17,9 @@ from deployments.management.manager import ModelManager
 from deployments.management.register_params import RegisterParams
 from handlers.errors import BadInputError, DownloadArchiveError
 from tests.fixtures.management import FakeServe, make_archive
+from tests.fixtures.web import Site, serving
 
 REMOTE = "127.0.0.2"  # "the internet": its network is allowed explicitly in these tests
-
-
-class Site(ThreadingHTTPServer):
-    """Serves ``files`` and a few misbehaving paths; remembers every path requested."""
-
-    daemon_threads = True
-
-    def __init__(self, host: str) -> None:
-        super().__init__((host, 0), Handler)
-        self.files: dict[str, bytes] = {}
-        self.requested: list[str] = []
-
-    @property
-    def base(self) -> str:
-        return f"http://{self.server_address[0]}:{self.server_address[1]}"
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: Site
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.server.requested.append(self.path)
-        if self.path.startswith("/redirect?to="):
-            self.send_response(302)
-            self.send_header("Location", self.path.split("=", 1)[1])
-            self.end_headers()
-        elif self.path == "/slow.zip":
-            time.sleep(1.5)
-            self._send(self.server.files["ok.zip"])
-        elif self.path == "/trickle.zip":
-            self.send_response(200)
-            self.send_header("Content-Length", "1000000")
-            self.end_headers()
-            for _ in range(100):
-                self.wfile.write(b"x")
-                self.wfile.flush()
-                time.sleep(0.1)
-        elif self.path == "/huge.zip":
-            self.send_response(200)
-            self.send_header("Content-Length", str(10**12))
-            self.end_headers()
-        elif self.path == "/endless.zip":  # no length: the cap must count what arrives
-            self.send_response(200)
-            self.end_headers()
-            for _ in range(64):
-                self.wfile.write(b"\0" * 65536)
-        elif self.path.lstrip("/") in self.server.files:
-            self._send(self.server.files[self.path.lstrip("/")])
-        else:
-            self.send_error(404)
-
-    def _send(self, body: bytes) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-def serving(host: str) -> Iterator[Site]:
-    site = Site(host)
-    thread = threading.Thread(target=site.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield site
-    finally:
-        site.shutdown()
-        site.server_close()
 
 
 @pytest.fixture

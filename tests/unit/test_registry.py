@@ -12,7 +12,8 @@ from handlers.errors import ConflictError, ModelNotFoundError
 
 
 def record(version: str, at: float) -> VersionRecord:
-    return VersionRecord(version=version, url="m.mar", app_name=f"m@{version}", args={}, registered_at=at)
+    args = {"model": {"name": "m", "version": version, "source": {"architecture": "resnet18"}}}
+    return VersionRecord(version=version, url="m.mar", app_name=f"m@{version}", args=args, registered_at=at)
 
 
 def test_versions_defaults_and_reload(tmp_path: Path) -> None:
@@ -70,7 +71,11 @@ def test_bad_entries_are_left_out_one_by_one_and_unknown_fields_ignored(tmp_path
         "models": {
             "m": {
                 "default_version": "2.0",
-                "versions": {"1.0": {**good, "note": "new"}, "2.0": {"version": 2}},
+                "versions": {
+                    "1.0": {**good, "note": "new"},
+                    "2.0": {"version": 2},
+                    "3.0": {**good, "version": "3.0", "args": {"model": {"name": "m"}}},
+                },
             },
             "n": "not a record",
             "o": {"default_version": "1.0", "versions": {"1.0": good}},
@@ -81,4 +86,5 @@ def test_bad_entries_are_left_out_one_by_one_and_unknown_fields_ignored(tmp_path
         store = RegistryStore(path)
     assert store.defaults() == {"m": "1.0", "o": "1.0"}  # m's default went with its bad version
     assert "m 2.0" in caplog.text and "n (not a model record)" in caplog.text
+    assert "m 3.0 (model.source: Field required)" in caplog.text
     assert json.loads(next(tmp_path.glob("registry.json.bad-*")).read_text()) == document
