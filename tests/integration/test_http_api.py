@@ -199,3 +199,19 @@ def test_made_up_names_and_versions_cannot_grow_the_metrics(client: TestClient, 
     after = client.get("/metrics").text.splitlines()
     assert len(after) == len(before), "each made-up name or version added metric series"
     assert "made-up" not in "\n".join(after) and 'model_version="v1' not in "\n".join(after)
+
+
+def test_a_chunked_multipart_body_gets_its_413_not_a_parse_error(router: LocalRouter) -> None:
+    """The limit applies before any multipart parsing (the old code parsed first and answered
+    400). That reading stops at the limit is tests/unit/test_request_body.py's: Starlette's test
+    client hands the app the whole body at once."""
+    client = TestClient(inference_app(router, IngressArgs(max_body_bytes=1 << 20)))
+
+    def body():  # no Content-Length: 8 MiB in one multipart part
+        yield b'--B\r\nContent-Disposition: form-data; name="data"; filename="a.png"\r\n\r\n'
+        for _ in range(128):
+            yield b"\0" * 65536
+
+    headers = {"content-type": "multipart/form-data; boundary=B"}
+    response = client.post("/predictions/tiny", content=body(), headers=headers)
+    assert_error(response, 413, "PayloadTooLargeException", "1048576")
