@@ -32,6 +32,7 @@ from deployments.management.restore import Restorer
 from deployments.management.routing_feed import RoutingFeed
 from deployments.management.serve_control import ServeSnapshot
 from deployments.model.placement import decide_gpus
+from handlers.archive import ArchiveModel
 from handlers.errors import (
     BadInputError,
     ConflictError,
@@ -161,7 +162,7 @@ class ModelManager:
         workers = args.resources.num_replicas
         return 200, {"status": f'Model "{name}" Version: {version} registered with {workers} initial workers'}
 
-    async def _unpack(self, url: str) -> tuple[Any, Path]:
+    async def _unpack(self, url: str) -> tuple[ArchiveModel, Path]:
         """Find (or download, off the event loop) the archive and unpack it into a scratch folder."""
         if not is_remote(url):
             archive = local_archive(url, self.model_store)
