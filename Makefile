@@ -36,7 +36,7 @@ serve: setup  ## Start a local Ray cluster and serve $(CONFIG) on http://127.0.0
 	@echo "Ray dashboard: http://127.0.0.1:8265 (a sign-in link follows once the apps are up); metrics: :8000/metrics and :$(METRICS_PORT)/metrics"
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m raytorch.launch $(CONFIG) --metrics-port $(METRICS_PORT) $(if $(METRICS),--prometheus --prometheus-port $(PROMETHEUS_PORT))
 
-PY_DIRS := $(wildcard handlers deployments raytorch tests benchmarks)
+PY_DIRS := $(wildcard handlers deployments raytorch tests benchmarks examples)
 
 lint: setup
 	$(BIN)/ruff check $(PY_DIRS)

@@ -53,8 +53,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "grpc": {"env": {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}},  # gRPC between deployments
     "throughput_optimized": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}},  # all of the above
     "no_management": {"drop_apps": ["management"]},
+    "no_grouping": {"ingress": {"group_calls": False}},  # one Serve call per input
+    "quiet_console": {"ingress": {"access_log_console": False}},
+    "omp_active": {"env": {"OMP_WAIT_POLICY": "ACTIVE"}},
+    "gomp_spin_low": {"env": {"GOMP_SPINCOUNT": "10000"}},
+    "threads_fixed1": {"model": {"torch_threads": 1}},
+    "eager": {"model": {"channels_last": False}},  # the model as torchvision builds it
     "ingress5": {"ingress": {"max_ongoing_requests": 5}},  # Serve's default, before this branch
-    "discovery10": {"ingress": {"discovery_interval_s": 10}},
+    "discovery1": {"ingress": {"discovery_interval_s": 1}},
     # Before this branch's transport: Serve's Python proxy in front, calling the ingress.
     "serve_proxy": {"proxy_location": "HeadOnly"},
 }

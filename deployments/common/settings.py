@@ -211,7 +211,14 @@ class IngressArgs(StrictModel):
         60.0, gt=0, le=3600, description="Deadline of one HTTP prediction (504 after it)."
     )
     discovery_interval_s: float = Field(
-        1.0, gt=0, le=60, description="How often the ingress refreshes the model table."
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "Safety poll of Serve's status. Changes reach the ingress sooner: the management app "
+            "announces them, lookups that miss refresh at once, and health routes never read a "
+            "table older than a second."
+        ),
     )
     num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
     num_cpus: float = Field(0.1, ge=0, description="CPUs reserved per ingress replica.")
@@ -225,9 +232,30 @@ class IngressArgs(StrictModel):
         ),
     )
     inference_auth: bool = Field(
-        False, description="Require the management bearer token on inference routes too."
+        False,
+        description=(
+            "Require the management bearer token on inference routes and RPCs too (health "
+            "probes stay open but name no model without it)."
+        ),
+    )
+    grpc: bool = Field(
+        False,
+        description=(
+            "Serve gRPC (OIP's GRPCInferenceService, TorchServe's InferenceAPIsService and "
+            "ManagementAPIsService) on grpc_options.port, bound to http_options.host."
+        ),
     )
     access_log: Literal["text", "json", "off"] = Field(
-        "text", description="One line per request to stdout and <log_dir>/access.log."
+        "text", description="One line per request to <log_dir>/access.log (and the console)."
+    )
+    access_log_console: bool = Field(
+        True, description="Also print each access-log line on the console (`make serve`'s terminal)."
+    )
+    group_calls: bool = Field(
+        True,
+        description=(
+            "Send the inputs that arrive together for one model version in one Serve call "
+            "(deployments/inference/call_groups.py); off sends one call per input."
+        ),
     )
     log_dir: str = Field(".raytorch/logs", description="Where access.log goes (env RAYTORCH_LOG_DIR wins).")

@@ -205,7 +205,7 @@ def test_a_chunked_multipart_body_gets_its_413_not_a_parse_error(router: LocalRo
     """The limit applies before any multipart parsing (the old code parsed first and answered
     400). That reading stops at the limit is tests/unit/test_request_body.py's: Starlette's test
     client hands the app the whole body at once."""
-    client = TestClient(inference_app(router, IngressArgs(max_body_bytes=1 << 20)))
+    client = TestClient(inference_app(router, IngressArgs(max_body_bytes=1 << 20, access_log="off")))
 
     def body():  # no Content-Length: 8 MiB in one multipart part
         yield b'--B\r\nContent-Disposition: form-data; name="data"; filename="a.png"\r\n\r\n'

@@ -28,7 +28,7 @@ def router() -> LocalRouter:
 @pytest.fixture
 def client(router: LocalRouter) -> TestClient:
     router.down = {"broken": REASON}
-    return TestClient(inference_app(router, IngressArgs(inference_auth=True), token=TOKEN))
+    return TestClient(inference_app(router, IngressArgs(inference_auth=True, access_log="off"), token=TOKEN))
 
 
 @pytest.mark.parametrize(
@@ -64,6 +64,6 @@ def test_the_token_opens_metadata_and_metrics(client: TestClient) -> None:
 
 def test_without_inference_auth_health_keeps_its_detail(router: LocalRouter) -> None:
     router.down = {"broken": REASON}
-    client = TestClient(inference_app(router, IngressArgs()))
+    client = TestClient(inference_app(router, IngressArgs(access_log="off")))
     assert client.get("/ping").json()["models"]["broken/1.0"].endswith(REASON)
     assert client.get("/metrics").status_code == 200
