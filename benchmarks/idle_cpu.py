@@ -64,7 +64,7 @@ def our_server(env: dict[str, str]) -> Iterator[ServeCluster]:
                 == 200
             )
 
-        cluster.wait_for(answers, timeout=300, what="the first prediction")
+        cluster.first_prediction_s = cluster.wait_for(answers, timeout=300, what="the first prediction")  # type: ignore[attr-defined]
         yield cluster
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from cpu_usage import role_of, stack_pids
 
-from tests.e2e.serve_cluster import ROOT, ServeCluster, load_config, serve_run
+from tests.e2e.serve_cluster import ROOT, ServeCluster, free_port, load_config, serve_run
 
 MODEL_APP = "model"
 
@@ -129,8 +129,10 @@ def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def running(config: dict[str, Any], env: dict[str, str]) -> Iterator[ServeCluster]:
-    """``serve run`` of ``config``; stopped (only it) on exit."""
-    with serve_run(config, extra_env=bench_env(env)) as cluster:
+    """``config`` served the way `make serve` serves it (the launcher, Ray's metrics and
+    dashboard on ports of their own); stopped (only it) on exit."""
+    launcher = ["--metrics-port", str(free_port()), "--dashboard-port", str(free_port())]
+    with serve_run(config, extra_env=bench_env(env), launcher_args=launcher) as cluster:
         yield cluster
 
 
