@@ -165,7 +165,7 @@ def register_to_first_prediction(
 ) -> dict[str, float]:
     """Start ingress + management only, register ``mar_name`` from ``store`` over the
     management API, and time POST /models until the first 200 prediction."""
-    token = "bench-token"
+    token = "bench-token-0123456789"
     config = load_config("densenet.yaml")
     config["applications"] = [a for a in config["applications"] if a["name"] in ("ingress", "management")]
     env = {"RAYTORCH_TOKEN": token, "RAYTORCH_MODEL_STORE": str(store), "RAYTORCH_STATE_DIR": str(state_dir)}

@@ -102,7 +102,7 @@ def install_error_handlers(app: FastAPI, body: ErrorBody = torchserve_error_body
         if type(error) is RaytorchError and not isinstance(exc, RaytorchError | StarletteHTTPException):
             request_id = request.headers.get("x-request-id", "-")
             logger.exception(
-                "Unexpected error in %s %s (request id %s)", request.method, request.url.path, request_id
+                "Unexpected error in %s %r (request id %r)", request.method, request.url.path, request_id
             )
             error = internal_error(request_id)
         return JSONResponse(body(error), error.status, headers=error.headers())

@@ -123,7 +123,7 @@ class HttpEntry:
             error = as_raytorch_error(exc, scope["path"])
             if not isinstance(exc, RaytorchError):
                 logger.exception(
-                    "Unexpected error in %s %s (request id %s)", scope["method"], path, record.request_id
+                    "Unexpected error in %s %r (request id %s)", scope["method"], path, record.request_id
                 )
                 error = internal_error(record.request_id)
             if not started:  # else the client already has a status; the connection just ends

@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import prometheus_client
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
+from deployments.common.auth import may_see_details
 from deployments.common.http_errors import install_error_handlers
 from deployments.common.model_table import ModelTable, ModelVersionState
 from deployments.inference.kserve_v1 import add_kserve_v1_routes
@@ -76,10 +77,13 @@ def create_routes(
     install_error_handlers(app)
 
     @app.get("/ping", summary="Health of the server and its models")
-    async def ping() -> JSONResponse:
+    async def ping(request: Request) -> JSONResponse:
         unhealthy = (await directory.health_table()).unhealthy()
         if unhealthy:
-            return JSONResponse({"status": "Unhealthy", "models": unhealthy}, status_code=500)
+            body: dict = {"status": "Unhealthy"}
+            if await may_see_details(authorize, request.headers.get("authorization")):
+                body["models"] = unhealthy
+            return JSONResponse(body, status_code=500)
         return JSONResponse({"status": "Healthy"})
 
     @app.get("/api-description", summary="OpenAPI description of this API")
@@ -91,7 +95,11 @@ def create_routes(
         return JSONResponse(app.openapi())
 
     @app.get("/metrics", summary="Prometheus metrics (TorchServe's names and ours)")
-    async def metrics(names: list[str] | None = Query(None, alias="name[]")) -> Response:  # noqa: B008
+    async def metrics(
+        request: Request,
+        names: list[str] | None = Query(None, alias="name[]"),  # noqa: B008
+    ) -> Response:
+        await authorize(request.headers.get("authorization"))  # its labels name every model
         telemetry.metrics.set_replicas((await directory.health_table()).ready_replicas())
         wanted = None
         if names:

@@ -80,6 +80,15 @@ def load_config(name: str) -> dict:
     return yaml.safe_load((ROOT / "configs" / name).read_text())
 
 
+def trust_test_fixtures(config: dict) -> dict:
+    """Let registered test archives name the tests' own model factories and handlers
+    (``tests.fixtures``): the management app's ``trusted_modules``, as an operator would."""
+    for app in config["applications"]:
+        if app["import_path"].endswith(":build_management"):
+            app.setdefault("args", {})["trusted_modules"] = ["handlers.zoo", "tests.fixtures"]
+    return config
+
+
 @contextlib.contextmanager
 def serve_run(
     config: dict, extra_env: dict[str, str] | None = None, launcher_args: list[str] | None = None

@@ -23,7 +23,8 @@ import tritonclient.http as triton_http
 from google.protobuf import empty_pb2
 from tritonclient.utils import InferenceServerException
 
-from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run
+from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run, trust_test_fixtures
+from tests.fixtures.management import make_archive
 from tests.fixtures.specs import (
     TENSOR_DATATYPES,
     echo_spec,
@@ -33,7 +34,6 @@ from tests.fixtures.specs import (
     tiny_spec,
 )
 from tests.fixtures.torchserve_stubs import torchserve_stubs
-from tests.unit.test_manager import make_archive
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +58,7 @@ def model_app(spec) -> dict:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeCluster]:
     root = tmp_path_factory.mktemp("protocols")
-    config = load_config("quickstart.yaml")
+    config = trust_test_fixtures(load_config("quickstart.yaml"))
     ingress, management = config["applications"][:2]
     assert ingress["args"]["grpc"] is True  # the shipped config serves gRPC
     config["applications"] = [

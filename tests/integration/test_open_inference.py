@@ -433,3 +433,11 @@ def test_api_description_lists_the_v1_and_v2_routes(client: TestClient) -> None:
         "/v2/models/{model_name}/versions/{model_version}/infer",
     ):
         assert path in paths, path
+
+
+@pytest.mark.parametrize("path", ["/v1/models/tiny:predict", "/v2/models/tiny/infer"])
+def test_deeply_nested_json_is_a_400_not_a_500(client: TestClient, path: str) -> None:
+    deep = b'{"instances": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    response = client.post(path, content=deep)
+    assert response.status_code == 400, response.text
+    assert "nested too deeply" in response.text

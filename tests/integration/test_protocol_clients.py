@@ -24,6 +24,7 @@ from deployments.management.manager import ModelManager
 from handlers.registry import create_handler
 from tests.fixtures.inference import LocalRouter
 from tests.fixtures.live_servers import LiveServers, live_servers
+from tests.fixtures.management import FakeServe, make_archive
 from tests.fixtures.specs import (
     TENSOR_DATATYPES,
     echo_spec,
@@ -33,7 +34,6 @@ from tests.fixtures.specs import (
     tiny_spec,
 )
 from tests.fixtures.torchserve_stubs import torchserve_stubs
-from tests.unit.test_manager import FakeServe, make_archive
 
 TOKEN = "clients-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -52,7 +52,12 @@ def router() -> LocalRouter:
 @pytest.fixture(scope="module")
 def manager(tmp_path_factory: pytest.TempPathFactory) -> ModelManager:
     root = tmp_path_factory.mktemp("management")
-    args = ManagementArgs(state_dir=str(root / "state"), model_store=str(root / "store"), propagation_s=0)
+    args = ManagementArgs(
+        state_dir=str(root / "state"),
+        model_store=str(root / "store"),
+        propagation_s=0,
+        trusted_modules=["tests.fixtures"],
+    )
     return ModelManager(args, FakeServe())
 
 
