@@ -15,11 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from handlers.errors import ConfigError, InferenceError, RaytorchError
+from handlers.errors import BadInputError, ConfigError, InferenceError, RaytorchError
 from handlers.labels import resolve_labels
 from handlers.loading import build_model
 from handlers.options import NoOptions, parse_options
 from handlers.spec import ModelSpec, StrictModel
+from handlers.tensor_data import BYTES, TensorRequest
+
+# What a handler that decodes media (images, audio, text) takes and returns over the Open
+# Inference Protocol: one encoded input per element, one JSON document per element.
+BYTES_INPUT = {"name": "data", "datatype": BYTES, "shape": [-1]}
+BYTES_OUTPUT = {"name": "output-0", "datatype": BYTES, "shape": [-1]}
 
 logger = logging.getLogger("raytorch.handlers")
 
@@ -127,6 +133,24 @@ class BaseHandler(ABC):
         )
         # Only modules with 4-D (convolution) weights gain; ONNX-backed models have none here.
         return bool(wanted) and any(p.dim() == 4 for p in model.parameters())
+
+    def preprocess_tensors(self, request: TensorRequest) -> Any:
+        """Check one request's numeric tensors (Open Inference Protocol); raise a RaytorchError
+        for bad input. Handlers that decode media take BYTES only, so the default refuses."""
+        sent = ", ".join(f"{t.name} ({t.datatype})" for t in request.inputs)
+        raise BadInputError(
+            f"Model {self.spec.name} (handler {self.spec.handler}) takes encoded inputs: send each "
+            f"as an element of a BYTES tensor, not numeric tensors ({sent})"
+        )
+
+    def signature(self) -> dict[str, Any]:
+        """The model's inputs and outputs as Open Inference metadata (``platform``, ``inputs``,
+        ``outputs``: lists of ``{name, datatype, shape}``)."""
+        source = self.spec.source
+        platform = (
+            "pytorch_torchscript" if source.torchscript else "onnx_onnxv1" if source.onnx else "pytorch"
+        )
+        return {"platform": platform, "inputs": [dict(BYTES_INPUT)], "outputs": [dict(BYTES_OUTPUT)]}
 
     @abstractmethod
     def postprocess(self, output: Any, items: list[Any]) -> list[Any]:

@@ -146,6 +146,13 @@ class MethodNotAllowedError(RaytorchError):
     type_name = "MethodNotAllowedException"
 
 
+class NotImplementedFeatureError(RaytorchError):
+    """A documented API this server does not offer yet (KServe v1 explanations)."""
+
+    status = 501
+    type_name = "NotImplementedException"
+
+
 def validation_message(errors: list) -> str:
     """``field.path: problem; ...`` for pydantic's ``ValidationError.errors()``: how every
     400 about a setting or a parameter words it."""

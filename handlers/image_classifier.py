@@ -7,18 +7,10 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as F
 
 from handlers.classification import TopKClassifier
 from handlers.image_io import check_media_type, decode_image
-
-# Names of `preprocess.interpolation`, shared by every image handler.
-INTERPOLATION = {
-    "nearest": InterpolationMode.NEAREST,
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-}
+from handlers.image_ops import center_crop, resize_shorter_side, to_uint8_tensor
 
 
 class ImageClassifier(TopKClassifier):
@@ -33,6 +25,7 @@ class ImageClassifier(TopKClassifier):
 
     name = "image_classifier"
     prefers_channels_last = True
+    _affine: tuple[torch.Tensor, torch.Tensor] | None = None  # normalisation, built on first use
 
     def preprocess(self, data: bytes, content_type: str | None = None) -> torch.Tensor:
         check_media_type(content_type, self.name)
@@ -44,19 +37,26 @@ class ImageClassifier(TopKClassifier):
         p = self.spec.preprocess
         # Resize and crop on the uint8 PIL image: cheaper than on a float tensor.
         if p.resize:
-            image = F.resize(image, [p.resize], interpolation=INTERPOLATION[p.interpolation], antialias=True)
+            image = resize_shorter_side(image, p.resize, p.interpolation)
         if p.crop:
-            image = F.center_crop(image, [p.crop, p.crop])
-        return F.pil_to_tensor(image)
+            image = center_crop(image, p.crop)
+        return to_uint8_tensor(image)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) -> float, scaled to 0-1 and normalised with the spec's mean/std."""
+        """uint8 (B, 3, H, W) -> float, scaled to 0-1 and normalised with the spec's mean/std.
+
+        One multiply-add per value, in place on the float copy: ``x * scale + bias`` with
+        ``scale = 1 / (255 std)`` and ``bias = -mean / std``.
+        """
         p = self.spec.preprocess
         if batch.shape[1] != len(p.mean):  # broadcasting would hide the mismatch
             raise ValueError(f"input has {batch.shape[1]} channels, preprocess.mean has {len(p.mean)}")
-        mean = torch.tensor(p.mean, dtype=torch.float32).view(1, -1, 1, 1) * 255
-        std = torch.tensor(p.std, dtype=torch.float32).view(1, -1, 1, 1) * 255
-        return (batch.float() - mean) / std
+        if self._affine is None:
+            std = torch.tensor(p.std, dtype=torch.float32).view(1, -1, 1, 1)
+            mean = torch.tensor(p.mean, dtype=torch.float32).view(1, -1, 1, 1)
+            self._affine = (1 / (255 * std), -mean / std)
+        scale, bias = self._affine
+        return batch.float().mul_(scale).add_(bias)
 
     def collate(self, items: list[torch.Tensor]) -> torch.Tensor:
         batch = torch.stack(items)

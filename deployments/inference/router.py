@@ -22,11 +22,12 @@ from ray.exceptions import RayActorError
 from ray.serve import context as serve_context
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
-from deployments.common.forwarding import ForwardedRequest, ForwardedResponse
+from deployments.common.forwarding import ForwardedRequest, ForwardedResponse, ManagementCall
 from deployments.common.messages import Answer, Rejected
 from deployments.common.model_table import ModelTable, ModelVersionState, PoolState
 from deployments.common.naming import MANAGEMENT_APP, MANAGEMENT_DEPLOYMENT
 from deployments.common.settings import IngressArgs
+from deployments.inference.call_groups import CallGrouper
 from deployments.inference.model_directory import ModelDirectory
 from deployments.pool.calls import PoolCalls
 from handlers.errors import (
@@ -36,6 +37,7 @@ from handlers.errors import (
     RequestTimeoutError,
     ResourceNotFoundError,
 )
+from handlers.tensor_data import TensorRequest
 
 logger = logging.getLogger("ray.serve")
 
@@ -57,6 +59,12 @@ async def serve_snapshot() -> ModelTable:
     return ModelTable.from_status(status.applications)
 
 
+def version_key(state: ModelVersionState) -> tuple[str, str, str]:
+    """What identifies a version's replicas: its application and deployment, and for a pooled
+    version its model id in the pool."""
+    return (state.app_name, state.deployment_name, state.model_id)
+
+
 class ServeRouter:
     """Resolves model versions and sends inputs to their replicas."""
 
@@ -67,7 +75,11 @@ class ServeRouter:
         on_shadow: ShadowOutcome | None = None,
     ) -> None:
         self._settings = settings
+        # Keyed by version_key(state): a pooled version has its own key within its pool's.
         self._handles: dict[tuple[str, str, str], Any] = {}
+        self._groupers: dict[tuple[str, str, str], CallGrouper] = {}
+        self._replicas: dict[tuple[str, str, str], int] = {}  # running replicas per routable version
+        self._signatures: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._on_shadow = on_shadow
         self._shadows = 0
         self.pools = PoolCalls()
@@ -109,6 +121,16 @@ class ServeRouter:
             ) from None
         return await asyncio.wait_for(handle.http.remote(request), MANAGEMENT_CALL_TIMEOUT_S)
 
+    async def manage(self, call: ManagementCall) -> ForwardedResponse:
+        """A gRPC management call, answered by the management deployment's REST API code."""
+        try:
+            handle = self._management_handle()
+        except (KeyError, RayServeException):
+            raise ResourceNotFoundError(
+                "The management API is not served here: the config has no 'management' application"
+            ) from None
+        return await asyncio.wait_for(handle.grpc_management.remote(call), MANAGEMENT_CALL_TIMEOUT_S)
+
     # -- lookups -------------------------------------------------------------------------------
     async def start(self) -> None:
         """Begin following Serve and the management app."""
@@ -149,7 +171,7 @@ class ServeRouter:
 
     # -- predictions ---------------------------------------------------------------------------
     def _handle(self, state: ModelVersionState) -> Any:
-        key = (state.app_name, state.deployment_name, state.model_id)
+        key = version_key(state)
         handle = self._handles.get(key)
         if handle is None:
             handle = serve.get_deployment_handle(state.deployment_name, app_name=state.app_name)
@@ -160,32 +182,80 @@ class ServeRouter:
 
     def _drop_stale_handles(self, table: ModelTable) -> None:
         live = {
-            (s.app_name, s.deployment_name, s.model_id)
+            version_key(s): max(1, s.running_replicas)
             for versions in table.versions.values()
             for s in versions.values()
             if table.routable(s)
         }
+        self._replicas = live
         for key in list(self._handles):
             if key not in live:
                 del self._handles[key]
+        for key in list(self._groupers):
+            if key not in live:
+                del self._groupers[key]
+        for key in list(self._signatures):
+            if key not in live:
+                del self._signatures[key]
+
+    async def signature(self, model: str, version: str | None) -> tuple[ModelVersionState, dict[str, Any]]:
+        """A ready version's inputs, outputs and platform (Open Inference metadata), asked of
+        one of its replicas once and kept while the version lives."""
+        state = await self.resolve(model, version)
+        key = version_key(state)
+        if key not in self._signatures:
+            self._signatures[key] = await self._await(state, self._handle(state).signature.remote())
+        return state, self._signatures[key]
+
+    async def readiness(self, model: str, version: str | None) -> tuple[ModelVersionState, str | None]:
+        """A version and why it cannot serve (None when it can); 404 when unknown."""
+        try:
+            return await self.resolve(model, version), None
+        except ModelNotReadyError as exc:
+            table = self.directory.table
+            state = table.versions[model].get(version) if version else table.default_version(model)
+            assert state is not None  # lookup raises ModelNotFoundError otherwise
+            return state, exc.message
 
     async def predict(
-        self, state: ModelVersionState, body: bytes, content_type: str | None, request_id: str = ""
+        self,
+        state: ModelVersionState,
+        body: bytes | TensorRequest,
+        content_type: str | None,
+        request_id: str = "",
     ) -> Answer:
         """Send one input to ``state``'s replicas and wait for its answer within the deadline.
 
-        ``request_id`` goes along in Serve's request context, so the replica's log lines for
-        this request carry the id of our access log and the client's ``x-request-id``.
+        Inputs that arrive together for the same version share one Serve call
+        (:mod:`deployments.inference.call_groups`).
         """
-        if request_id:
-            serve_context._set_request_context(request_id=request_id, app_name=state.app_name)
         if state.shadow is not None:
             self._shadow(state.shadow, body, content_type)
-        response = self._handle(state).predict.remote(body, content_type)
-        result = await self._await(state, response)
+        if not self._settings.group_calls:
+            (result,) = await self._send_group(state, [(body, content_type)], request_id)
+            if isinstance(result, Rejected):
+                raise result.error
+            return dataclasses.replace(result, version=state.version)
+        key = version_key(state)
+        grouper = self._groupers.get(key)
+        if grouper is None:
+            grouper = self._groupers[key] = CallGrouper(
+                lambda items, request_id: self._send_group(state, items, request_id),
+                lambda: self._replicas.get(key, 1),
+            )
+        result = await grouper.submit(body, content_type, request_id)
         if isinstance(result, Rejected):
             raise result.error
         return dataclasses.replace(result, version=state.version)
+
+    async def _send_group(
+        self, state: ModelVersionState, items: list[tuple[Any, str | None]], request_id: str
+    ) -> list[Answer | Rejected]:
+        # The request id goes along in Serve's request context, so the replica's log lines
+        # carry the id of our access log and of the client's x-request-id.
+        if request_id:
+            serve_context._set_request_context(request_id=request_id, app_name=state.app_name)
+        return await self._await(state, self._handle(state).predict_many.remote(items))
 
     async def _await(self, state: ModelVersionState, response: Any) -> Any:
         model, timeout = state.model, self._settings.request_timeout_s
@@ -217,7 +287,9 @@ class ServeRouter:
                 raise cause from None
             raise
 
-    def _shadow(self, state: ModelVersionState, body: bytes, content_type: str | None) -> None:
+    def _shadow(
+        self, state: ModelVersionState, body: bytes | TensorRequest, content_type: str | None
+    ) -> None:
         if self._shadows >= MAX_SHADOWS_IN_FLIGHT:
             self._shadow_done(state, "skipped", 0.0)
             return
@@ -226,10 +298,12 @@ class ServeRouter:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _run_shadow(self, state: ModelVersionState, body: bytes, content_type: str | None) -> None:
+    async def _run_shadow(
+        self, state: ModelVersionState, body: bytes | TensorRequest, content_type: str | None
+    ) -> None:
         started = time.perf_counter()
         try:
-            result = await self._await(state, self._handle(state).predict.remote(body, content_type))
+            (result,) = await self._send_group(state, [(body, content_type)], "")
             outcome = str(result.error.status) if isinstance(result, Rejected) else "200"
         except RaytorchError as exc:
             outcome = str(exc.status)

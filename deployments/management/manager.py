@@ -25,17 +25,20 @@ from deployments.common.model_table import ModelTable
 from deployments.common.naming import registered_app_name
 from deployments.common.routing import RoutingUpdate
 from deployments.common.settings import ManagementArgs, ModelAppArgs
-from deployments.management.archive_sources import resolve_url, settle, unpack
+from deployments.management.archive_sources import is_remote, local_archive, settle, unpack
 from deployments.management.capacity import missing_resources
 from deployments.management.describe import describe_version
+from deployments.management.downloads import DownloadPolicy, download
 from deployments.management.ingress_routing import IngressRouting
 from deployments.management.pools import PoolCallsProtocol, PoolManager
 from deployments.management.register_params import RegisterParams, app_args
 from deployments.management.registry import RegistryStore, VersionRecord
+from deployments.management.restore import Restorer
 from deployments.management.serve_control import ServeSnapshot
 from deployments.management.traffic import TrafficControl
 from deployments.management.traffic_store import TrafficStore
 from deployments.model.placement import decide_gpus
+from handlers.archive import ArchiveModel
 from handlers.errors import (
     BadInputError,
     ConflictError,
@@ -75,8 +78,17 @@ class ModelManager:
         self.state_dir = Path(os.environ.get("RAYTORCH_STATE_DIR") or settings.state_dir).resolve()
         self.model_store = Path(os.environ.get("RAYTORCH_MODEL_STORE") or settings.model_store).resolve()
         self.models_dir = self.state_dir / "models"
+        self.downloads_dir = self.state_dir / "downloads"
+        self.download_policy = DownloadPolicy.create(
+            settings.allowed_urls, settings.allowed_networks, settings.download_timeout_s,
+            settings.max_download_bytes,
+        )  # fmt: skip
         self.registry = RegistryStore(self.state_dir / "registry.json")
         self.draining: set[tuple[str, str]] = set()
+        # (name, version) of registrations past their conflict check that are not in the
+        # registry yet: a second registration of the same version is refused before it can
+        # move any file (two racing registrations once mixed their files).
+        self._reserved: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()
         self._watchers: set[asyncio.Task[None]] = set()
         self._recent: tuple[float, ModelTable] | None = None
@@ -85,8 +97,8 @@ class ModelManager:
 
             pool_calls = PoolCalls()
         self.pools = PoolManager(
-            settings, self.state_dir, self.model_store, pool_calls, self._recent_table,
-            lambda m, v: v in self._registered(m), self._models_changed, self._lock,
+            settings, self.state_dir, pool_calls, self._unpack, self._recent_table,
+            lambda m, v: v in self._registered(m), self._reserved, self._models_changed,
         )  # fmt: skip
         self.traffic = TrafficControl(
             TrafficStore(self.state_dir / "traffic.json"), self._current_table, self._models_changed,
@@ -125,37 +137,36 @@ class ModelManager:
 
     # -- operations ----------------------------------------------------------------------------
     async def restore(self) -> list[str]:
-        """Redeploy registered versions whose application is missing (after a restart)."""
-        apps, _ = await self._table()
-        restored = []
-        for model, record in self.registry.state.models.items():
-            for version, entry in record.versions.items():
-                if entry.app_name not in apps:
-                    await self.serve.deploy(entry.app_name, ModelAppArgs.model_validate(entry.args))
-                    restored.append(f"{model}/{version}")
-                    self._watch_until_ready(model, version)
-        if restored:
-            logger.info("Restored registered models: %s", ", ".join(restored))
-        return restored
+        """Redeploy registered versions whose application is missing (after a restart); each
+        on its own, retried, and never one that a config file's application already serves
+        (see :class:`deployments.management.restore.Restorer`)."""
+        restorer = Restorer(
+            self.registry, self.serve, self.models_dir, self.settings, self._table,
+            self._watch_until_ready, self.announce,
+        )  # fmt: skip
+        return await restorer.run()
 
     async def register(self, params: RegisterParams) -> tuple[int, dict[str, str]]:
         """TorchServe's register: 200 when ready (synchronous) or 202 at once."""
         pool = self.pools.target(params)
         if pool is not None:
             return await self.pools.register(params, pool)
-        archive = resolve_url(params.url, self.model_store, self.settings.allowed_urls)
-        found, folder = await asyncio.to_thread(unpack, archive, self.models_dir, f"{time.time_ns()}")
+        found, folder = await self._unpack(params.url)
+        reserved = None
         try:
-            args = app_args(found, params, self.settings.default_num_cpus)
+            args = app_args(
+                found, params, self.settings.default_num_cpus, self.settings.trusted_modules,
+                self.settings.allow_archive_code,
+            )  # fmt: skip
             name, version = args.model.name, args.model.version
-            _, table = await self._table()
-            if version in table.versions.get(name, {}) or version in self._registered(name):
-                raise ConflictError(f"Model version {version} is already registered for model {name}")
+            reserved = await self._reserve(name, version)
             await self._check_resources(args)
             final = settle(folder, self.models_dir, name, version)
             args = args.model_copy(update={"model": args.model.model_copy(update={"base_dir": str(final)})})
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
+            if reserved:
+                self._reserved.discard(reserved)
             raise
         entry = VersionRecord(
             version=version,
@@ -166,12 +177,12 @@ class ModelManager:
             max_workers=args.resources.max_replicas or args.resources.num_replicas,
             response_timeout_s=params.response_timeout or found.response_timeout_s,
         )
-        async with self._lock:
-            if version in self.pools.registry.versions(name):
-                shutil.rmtree(final, ignore_errors=True)
-                raise ConflictError(f"Model version {version} is already registered for model {name}")
-            self.registry.add(name, entry)
-            await self.serve.deploy(entry.app_name, args)
+        try:
+            async with self._lock:
+                self.registry.add(name, entry)
+                await self.serve.deploy(entry.app_name, args)
+        finally:
+            self._reserved.discard(reserved)
         self.announce()
         if not params.synchronous:
             self._watch_until_ready(name, version)
@@ -183,6 +194,31 @@ class ModelManager:
             raise
         workers = args.resources.num_replicas
         return 200, {"status": f'Model "{name}" Version: {version} registered with {workers} initial workers'}
+
+    async def _unpack(self, url: str) -> tuple[ArchiveModel, Path]:
+        """Find (or download, off the event loop) the archive and unpack it into a scratch folder."""
+        if not is_remote(url):
+            archive = local_archive(url, self.model_store)
+            return await asyncio.to_thread(unpack, archive, self.models_dir, f"{time.time_ns()}")
+        archive = await asyncio.to_thread(download, url, self.downloads_dir, self.download_policy)
+        try:
+            return await asyncio.to_thread(unpack, archive, self.models_dir, f"{time.time_ns()}")
+        finally:
+            archive.unlink(missing_ok=True)  # what counts is the unpacked copy
+
+    async def _reserve(self, name: str, version: str) -> tuple[str, str]:
+        """Claim (name, version) for this registration, or 409 when it exists or is claimed."""
+        _, table = await self._table()
+        key = (name, version)
+        # No await between this check and the claim: other registrations see it at once.
+        if (
+            key in self._reserved
+            or version in table.versions.get(name, {})  # pooled versions included
+            or version in self._registered(name)
+        ):
+            raise ConflictError(f"Model version {version} is already registered for model {name}")
+        self._reserved.add(key)
+        return key
 
     async def wait_ready(self, model: str, version: str, timeout_s: float) -> None:
         """Return when a replica is up (and tell the ingresses); raise with Serve's reason."""

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import secrets
 import shutil
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,9 +23,10 @@ from deployments.common.model_table import ModelTable, PoolState
 from deployments.common.naming import pooled_model_id
 from deployments.common.routing import PooledEntry
 from deployments.common.settings import ManagementArgs
-from deployments.management.archive_sources import resolve_url, settle, unpack
+from deployments.management.archive_sources import settle
 from deployments.management.pool_registry import PooledVersion, PoolRegistry
 from deployments.management.register_params import RegisterParams, app_args
+from handlers.archive import ArchiveModel
 from handlers.errors import BadInputError, ConflictError, RaytorchError
 
 logger = logging.getLogger("ray.serve")
@@ -45,31 +45,34 @@ class PoolCallsProtocol(Protocol):
 class PoolManager:
     """Register, describe and unregister pooled versions.
 
-    ``table()`` returns a recent Serve table (its pools and the versions Serve runs);
-    ``is_dedicated(model, version)`` says whether a dedicated registration holds that version;
-    ``changed(models)`` announces routing changes of ``models`` to the ingresses.
+    ``unpack(url)`` finds (or downloads) an archive and unpacks it into a scratch folder, as for
+    a dedicated registration; ``table()`` returns a recent Serve table (its pools and the
+    versions Serve runs); ``is_dedicated(model, version)`` says whether a dedicated registration
+    holds that version; ``reserved`` is the set of (model, version) claimed by registrations in
+    progress, shared with dedicated ones; ``changed(models)`` announces routing changes of
+    ``models`` to the ingresses.
     """
 
     def __init__(
         self,
         settings: ManagementArgs,
         state_dir: Path,
-        model_store: Path,
         calls: PoolCallsProtocol,
+        unpack: Callable[[str], Awaitable[tuple[ArchiveModel, Path]]],
         table: Callable[[], Awaitable[ModelTable]],
         is_dedicated: Callable[[str, str], bool],
+        reserved: set[tuple[str, str]],
         changed: Callable[[list[str]], None],
-        lock: asyncio.Lock,
     ) -> None:
         self.settings = settings
         self.models_dir = state_dir / "models"
-        self.model_store = model_store
         self.registry = PoolRegistry(state_dir / "pooled.jsonl")
         self.calls = calls
+        self._unpack = unpack
         self._table = table
         self._is_dedicated = is_dedicated
+        self._reserved = reserved
         self._changed = changed
-        self._lock = lock
         self.draining: set[tuple[str, str]] = set()
         self.failed: dict[tuple[str, str], str] = {}  # asynchronous registrations that did not load
         self.checking: set[tuple[str, str]] = set()  # asynchronous registrations being loaded once
@@ -100,33 +103,41 @@ class PoolManager:
     async def register(self, params: RegisterParams, pool_name: str) -> tuple[int, dict[str, str]]:
         """Register into ``pool_name``: 200 once a replica loaded it once, 202 at once when
         ``synchronous=false`` (then a failed load shows in describe)."""
-        archive = resolve_url(params.url, self.model_store, self.settings.allowed_urls)
-        found, folder = await asyncio.to_thread(unpack, archive, self.models_dir, f"{time.time_ns()}")
+        found, folder = await self._unpack(params.url)
         final: Path | None = None
+        key: tuple[str, str] | None = None
         try:
-            spec = app_args(found, params, self.settings.default_num_cpus).model
+            spec = app_args(
+                found, params, self.settings.default_num_cpus, self.settings.trusted_modules,
+                self.settings.allow_archive_code,
+            ).model  # fmt: skip
             name, version = spec.name, spec.version
             table = await self._table()
             pool = await self._pool(pool_name, table)
-            async with self._lock:
-                # Reserved under the lock: two registrations of one version cannot both pass.
-                exists = version in table.versions.get(name, {}) or self._is_dedicated(name, version)
-                if exists or version in self.registry.versions(name):
-                    raise ConflictError(f"Model version {version} is already registered for model {name}")
-                final = settle(folder, self.models_dir, name, version)
-                record = PooledVersion(
-                    version=version,
-                    url=params.url,
-                    pool=pool_name,
-                    model_id=pooled_model_id(name, version, secrets.token_hex(4)),
-                    spec=spec.model_copy(update={"base_dir": str(final)}).model_dump(mode="json"),
-                )
-                await asyncio.to_thread(self.registry.add, name, record)
+            # Claimed with no await since the check: a racing registration of the same version,
+            # pooled or dedicated, is refused before either moves a file.
+            taken = version in table.versions.get(name, {}) or self._is_dedicated(name, version)
+            if taken or version in self.registry.versions(name) or (name, version) in self._reserved:
+                raise ConflictError(f"Model version {version} is already registered for model {name}")
+            key = (name, version)
+            self._reserved.add(key)
+            final = settle(folder, self.models_dir, name, version)
+            record = PooledVersion(
+                version=version,
+                url=params.url,
+                pool=pool_name,
+                model_id=pooled_model_id(name, version, secrets.token_hex(4)),
+                spec=spec.model_copy(update={"base_dir": str(final)}).model_dump(mode="json"),
+            )
+            await asyncio.to_thread(self.registry.add, name, record)
         except BaseException:
             for leftover in (folder, final):
                 if leftover is not None:
                     shutil.rmtree(leftover, ignore_errors=True)
             raise
+        finally:
+            if key is not None:
+                self._reserved.discard(key)
         self._changed([name])
         if not params.synchronous:
             self._check_later(pool, name, record)

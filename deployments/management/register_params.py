@@ -6,9 +6,12 @@ archive says with the request's overrides into the typed args of a model applica
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments.common.settings import ModelAppArgs
+from deployments.management.code_policy import check_registered_code
 from handlers.archive import ArchiveModel
 from handlers.errors import BadInputError, validation_message
 from handlers.registry import DEFAULT_HANDLERS, handler_class
@@ -48,8 +51,15 @@ class RegisterParams(BaseModel):
     )
 
 
-def app_args(found: ArchiveModel, params: RegisterParams, default_num_cpus: float = 0.5) -> ModelAppArgs:
-    """Combine what the archive says with the request's overrides; 400 naming bad fields."""
+def app_args(
+    found: ArchiveModel,
+    params: RegisterParams,
+    default_num_cpus: float = 0.5,
+    trusted_modules: Sequence[str] = (),
+    allow_archive_code: bool = True,
+) -> ModelAppArgs:
+    """Combine what the archive says with the request's overrides; 400 naming bad fields, or
+    code the server does not let a registration run (deployments.management.code_policy)."""
     model = dict(found.model)
     if params.model_name:
         model["name"] = params.model_name
@@ -75,6 +85,7 @@ def app_args(found: ArchiveModel, params: RegisterParams, default_num_cpus: floa
         raise BadInputError(
             f"Version {args.model.version!r} is reserved by the management API: choose another"
         )
+    check_registered_code(args.model, trusted_modules, allow_archive_code)  # before any import
     check_handler(args.model)
     return args
 

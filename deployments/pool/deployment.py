@@ -30,6 +30,7 @@ from handlers.errors import (
     ModelNotReadyError,
     RaytorchError,
 )
+from handlers.tensor_data import TensorRequest
 
 logger = logging.getLogger("ray.serve")
 LOAD_FAILED_RETRY_AFTER_S = 5.0
@@ -108,14 +109,21 @@ class PoolDeployment:
                 retry_after_s=LOAD_FAILED_RETRY_AFTER_S,
             ) from None
 
-    async def predict(self, body: bytes, content_type: str | None = None) -> Answer | Rejected:
-        """Answer one input for the request's model (its multiplexed model id)."""
+    async def predict(
+        self, body: bytes | TensorRequest, content_type: str | None = None
+    ) -> Answer | Rejected:
+        """Answer one input (encoded bytes, or an Open Inference request's tensors) for the
+        request's model (its multiplexed model id)."""
         started = time.perf_counter()
         try:
             model, outcome = await self._model(serve.get_multiplexed_model_id())
             ready = time.perf_counter()
             loop = asyncio.get_running_loop()
-            item = await loop.run_in_executor(self._decoders, model.handler.preprocess, body, content_type)
+            handler = model.handler
+            if isinstance(body, TensorRequest):
+                item = await loop.run_in_executor(self._decoders, handler.preprocess_tensors, body)
+            else:
+                item = await loop.run_in_executor(self._decoders, handler.preprocess, body, content_type)
             queued = time.perf_counter()
             if self._wait_for_idle:
                 await self._idle.wait()
@@ -130,9 +138,18 @@ class PoolDeployment:
             answer, pool_event=PoolEvent(self._args.name, outcome.seconds, outcome.evicted)
         )
 
-    async def predict_many(self, inputs: list[tuple[bytes, str | None]]) -> list[Answer | Rejected]:
-        """Answer a group of inputs for one model sent in one call; each is decoded on its own."""
+    async def predict_many(
+        self, inputs: list[tuple[bytes | TensorRequest, str | None]]
+    ) -> list[Answer | Rejected]:
+        """Answer a group of inputs for one model sent in one call (the ingress groups the
+        inputs that arrive together); each is decoded and batched on its own."""
         return await asyncio.gather(*(self.predict(body, content_type) for body, content_type in inputs))
+
+    async def signature(self) -> dict[str, Any]:
+        """The request's model's inputs, outputs and platform as Open Inference metadata
+        (loading the model when this replica lacks it)."""
+        model, _ = await self._model(serve.get_multiplexed_model_id())
+        return {**model.handler.signature(), "handler": model.handler.spec.handler}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def _run_batch(self, entries: list[tuple[LoadedModel, Any, float]]) -> list[Answer]:
@@ -148,7 +165,7 @@ class PoolDeployment:
             for indices in groups.values():
                 handler = entries[indices[0]][0].handler
                 outputs = await self._executor.run_batch(
-                    handler.predict_batch, [entries[i][1] for i in indices]
+                    handler.predict_batch, [entries[i][1] for i in indices], inputs=len(indices)
                 )
                 for index, output in zip(indices, outputs, strict=True):
                     results[index], sizes[index] = output, len(indices)

@@ -26,7 +26,7 @@ from tests.fixtures.pooled import small_jpeg, tiny_archive
 
 pytestmark = pytest.mark.e2e
 
-TOKEN = "e2e-pools-token"
+TOKEN = "e2e-pools-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 IMAGE = small_jpeg()
 

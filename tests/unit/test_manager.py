@@ -1,27 +1,20 @@
-"""ModelManager over a fake Serve: the management rules without a cluster.
-
-The fake keeps applications in a dict and makes a deployed version ready (or failed) at
-once; the manager, registry, archive handling and routing feed are the real ones.
+"""ModelManager over a fake Serve (tests/fixtures/management.py): the management rules
+without a cluster; the manager, registry, archive handling and routing feed are the real ones.
 """
 
 from __future__ import annotations
 
 import asyncio
-import zipfile
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-import yaml
 
-from deployments.common.model_table import ModelTable, ModelVersionState
-from deployments.common.naming import model_deployment_name
 from deployments.common.routing import RoutingUpdate
-from deployments.common.settings import ManagementArgs, ModelAppArgs
+from deployments.common.settings import ManagementArgs
 from deployments.management.manager import ModelManager
 from deployments.management.register_params import RegisterParams
-from deployments.management.serve_control import ServeSnapshot
 from handlers.errors import (
     BadInputError,
     ConflictError,
@@ -29,67 +22,7 @@ from handlers.errors import (
     ModelLoadError,
     ModelNotFoundError,
 )
-from tests.fixtures.models import tiny_classifier
-
-
-class FakeServe:
-    """Serve's applications as a dict; deployed versions are RUNNING at once unless told."""
-
-    def __init__(self) -> None:
-        self.apps: dict[str, ModelVersionState] = {}
-        self.free = {"CPU": 2.0}
-        self.fail: set[str] = set()
-        self.deployed: list[str] = []
-        self.deleted: list[str] = []
-
-    def add_config_model(self, model: str, version: str) -> None:
-        self.apps[model] = ModelVersionState(
-            model, version, model, model_deployment_name(model, version), "RUNNING", 1
-        )
-
-    async def snapshot(self) -> ServeSnapshot:
-        table = ModelTable()
-        for state in self.apps.values():
-            table.versions.setdefault(state.model, {})[state.version] = state
-        return ServeSnapshot({name: s.app_status for name, s in self.apps.items()}, table)
-
-    async def deploy(self, app_name: str, args: ModelAppArgs) -> None:
-        spec = args.model
-        failed = app_name in self.fail
-        self.apps[app_name] = ModelVersionState(
-            spec.name, spec.version, app_name, model_deployment_name(spec.name, spec.version),
-            "DEPLOY_FAILED" if failed else "RUNNING", 0 if failed else args.resources.num_replicas,
-            "ModelLoadError: weights missing" if failed else "",
-        )  # fmt: skip
-        self.deployed.append(app_name)
-
-    async def delete(self, app_name: str) -> None:
-        self.apps.pop(app_name, None)
-        self.deleted.append(app_name)
-
-    async def resources(self) -> tuple[dict[str, float], float]:
-        return dict(self.free), 0.0
-
-    async def wait_until(self, done: Any, timeout_s: float, what: str, poll_s: float = 0.0) -> None:
-        assert done((await self.snapshot()).table), what
-
-
-def make_archive(store: Path, name: str, version: str) -> str:
-    """One of our archives holding the tiny classifier; returns its url (file name)."""
-    store.mkdir(parents=True, exist_ok=True)
-    weights = store / "tiny.pth"
-    torch.save(tiny_classifier().state_dict(), weights)
-    spec = {
-        "name": name,
-        "version": version,
-        "source": {"factory": "tests.fixtures.models:tiny_classifier", "state_dict": "tiny.pth"},
-        "warmup": False,
-    }
-    path = store / f"{name}-{version}.zip"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("raytorch-model.yaml", yaml.safe_dump({"model": spec}))
-        archive.write(weights, "tiny.pth")
-    return path.name
+from tests.fixtures.management import FakeServe, make_archive
 
 
 @pytest.fixture
@@ -102,7 +35,10 @@ def manager(serve: FakeServe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("RAYTORCH_STATE_DIR", raising=False)
     monkeypatch.delenv("RAYTORCH_MODEL_STORE", raising=False)
     settings = ManagementArgs(
-        state_dir=str(tmp_path / "state"), model_store=str(tmp_path / "store"), propagation_s=0
+        state_dir=str(tmp_path / "state"),
+        model_store=str(tmp_path / "store"),
+        propagation_s=0,
+        trusted_modules=["tests.fixtures"],
     )
     return ModelManager(settings, serve)
 
@@ -196,3 +132,100 @@ def test_restore_brings_back_what_is_missing(manager: ModelManager, serve: FakeS
     fresh = ModelManager(manager.settings, serve)
     assert run(fresh.restore()) == ["m/1.0"]
     assert "m@1.0" in serve.apps
+
+
+def test_racing_registrations_of_one_version_never_mix_files(manager: ModelManager, serve: FakeServe) -> None:
+    a = make_archive(manager.model_store, "m", "1.0", "a.zip")
+    b = make_archive(manager.model_store, "m", "1.0", "b.zip")
+
+    async def race() -> list[Any]:
+        both = (manager.register(RegisterParams(url=url)) for url in (a, b))
+        return await asyncio.gather(*both, return_exceptions=True)
+
+    results = run(race())
+    assert sorted(str(r[0]) if isinstance(r, tuple) else type(r).__name__ for r in results) == [
+        "200",
+        "ConflictError",
+    ]
+    winner = manager.registry.get("m", "1.0").url
+    assert (manager.models_dir / "m" / "1.0" / "marker.txt").read_text() == winner  # its own files
+    assert serve.deployed == ["m@1.0"]
+    assert list((manager.models_dir / ".incoming").iterdir()) == []  # the loser left nothing
+
+
+def test_a_registered_version_the_config_also_serves_is_not_started(
+    manager: ModelManager, serve: FakeServe, caplog: pytest.LogCaptureFixture
+) -> None:
+    register(manager, make_archive(manager.model_store, "m", "1.0"))
+    register(manager, make_archive(manager.model_store, "m", "2.0"))
+    serve.apps.clear()  # the server restarts, and its config file now declares m 1.0 too
+    serve.add_config_model("m", "1.0")
+    serve.deployed.clear()
+    fresh = ModelManager(manager.settings, serve)
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        assert run(fresh.restore()) == ["m/2.0"]
+    assert serve.deployed == ["m@2.0"]  # never m@1.0: one winner, the config
+    assert "config file wins" in caplog.text and "'m' serves m version 1.0" in caplog.text
+    assert set(fresh.registry.state.models["m"].versions) == {"2.0"}
+    assert not (fresh.models_dir / "m" / "1.0").exists()
+
+
+def test_restore_waits_for_config_apps_to_be_built(
+    manager: ModelManager, serve: FakeServe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deployments.management import restore
+
+    monkeypatch.setattr(restore, "BUILD_POLL_S", 0.01)
+    register(manager, make_archive(manager.model_store, "m", "1.0"))
+    serve.apps.clear()
+    serve.deployed.clear()
+    serve.building.add("m")  # the config's app "m" is still running its builder
+
+    async def scenario() -> list[str]:
+        restoring = asyncio.ensure_future(ModelManager(manager.settings, serve).restore())
+        await asyncio.sleep(0.1)
+        serve.building.clear()  # built: it holds m 1.0
+        serve.add_config_model("m", "1.0")
+        return await restoring
+
+    assert run(scenario()) == []
+    assert serve.deployed == []
+
+
+def test_each_version_is_restored_on_its_own_and_retried(
+    manager: ModelManager, serve: FakeServe, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from deployments.management import restore
+
+    monkeypatch.setattr(restore, "FIRST_RETRY_S", 0.01)
+    for name in ("a", "b", "c"):
+        register(manager, make_archive(manager.model_store, name, "1.0"))
+    registry = manager.registry.path
+    document = json.loads(registry.read_text())
+    document["models"]["a"]["versions"]["1.0"]["args"]["model"]["source"] = {"factory": "os:system"}
+    document["models"]["b"]["versions"]["1.0"]["args"]["resources"]["num_replicas"] = "many"
+    document["written_by"] = "a newer raytorch"  # unknown fields are ignored
+    registry.write_text(json.dumps(document))
+    serve.apps.clear()
+    serve.deployed.clear()
+    serve.deploy_failures = 1  # Serve busy once: c is retried
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        assert run(ModelManager(manager.settings, serve).restore()) == ["c/1.0"]
+    assert serve.deployed == ["c@1.0"]
+    assert "model a version 1.0 cannot be restored: source.factory 'os:system' is not allowed" in caplog.text
+    assert "left out: b 1.0 (resources.num_replicas" in caplog.text  # unreadable: dropped on load
+    assert "Restoring model c version 1.0 failed (Serve controller busy); will retry" in caplog.text
+
+
+def test_a_corrupt_registry_does_not_stop_the_manager(
+    manager: ModelManager, serve: FakeServe, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager.registry.path.parent.mkdir(parents=True, exist_ok=True)
+    manager.registry.path.write_text('{"models": {"m": {"default_ver')
+    with caplog.at_level("ERROR", logger="ray.serve"):
+        fresh = ModelManager(manager.settings, serve)
+    assert run(fresh.restore()) == [] and run(fresh.list_models()) == []
+    assert not fresh.registry.path.exists()
+    assert len(list(fresh.registry.path.parent.glob("registry.json.bad-*"))) == 1
+    assert "cannot be read" in caplog.text
+    register(fresh, make_archive(fresh.model_store, "m", "1.0"))  # registering works again

@@ -16,7 +16,11 @@ from deployments.management.manager import ModelManager
 from deployments.management.register_params import RegisterParams
 from deployments.management.serve_control import ServeSnapshot
 from handlers.errors import BadInputError, ConflictError, ModelLoadError, ModelNotFoundError
-from tests.unit.test_manager import FakeServe, make_archive, run
+from tests.fixtures.management import FakeServe, make_archive
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
 
 
 class PoolServe(FakeServe):
@@ -63,7 +67,11 @@ def calls() -> FakePoolCalls:
 
 def make_manager(tmp_path: Path, serve: FakeServe, calls: FakePoolCalls, **settings: Any) -> ModelManager:
     args = ManagementArgs(
-        state_dir=str(tmp_path / "state"), model_store=str(tmp_path / "store"), propagation_s=0, **settings
+        state_dir=str(tmp_path / "state"),
+        model_store=str(tmp_path / "store"),
+        propagation_s=0,
+        trusted_modules=["tests.fixtures"],
+        **settings,
     )
     return ModelManager(args, serve, calls)
 
