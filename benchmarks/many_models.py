@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from soak import Memory  # noqa: E402
 
-from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run  # noqa: E402
+from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run, trust_test_fixtures  # noqa: E402
 from tests.fixtures.pooled import SMALL_IMAGES, TINY_SOURCE, small_jpeg, tiny_archive  # noqa: E402
 
 TOKEN = "many-models-token"
@@ -117,7 +117,7 @@ def build_config(budget_mb: float) -> dict:
                 },
             }
         )  # fmt: skip
-    return config
+    return trust_test_fixtures(config)
 
 
 class OpenLoop:

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run
+from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run, trust_test_fixtures
 from tests.fixtures.pooled import small_jpeg, tiny_archive
 
 pytestmark = pytest.mark.e2e
@@ -52,7 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeCluster]:
         "RAYTORCH_MODEL_STORE": str(store),
         "RAYTORCH_TOKEN": TOKEN,
     }
-    with serve_run(config, extra_env=env) as running:
+    with serve_run(trust_test_fixtures(config), extra_env=env) as running:
 
         def pool_ready() -> bool:
             with running.client() as client:
@@ -102,7 +102,9 @@ def test_pooled_models_are_loaded_on_demand_evicted_and_reloaded(cluster: ServeC
             "/v2/models/a/infer",
             json={"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": [encoded]}]},
         )
-        assert v2.status_code == 200 and v2.json()["model_version"] == "1.0"
+        assert v2.status_code == 200 and v2.json()["model_version"] == "1.0", v2.text
+        metadata = client.get("/v2/models/a")  # the pool replica reads the model's signature
+        assert metadata.status_code == 200 and metadata.json()["name"] == "a", metadata.text
 
         # Two models fit per replica: b then c push a out, least recently used first.
         assert predict(client, "/predictions/b").status_code == 200
