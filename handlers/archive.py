@@ -21,21 +21,35 @@ from typing import Any
 import yaml
 
 from handlers.errors import BadInputError, ConfigError
+from handlers.torchserve.names import TORCHSERVE_PREFIX, mar_handler
 
 MAR_MANIFEST = "MAR-INF/MANIFEST.json"
 RAYTORCH_MANIFEST = "raytorch-model.yaml"
 MAX_EXTRACTED_BYTES = 8 * 1024**3
-TORCHSERVE_DEFAULT_HANDLERS = {"image_classifier", "object_detector", "image_segmenter", "text_classifier"}
 
 
 @dataclass
 class ArchiveModel:
-    """What an archive asks to serve: a ModelSpec dict and serving settings."""
+    """What an archive asks to serve: a ModelSpec dict and serving settings.
+
+    ``kind`` is ``"mar"`` for TorchServe archives (their handler names follow TorchServe's
+    rules, see :func:`request_handler`) and ``"raytorch"`` for ours.
+    """
 
     model: dict[str, Any]
     batching: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
     response_timeout_s: float | None = None
+    kind: str = "raytorch"
+    runtime: str = "python"
+
+
+def request_handler(handler: str, found: ArchiveModel) -> str:
+    """What a register request's ``handler=`` means for this archive: TorchServe's rules for
+    a .mar (a file of the archive, or one of its default handlers), ours otherwise."""
+    if found.kind != "mar":
+        return handler
+    return mar_handler(handler, Path(found.model["base_dir"]))
 
 
 def _checked_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
@@ -88,32 +102,27 @@ def _single_module_class(model_file: Path) -> str:
 def _mar_model(folder: Path, manifest: dict[str, Any]) -> ArchiveModel:
     model = manifest.get("model") or {}
     name, serialized = model.get("modelName"), model.get("serializedFile")
-    if not name or not serialized:
-        raise BadInputError("MANIFEST.json lacks model.modelName or model.serializedFile")
-    handler = model.get("handler") or "image_classifier"
-    if handler.endswith(".py"):
-        raise ConfigError(
-            f"Archive handler {handler} is a TorchServe handler file; raytorch runs its own handlers. "
-            "Use a default handler name, or a raytorch handler (a handlers.base.BaseHandler subclass) "
-            "given as 'file.py:ClassName' in a raytorch archive."
-        )
-    if handler not in TORCHSERVE_DEFAULT_HANDLERS:
-        raise ConfigError(f"Unknown TorchServe handler {handler!r} in {name}")
-    if model.get("modelFile"):
-        cls = _single_module_class(folder / model["modelFile"])
-        source = {"factory": f"{model['modelFile']}:{cls}", "state_dict": serialized}
-    else:
-        source = {"torchscript": serialized}
+    if not name:
+        raise BadInputError("MANIFEST.json lacks model.modelName")
+    handler = mar_handler(model.get("handler") or "image_classifier", folder)
     spec: dict[str, Any] = {
         "name": name,
         "version": str(model.get("modelVersion") or "1.0"),
         "handler": handler,
-        "source": source,
         "base_dir": str(folder),
     }
+    if handler.startswith(TORCHSERVE_PREFIX):
+        pass  # the archive's own handler file loads its model, as on TorchServe
+    elif not serialized:
+        raise BadInputError("MANIFEST.json lacks model.serializedFile")
+    elif model.get("modelFile"):
+        cls = _single_module_class(folder / model["modelFile"])
+        spec["source"] = {"factory": f"{model['modelFile']}:{cls}", "state_dict": serialized}
+    else:
+        spec["source"] = {"torchscript": serialized}
     if (folder / "index_to_name.json").is_file():
         spec["labels"] = "index_to_name.json"
-    result = ArchiveModel(spec)
+    result = ArchiveModel(spec, kind="mar", runtime=str(manifest.get("runtime") or "python"))
     config_path = folder / "model-config.yaml"
     if config_path.is_file():
         config = yaml.safe_load(config_path.read_text()) or {}

@@ -24,8 +24,8 @@ from deployments.common.naming import registered_app_name
 from deployments.common.settings import ManagementArgs, ModelAppArgs
 from deployments.management.archive_sources import resolve_url, settle, unpack
 from deployments.management.capacity import missing_resources
-from deployments.management.describe import describe_version
-from deployments.management.register_params import RegisterParams, app_args
+from deployments.management.describe import DeploymentFacts, describe_version
+from deployments.management.register_params import RegisterParams, app_args, our_defaults
 from deployments.management.registry import RegistryStore, VersionRecord
 from deployments.management.routing_feed import RoutingFeed
 from deployments.management.serve_control import ServeSnapshot
@@ -33,9 +33,12 @@ from deployments.model.placement import decide_gpus
 from handlers.errors import (
     BadInputError,
     ConflictError,
+    DefaultVersionError,
     InsufficientResourcesError,
     ModelLoadError,
     ModelNotFoundError,
+    ModelNotReadyError,
+    ModelVersionNotFoundError,
     RequestTimeoutError,
 )
 
@@ -43,6 +46,8 @@ logger = logging.getLogger("ray.serve")
 SCALE_POLL_S = 0.5
 # How long a removed version stays hidden after its deletion started (Serve removes it meanwhile).
 DRAIN_MEMORY_S = 30.0
+# Describe with customized=true asks a replica; it must not wait behind a long queue forever.
+HANDLER_METADATA_TIMEOUT_S = 10.0
 
 
 class Serve(Protocol):
@@ -53,6 +58,8 @@ class Serve(Protocol):
     async def delete(self, app_name: str) -> None: ...
     async def resources(self) -> tuple[dict[str, float], float]: ...
     async def wait_until(self, done: Any, timeout_s: float, what: str, poll_s: float = ...) -> None: ...
+    async def deployment_facts(self, app_name: str, deployment_name: str) -> DeploymentFacts | None: ...
+    async def handler_metadata(self, app_name: str, deployment_name: str, timeout_s: float) -> Any: ...
 
 
 class ModelManager:
@@ -110,6 +117,8 @@ class ModelManager:
 
     async def register(self, params: RegisterParams) -> tuple[int, dict[str, str]]:
         """TorchServe's register: 200 when ready (synchronous) or 202 at once."""
+        if not params.url:  # `url=` names no archive: TorchServe answers 404 too
+            raise ModelNotFoundError('Model not found at: ""')
         archive = resolve_url(params.url, self.model_store, self.settings.allowed_urls)
         found, folder = await asyncio.to_thread(unpack, archive, self.models_dir, f"{time.time_ns()}")
         try:
@@ -132,24 +141,37 @@ class ModelManager:
             min_workers=args.resources.num_replicas,
             max_workers=args.resources.max_replicas or args.resources.num_replicas,
             response_timeout_s=params.response_timeout or found.response_timeout_s,
+            startup_timeout_s=params.startup_timeout,
+            runtime=params.runtime or found.runtime,
+            defaults=our_defaults(found, params),
         )
         async with self._lock:
             self.registry.add(name, entry)
             await self.serve.deploy(entry.app_name, args)
         self.announce()
-        if not params.synchronous:
+        workers = args.resources.num_replicas
+        if params.synchronous or workers == 0:  # no worker to wait for: TorchServe answers 200 at once
+            timeout = params.startup_timeout
+            if timeout is None:
+                timeout = self.settings.register_timeout_s
+            try:
+                await self.wait_ready(name, version, timeout, workers)
+            except BaseException:
+                await self._remove(name, version, drain=False)
+                raise
+        else:
             self._watch_until_ready(name, version)
             return 202, {"status": "Processing worker updates..."}
-        try:
-            await self.wait_ready(name, version, self.settings.register_timeout_s)
-        except BaseException:
-            await self._remove(name, version, drain=False)
-            raise
-        workers = args.resources.num_replicas
+        if workers == 0:
+            return 200, {
+                "status": f'Model "{name}" Version: {version} registered with 0 initial workers. '
+                "Use scale workers API to add workers for the model."
+            }
         return 200, {"status": f'Model "{name}" Version: {version} registered with {workers} initial workers'}
 
-    async def wait_ready(self, model: str, version: str, timeout_s: float) -> None:
-        """Return when a replica is up (and tell the ingresses); raise with Serve's reason."""
+    async def wait_ready(self, model: str, version: str, timeout_s: float, workers: int = 1) -> None:
+        """Return once ``workers`` replicas are up (just the application, for 0), and tell the
+        ingresses; raise with Serve's reason when the model fails to load."""
         message = ""
 
         def ready(table: ModelTable) -> bool:
@@ -160,7 +182,9 @@ class ModelManager:
             message = state.message
             if state.app_status == "DEPLOY_FAILED":
                 raise ModelLoadError(f'Model "{model}" version {version} failed to load: {message}')
-            return state.ready
+            if workers == 0:
+                return state.app_status == "RUNNING"
+            return state.ready and state.running_replicas >= workers
 
         try:
             await self.serve.wait_until(ready, timeout_s, f'Model "{model}" version {version} was not ready')
@@ -205,7 +229,12 @@ class ModelManager:
         if extra:
             await self._check_resources(args, replicas=extra)
         entry = entry.model_copy(
-            update={"args": args.model_dump(mode="json"), "min_workers": low, "max_workers": high}
+            update={
+                "args": args.model_dump(mode="json"),
+                "min_workers": low,
+                "max_workers": high,
+                "defaults": [d for d in entry.defaults if d != "minWorkers"],
+            }
         )
         async with self._lock:
             self.registry.update(model, entry)
@@ -216,7 +245,16 @@ class ModelManager:
 
         def scaled(table: ModelTable) -> bool:
             state = table.versions.get(model, {}).get(entry.version)
-            return bool(state and state.running_replicas >= low and state.app_status == "RUNNING")
+            if state is None:
+                return False
+            if state.app_status == "DEPLOY_FAILED":
+                raise ModelLoadError(
+                    f"Failed to start workers for model {model} version: {entry.version}: {state.message}"
+                )
+            if state.app_status != "RUNNING":
+                return False
+            # Scaling to 0 is autoscaling with a floor of 0: replicas leave when Serve decides.
+            return low == 0 or state.running_replicas == low or (high > low and state.running_replicas >= low)
 
         await self.serve.wait_until(
             scaled,
@@ -225,7 +263,8 @@ class ModelManager:
             SCALE_POLL_S,
         )
         self.announce()
-        return 200, {"status": f"Workers scaled to {low} for model: {model}"}
+        status = f"Workers scaled to {low} for model: {model}" + (f", version: {version}" if version else "")
+        return 200, {"status": status}
 
     async def _registered_or_explain(self, model: str, version: str | None) -> VersionRecord:
         _, table = await self._table()
@@ -242,22 +281,45 @@ class ModelManager:
     def _not_found(self, model: str, version: str | None, table: ModelTable) -> ModelNotFoundError:
         if model not in table.versions and model not in self.registry.state.models:
             return ModelNotFoundError(f"Model not found: {model}")
-        return ModelNotFoundError(f"Model version not found: {model} version {version}")
+        return ModelVersionNotFoundError.of(model, version)
 
     async def set_default(self, model: str, version: str) -> dict[str, str]:
         """Make ``version`` the one /predictions/{model} uses."""
+        _, table = await self._table()
+        if version not in self._registered(model):
+            if model not in table.versions and model not in self.registry.state.models:
+                raise ModelNotFoundError(f"Model not found: {model}")
+            if version in table.versions.get(model, {}):
+                raise BadInputError(
+                    f'Version {version} of model "{model}" comes from the server\'s config file: '
+                    "set-default applies to registered versions"
+                )
+            # TorchServe's sentence for this call (unlike its others, without colons).
+            raise ModelVersionNotFoundError(f"Model version {version} does not exist for model {model}")
         self.registry.set_default(model, version)
         self.announce()
         # Answer once every ingress routes to the new default, as TorchServe's call implies.
         await asyncio.sleep(self.settings.propagation_s)
-        return {"status": f'Default version updated for model "{model}" to "{version}"'}
+        return {"status": f'Default version successfully updated for model "{model}" to "{version}"'}
 
     async def unregister(self, model: str, version: str | None) -> dict[str, str]:
-        """Hide the version from the ingress, let it drain, then delete its application."""
+        """Hide the version from the ingress, let it drain, then delete its application.
+
+        As in TorchServe, the default version goes only when it is the model's last one (403
+        otherwise: set another default first)."""
         _, table = await self._table()
-        version = version or table.default_name(model)
-        if version not in table.versions.get(model, {}) and version not in self._registered(model):
-            raise self._not_found(model, version, table)
+        known = {
+            v for v in set(table.versions.get(model, {})) | set(self._registered(model))
+            if (model, v) not in self.draining
+        }  # fmt: skip
+        if not known:
+            raise ModelNotFoundError(f"Model not found: {model}")
+        default = table.default_name(model)
+        version = version or default
+        if version not in known:
+            raise ModelVersionNotFoundError.of(model, version)
+        if version == default and len(known) > 1:
+            raise DefaultVersionError(f"Cannot remove default version for model {model}")
         await self._remove(model, version, drain=True, table=table)
         return {"status": f'Model "{model}" unregistered'}
 
@@ -283,8 +345,14 @@ class ModelManager:
         self.draining.discard(key)
         self.announce()
 
-    async def describe(self, model: str, version: str | None) -> list[dict[str, Any]]:
-        """TorchServe's describe: one object per version (``version='all'`` for every one)."""
+    async def describe(
+        self, model: str, version: str | None, customized: bool = False
+    ) -> list[dict[str, Any]]:
+        """TorchServe's describe: one object per version (``version='all'`` for every one).
+
+        With ``customized`` (one version), the handler's own metadata is added from one of the
+        version's replicas as ``customizedMetadata``: 503 when it has none running.
+        """
         _, table = await self._table()
         live, registered = table.versions.get(model, {}), self._registered(model)
         if not live and not registered:
@@ -294,7 +362,43 @@ class ModelManager:
         for v in versions:
             if v not in live and v not in registered:
                 raise self._not_found(model, v, table)
-        return [describe_version(model, v, live.get(v), registered.get(v), v == default) for v in versions]
+        described = []
+        for v in versions:
+            state = live.get(v)
+            facts = await self._facts(state)
+            described.append(
+                describe_version(
+                    model, v, state, registered.get(v), v == default, facts, self.settings.register_timeout_s
+                )
+            )
+        if customized and version != "all":
+            described[0]["customizedMetadata"] = await self._handler_metadata(model, live.get(versions[0]))
+        return described
+
+    async def _facts(self, state: Any) -> DeploymentFacts | None:
+        if state is None:
+            return None
+        try:
+            return await self.serve.deployment_facts(state.app_name, state.deployment_name)
+        except Exception as exc:  # describe still answers from the registry and the table
+            logger.warning("No replica details for %s: %s", state.app_name, exc)
+            return None
+
+    async def _handler_metadata(self, model: str, state: Any) -> Any:
+        if state is None or not state.ready:
+            raise ModelNotReadyError(
+                f'Model "{model}" has no worker to serve describe request. '
+                "Please use scale workers API to add workers.",
+                retry_after_s=5,
+            )
+        try:
+            return await self.serve.handler_metadata(
+                state.app_name, state.deployment_name, HANDLER_METADATA_TIMEOUT_S
+            )
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(
+                f'Model "{model}" did not describe itself within {HANDLER_METADATA_TIMEOUT_S:g}s'
+            ) from None
 
     async def list_models(self) -> list[dict[str, str]]:
         """Every model (registered or from the config), with the URL it came from."""
