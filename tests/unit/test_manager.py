@@ -7,21 +7,14 @@ once; the manager, registry, archive handling and routing feed are the real ones
 from __future__ import annotations
 
 import asyncio
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-import yaml
 
-from deployments.common.model_table import ModelTable, ModelVersionState
-from deployments.common.naming import model_deployment_name
-from deployments.common.settings import ManagementArgs, ModelAppArgs
-from deployments.management.describe import DeploymentFacts, ReplicaFacts
+from deployments.common.settings import ManagementArgs
 from deployments.management.manager import ModelManager
 from deployments.management.register_params import RegisterParams
-from deployments.management.serve_control import ServeSnapshot
 from handlers.errors import (
     BadInputError,
     ConflictError,
@@ -33,84 +26,7 @@ from handlers.errors import (
     ModelVersionNotFoundError,
     RequestTimeoutError,
 )
-from tests.fixtures.models import tiny_classifier
-
-
-class FakeServe:
-    """Serve's applications as a dict; deployed versions are RUNNING at once unless told."""
-
-    def __init__(self) -> None:
-        self.apps: dict[str, ModelVersionState] = {}
-        self.free = {"CPU": 2.0}
-        self.total_gpus = 0.0
-        self.fail: set[str] = set()
-        self.deployed: list[str] = []
-        self.deployed_args: dict[str, ModelAppArgs] = {}
-        self.deleted: list[str] = []
-        self.pending = 3  # requests each app's replicas hold, as describe asks
-
-    def add_config_model(self, model: str, version: str) -> None:
-        self.apps[model] = ModelVersionState(
-            model, version, model, model_deployment_name(model, version), "RUNNING", 1
-        )
-
-    async def snapshot(self) -> ServeSnapshot:
-        table = ModelTable()
-        for state in self.apps.values():
-            table.versions.setdefault(state.model, {})[state.version] = state
-        return ServeSnapshot({name: s.app_status for name, s in self.apps.items()}, table)
-
-    async def deploy(self, app_name: str, args: ModelAppArgs) -> None:
-        spec = args.model
-        failed = app_name in self.fail
-        self.apps[app_name] = ModelVersionState(
-            spec.name, spec.version, app_name, model_deployment_name(spec.name, spec.version),
-            "DEPLOY_FAILED" if failed else "RUNNING", 0 if failed else args.resources.num_replicas,
-            "ModelLoadError: weights missing" if failed else "",
-        )  # fmt: skip
-        self.deployed.append(app_name)
-        self.deployed_args[app_name] = args
-
-    async def delete(self, app_name: str) -> None:
-        self.apps.pop(app_name, None)
-        self.deleted.append(app_name)
-
-    async def resources(self) -> tuple[dict[str, float], float]:
-        return dict(self.free), self.total_gpus
-
-    async def wait_until(self, done: Any, timeout_s: float, what: str, poll_s: float = 0.0) -> None:
-        if timeout_s <= 0:  # as Serve control: a deadline already passed is never polled
-            raise RequestTimeoutError(f"{what} within {timeout_s:g}s")
-        assert done((await self.snapshot()).table), what
-
-    async def deployment_facts(self, app_name: str, deployment_name: str) -> DeploymentFacts | None:
-        state = self.apps.get(app_name)
-        if state is None:
-            return None
-        replicas = [ReplicaFacts(f"r{i}", "RUNNING", None, 1.7e9) for i in range(state.running_replicas)]
-        batching = {"max_batch_size": 8, "batch_wait_timeout_s": 0.0}
-        return DeploymentFacts(replicas, 64, batching, 0, self.pending)
-
-    async def handler_metadata(self, app_name: str, deployment_name: str, timeout_s: float) -> Any:
-        return {"handler": "image_classifier", "app": app_name}
-
-
-def make_archive(store: Path, name: str, version: str) -> str:
-    """One of our archives holding the tiny classifier; returns its url (file name)."""
-    store.mkdir(parents=True, exist_ok=True)
-    weights = store / "tiny.pth"
-    torch.save(tiny_classifier().state_dict(), weights)
-    spec = {
-        "name": name,
-        "version": version,
-        "source": {"factory": "tests.fixtures.models:tiny_classifier", "state_dict": "tiny.pth"},
-        "warmup": False,
-    }
-    path = store / f"{name}-{version}.zip"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("raytorch-model.yaml", yaml.safe_dump({"model": spec}))
-        archive.write(weights, "tiny.pth")
-    return path.name
+from tests.fixtures.fake_serve import FakeServe, make_archive
 
 
 @pytest.fixture
