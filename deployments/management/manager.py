@@ -46,6 +46,8 @@ logger = logging.getLogger("ray.serve")
 SCALE_POLL_S = 0.5
 # How long a removed version stays hidden after its deletion started (Serve removes it meanwhile).
 DRAIN_MEMORY_S = 30.0
+# Serve deletes an application in a few seconds; an unregister waits for it this long at most.
+UNREGISTER_TIMEOUT_S = 60.0
 # Describe with customized=true asks a replica; it must not wait behind a long queue forever.
 HANDLER_METADATA_TIMEOUT_S = 10.0
 
@@ -151,8 +153,9 @@ class ModelManager:
         self.announce()
         workers = args.resources.num_replicas
         if params.synchronous or workers == 0:  # no worker to wait for: TorchServe answers 200 at once
+            # startup_timeout is about workers starting: with none, only the app's creation counts.
             timeout = params.startup_timeout
-            if timeout is None:
+            if timeout is None or workers == 0:
                 timeout = self.settings.register_timeout_s
             try:
                 await self.wait_ready(name, version, timeout, workers)
@@ -324,12 +327,16 @@ class ModelManager:
         return {"status": f'Model "{model}" unregistered'}
 
     async def _remove(self, model: str, version: str, drain: bool, table: ModelTable | None = None) -> None:
+        """Hide, delete, and return once Serve has removed the application, so the same
+        version can be registered again at once (TorchServe's unregister is synchronous too)."""
         if table is None:
             _, table = await self._table()
         state = table.versions.get(model, {}).get(version)
         app_name = state.app_name if state else registered_app_name(model, version)
-        self.draining.add((model, version))
+        key = (model, version)
+        self.draining.add(key)
         self.announce()
+        gone = False
         try:
             if drain:
                 await asyncio.sleep(self.settings.propagation_s)
@@ -337,9 +344,25 @@ class ModelManager:
             if version in self._registered(model):
                 self.registry.remove(model, version)
                 shutil.rmtree(self.models_dir / model / version, ignore_errors=True)
+
+            def removed(current: ModelTable) -> bool:
+                return all(s.app_name != app_name for s in current.versions.get(model, {}).values())
+
+            try:
+                await self.serve.wait_until(
+                    removed,
+                    UNREGISTER_TIMEOUT_S,
+                    f"Timed out while cleaning resources: {model}",
+                    SCALE_POLL_S,
+                )
+            except RequestTimeoutError:
+                raise RequestTimeoutError(f"Timed out while cleaning resources: {model}") from None
+            gone = True
         finally:
-            # Keep hiding it until Serve has really removed it (the ingress skips it meanwhile).
-            asyncio.get_running_loop().call_later(DRAIN_MEMORY_S, self._undrain, (model, version))
+            if gone:  # nothing left to hide: the ingresses' next snapshot no longer has it
+                self._undrain(key)
+            else:  # keep hiding it until Serve has really removed it (the ingress skips it meanwhile)
+                asyncio.get_running_loop().call_later(DRAIN_MEMORY_S, self._undrain, key)
 
     def _undrain(self, key: tuple[str, str]) -> None:
         self.draining.discard(key)

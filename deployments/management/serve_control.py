@@ -85,13 +85,15 @@ class ServeControl:
             return None
         config = deployment.get("deployment_config") or {}
         raw = deployment.get("replicas") or []
+
+        def state(replica: dict) -> str:  # an enum here; its value in Serve's JSON
+            return str(getattr(replica.get("state"), "value", replica.get("state")))
+
         replicas = [
-            ReplicaFacts(
-                r["replica_id"], str(r.get("state")), r.get("pid"), r.get("start_time_s"), r.get("node_ip")
-            )
+            ReplicaFacts(r["replica_id"], state(r), r.get("pid"), r.get("start_time_s"), r.get("node_ip"))
             for r in raw
         ]
-        running = [r["actor_name"] for r in raw if str(r.get("state")) == "RUNNING" and r.get("actor_name")]
+        running = [r["actor_name"] for r in raw if state(r) == "RUNNING" and r.get("actor_name")]
         return DeploymentFacts(
             replicas,
             config.get("max_ongoing_requests"),

@@ -184,6 +184,9 @@ def test_a_startup_deadline_that_passes_removes_the_version(manager: ModelManage
     with pytest.raises(RequestTimeoutError):
         register(manager, make_archive(manager.model_store, "m", "1.0"), startup_timeout=0)
     assert serve.deleted == ["m@1.0"] and manager.registry.defaults() == {}
+    # No worker to start, no startup to time out (TorchServe's Postman case).
+    url = make_archive(manager.model_store, "m", "1.0")
+    assert register(manager, url, startup_timeout=0, initial_workers=0)[0] == 200
 
 
 def test_an_empty_url_names_no_archive(manager: ModelManager) -> None:
