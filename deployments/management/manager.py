@@ -17,18 +17,19 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from deployments.common.model_table import ModelTable
 from deployments.common.naming import registered_app_name
 from deployments.common.settings import ManagementArgs, ModelAppArgs
 from deployments.management.archive_sources import resolve_url, settle, unpack
 from deployments.management.capacity import missing_resources
-from deployments.management.describe import DeploymentFacts, describe_version
+from deployments.management.catalog import Catalog, not_found
 from deployments.management.register_params import RegisterParams, app_args, our_defaults
 from deployments.management.registry import RegistryStore, VersionRecord
+from deployments.management.removal import VersionRemoval
 from deployments.management.routing_feed import RoutingFeed
-from deployments.management.serve_control import ServeSnapshot
+from deployments.management.serve_control import Serve
 from deployments.model.placement import decide_gpus
 from handlers.errors import (
     BadInputError,
@@ -37,31 +38,12 @@ from handlers.errors import (
     InsufficientResourcesError,
     ModelLoadError,
     ModelNotFoundError,
-    ModelNotReadyError,
     ModelVersionNotFoundError,
     RequestTimeoutError,
 )
 
 logger = logging.getLogger("ray.serve")
 SCALE_POLL_S = 0.5
-# How long a removed version stays hidden after its deletion started (Serve removes it meanwhile).
-DRAIN_MEMORY_S = 30.0
-# Serve deletes an application in a few seconds; an unregister waits for it this long at most.
-UNREGISTER_TIMEOUT_S = 60.0
-# Describe with customized=true asks a replica; it must not wait behind a long queue forever.
-HANDLER_METADATA_TIMEOUT_S = 10.0
-
-
-class Serve(Protocol):
-    """What the manager needs of Ray Serve (deployments.management.serve_control.ServeControl)."""
-
-    async def snapshot(self) -> ServeSnapshot: ...
-    async def deploy(self, app_name: str, args: ModelAppArgs) -> None: ...
-    async def delete(self, app_name: str) -> None: ...
-    async def resources(self) -> tuple[dict[str, float], float]: ...
-    async def wait_until(self, done: Any, timeout_s: float, what: str, poll_s: float = ...) -> None: ...
-    async def deployment_facts(self, app_name: str, deployment_name: str) -> DeploymentFacts | None: ...
-    async def handler_metadata(self, app_name: str, deployment_name: str, timeout_s: float) -> Any: ...
 
 
 class ModelManager:
@@ -74,9 +56,11 @@ class ModelManager:
         self.model_store = Path(os.environ.get("RAYTORCH_MODEL_STORE") or settings.model_store).resolve()
         self.models_dir = self.state_dir / "models"
         self.registry = RegistryStore(self.state_dir / "registry.json")
-        self.draining: set[tuple[str, str]] = set()
         self._lock = asyncio.Lock()
         self.feed = RoutingFeed()
+        self.catalog = Catalog(serve, self.registry, settings.register_timeout_s)
+        self.removal = VersionRemoval(serve, self.announce, settings.propagation_s)
+        self.draining = self.removal.draining  # (model, version) pairs the ingresses must skip
         self._watchers: set[asyncio.Task[None]] = set()
 
     # -- routing, as the ingresses see it ------------------------------------------------------
@@ -282,9 +266,7 @@ class ModelManager:
         raise self._not_found(model, chosen, table)
 
     def _not_found(self, model: str, version: str | None, table: ModelTable) -> ModelNotFoundError:
-        if model not in table.versions and model not in self.registry.state.models:
-            return ModelNotFoundError(f"Model not found: {model}")
-        return ModelVersionNotFoundError.of(model, version)
+        return not_found(model, version, table, self.registry)
 
     async def set_default(self, model: str, version: str) -> dict[str, str]:
         """Make ``version`` the one /predictions/{model} uses."""
@@ -327,110 +309,26 @@ class ModelManager:
         return {"status": f'Model "{model}" unregistered'}
 
     async def _remove(self, model: str, version: str, drain: bool, table: ModelTable | None = None) -> None:
-        """Hide, delete, and return once Serve has removed the application, so the same
-        version can be registered again at once (TorchServe's unregister is synchronous too)."""
         if table is None:
             _, table = await self._table()
         state = table.versions.get(model, {}).get(version)
         app_name = state.app_name if state else registered_app_name(model, version)
-        key = (model, version)
-        self.draining.add(key)
-        self.announce()
-        gone = False
-        try:
-            if drain:
-                await asyncio.sleep(self.settings.propagation_s)
-            await self.serve.delete(app_name)
+
+        def forget() -> None:  # once the application is being deleted
             if version in self._registered(model):
                 self.registry.remove(model, version)
                 shutil.rmtree(self.models_dir / model / version, ignore_errors=True)
 
-            def removed(current: ModelTable) -> bool:
-                return all(s.app_name != app_name for s in current.versions.get(model, {}).values())
-
-            try:
-                await self.serve.wait_until(
-                    removed,
-                    UNREGISTER_TIMEOUT_S,
-                    f"Timed out while cleaning resources: {model}",
-                    SCALE_POLL_S,
-                )
-            except RequestTimeoutError:
-                raise RequestTimeoutError(f"Timed out while cleaning resources: {model}") from None
-            gone = True
-        finally:
-            if gone:  # nothing left to hide: the ingresses' next snapshot no longer has it
-                self._undrain(key)
-            else:  # keep hiding it until Serve has really removed it (the ingress skips it meanwhile)
-                asyncio.get_running_loop().call_later(DRAIN_MEMORY_S, self._undrain, key)
-
-    def _undrain(self, key: tuple[str, str]) -> None:
-        self.draining.discard(key)
-        self.announce()
+        await self.removal.remove(model, version, app_name, drain, forget)
 
     async def describe(
         self, model: str, version: str | None, customized: bool = False
     ) -> list[dict[str, Any]]:
-        """TorchServe's describe: one object per version (``version='all'`` for every one).
-
-        With ``customized`` (one version), the handler's own metadata is added from one of the
-        version's replicas as ``customizedMetadata``: 503 when it has none running.
-        """
+        """TorchServe's describe (deployments.management.catalog.Catalog.describe)."""
         _, table = await self._table()
-        live, registered = table.versions.get(model, {}), self._registered(model)
-        if not live and not registered:
-            raise ModelNotFoundError(f"Model not found: {model}")
-        default = table.default_name(model)
-        versions = sorted(set(live) | set(registered)) if version == "all" else [version or default]
-        for v in versions:
-            if v not in live and v not in registered:
-                raise self._not_found(model, v, table)
-        described = []
-        for v in versions:
-            state = live.get(v)
-            facts = await self._facts(state)
-            described.append(
-                describe_version(
-                    model, v, state, registered.get(v), v == default, facts, self.settings.register_timeout_s
-                )
-            )
-        if customized and version != "all":
-            described[0]["customizedMetadata"] = await self._handler_metadata(model, live.get(versions[0]))
-        return described
-
-    async def _facts(self, state: Any) -> DeploymentFacts | None:
-        if state is None:
-            return None
-        try:
-            return await self.serve.deployment_facts(state.app_name, state.deployment_name)
-        except Exception as exc:  # describe still answers from the registry and the table
-            logger.warning("No replica details for %s: %s", state.app_name, exc)
-            return None
-
-    async def _handler_metadata(self, model: str, state: Any) -> Any:
-        if state is None or not state.ready:
-            raise ModelNotReadyError(
-                f'Model "{model}" has no worker to serve describe request. '
-                "Please use scale workers API to add workers.",
-                retry_after_s=5,
-            )
-        try:
-            return await self.serve.handler_metadata(
-                state.app_name, state.deployment_name, HANDLER_METADATA_TIMEOUT_S
-            )
-        except asyncio.TimeoutError:
-            raise RequestTimeoutError(
-                f'Model "{model}" did not describe itself within {HANDLER_METADATA_TIMEOUT_S:g}s'
-            ) from None
+        return await self.catalog.describe(table, model, version, customized)
 
     async def list_models(self) -> list[dict[str, str]]:
         """Every model (registered or from the config), with the URL it came from."""
         _, table = await self._table()
-        result = []
-        for name in sorted(set(table.versions) | set(self.registry.state.models)):
-            default = table.default_name(name) or ""
-            entry = self._registered(name).get(default)
-            state = table.versions.get(name, {}).get(default)
-            url = entry.url if entry else f"config:{state.app_name if state else name}"
-            result.append({"modelName": name, "modelUrl": url})
-        return result
+        return self.catalog.list_models(table)

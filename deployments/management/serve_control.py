@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from deployments.common.model_table import ModelTable
 from deployments.common.settings import ModelAppArgs
@@ -31,6 +31,18 @@ class ServeSnapshot:
 
     apps: dict[str, str]
     table: ModelTable
+
+
+class Serve(Protocol):
+    """What the management part needs of Ray Serve (:class:`ServeControl`; tests use a fake)."""
+
+    async def snapshot(self) -> ServeSnapshot: ...
+    async def deploy(self, app_name: str, args: ModelAppArgs) -> None: ...
+    async def delete(self, app_name: str) -> None: ...
+    async def resources(self) -> tuple[dict[str, float], float]: ...
+    async def wait_until(self, done: Any, timeout_s: float, what: str, poll_s: float = ...) -> None: ...
+    async def deployment_facts(self, app_name: str, deployment_name: str) -> DeploymentFacts | None: ...
+    async def handler_metadata(self, app_name: str, deployment_name: str, timeout_s: float) -> Any: ...
 
 
 class ServeControl:

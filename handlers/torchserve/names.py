@@ -10,13 +10,15 @@ default handlers become raytorch's handlers of the same name; a file in the arch
 from __future__ import annotations
 
 import ast
-import importlib.util
+import importlib.machinery
+import os
 import re
 from pathlib import Path, PurePosixPath
 
 from handlers.errors import ConfigError
 
 TORCHSERVE_PREFIX = "torchserve:"
+TS_API_ENV = "RAYTORCH_TS_API"  # auto | torchserve | raytorch: which `ts` handler files import
 # TorchServe's default handlers that raytorch has its own (better checked) version of.
 DEFAULT_HANDLER_NAMES = ("image_classifier", "image_segmenter", "object_detector", "text_classifier")
 # The modules of TorchServe's `ts` package that raytorch's own handler API provides
@@ -89,11 +91,24 @@ def parse_torchserve_ref(handler: str) -> tuple[str, str | None]:
 
 
 def real_ts_installed() -> bool:
-    """True when TorchServe's own ``ts`` package can be imported (it is then used)."""
-    try:
-        return importlib.util.find_spec("ts") is not None
-    except (ImportError, ValueError):
+    """True when TorchServe's own ``ts`` package is on the path (whether or not ours stands in
+    for it in this process)."""
+    return importlib.machinery.PathFinder.find_spec("ts") is not None
+
+
+def uses_real_ts() -> bool:
+    """Whether handler files get TorchServe's own ``ts`` package: ``RAYTORCH_TS_API=auto`` (the
+    default) uses it when installed, ``torchserve`` requires it, ``raytorch`` never uses it."""
+    choice = os.environ.get(TS_API_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "torchserve", "raytorch"):
+        raise ConfigError(f"{TS_API_ENV}={choice!r}: use auto, torchserve or raytorch")
+    if choice == "raytorch":
         return False
+    if real_ts_installed():
+        return True
+    if choice == "torchserve":
+        raise ConfigError(f"{TS_API_ENV}=torchserve, but TorchServe is not installed: pip install torchserve")
+    return False
 
 
 def check_handler_file(handler: str, folder: str | None) -> None:
@@ -115,7 +130,7 @@ def check_handler_file(handler: str, folder: str | None) -> None:
             f"Handler file {name} must define one class, or a function {function or 'handle'}(data, "
             f"context); it defines {len(classes)} classes ({', '.join(classes) or 'none'})"
         )
-    if real_ts_installed():
+    if uses_real_ts():
         return
     for node in ast.walk(tree):
         wanted = []

@@ -12,25 +12,28 @@ import importlib
 import sys
 import types
 
-from handlers.torchserve.names import TS_API_MODULES, TS_API_PACKAGES, real_ts_installed
+from handlers.torchserve.names import TS_API_MODULES, TS_API_PACKAGES, uses_real_ts
 
 MARKER = "__raytorch_ts_api__"
 
 
 def install() -> str:
-    """Make ``import ts.<module>`` work here; returns ``"torchserve"`` when TorchServe's own
-    package is installed (it is then used as it is) or ``"raytorch"`` for ours."""
-    if real_ts_installed() and not getattr(sys.modules.get("ts"), MARKER, False):
+    """Make ``import ts.<module>`` work here: ``"torchserve"`` when TorchServe's own package is
+    to be used (see :func:`handlers.torchserve.names.uses_real_ts`), else ``"raytorch"``, ours
+    then standing in for the modules it provides (also over a ``ts`` imported earlier)."""
+    if uses_real_ts():
+        if getattr(sys.modules.get("ts"), MARKER, False):  # ours stood in earlier: step aside
+            for name in [n for n in sys.modules if n == "ts" or n.startswith("ts.")]:
+                del sys.modules[name]
         return "torchserve"
     for package in TS_API_PACKAGES:
-        if package not in sys.modules:
+        if not getattr(sys.modules.get(package), MARKER, False):
             module = types.ModuleType(package, "TorchServe's handler API, as provided by raytorch.")
             module.__path__ = []  # a package: its submodules are the entries below
             setattr(module, MARKER, True)
             sys.modules[package] = module
     for name, target in TS_API_MODULES.items():
-        module = importlib.import_module(target)
-        sys.modules.setdefault(name, module)
+        sys.modules[name] = importlib.import_module(target)
         parent, _, leaf = name.rpartition(".")
         setattr(sys.modules[parent], leaf, sys.modules[name])
     return "raytorch"
