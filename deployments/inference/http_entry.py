@@ -132,6 +132,8 @@ class HttpEntry:
                 await self._forward(scope, receive, send_with_id, headers)
             else:
                 scope[RECORD_KEY] = record
+                if len(path) > 1 and path.endswith("/"):  # TorchServe ignores it; Starlette redirects
+                    scope["path"] = path.rstrip("/") or "/"
                 await self.extras(scope, receive, send_with_id)
         except ClientDisconnected:
             status = 499  # nginx's code for "client closed the request"; nothing to send

@@ -244,6 +244,7 @@ def test_options_describe_one_model(inference: TestClient) -> None:
     assert inference.options("/predictions/nosuch").status_code == 404
     assert inference.options("/predictions/mnist/9.9").status_code == 404
     assert "paths" in inference.options("/").json()  # the whole API, as TorchServe
+    assert inference.get("/ping/", follow_redirects=False).json() == {"status": "Healthy"}
 
 
 def test_wrong_methods_and_paths_on_inference(inference: TestClient) -> None:
