@@ -19,8 +19,11 @@ DEPS_STAMP := $(VENV)/.deps-$(shell (cat pyproject.toml; echo '$(NO_DEPS_PACKAGE
 .PHONY: setup serve test test-unit test-e2e lint format bench multinode-check clean
 
 setup: $(DEPS_STAMP)
-	@# Re-point the editable install at this checkout (cheap; the venv may be shared by clones).
-	@$(BIN)/pip install -q --no-deps --no-build-isolation -e . >/dev/null
+	@# Re-point the editable install at this checkout only when it points elsewhere (the venv may
+	@# be shared by clones); its build chatter goes to a log, shown only if it fails.
+	@cd / && $(abspath $(BIN))/python -c "import handlers, sys; sys.exit(not handlers.__file__.startswith('$(CURDIR)/'))" 2>/dev/null \
+		|| $(BIN)/pip install -q --no-deps --no-build-isolation -e . > $(VENV)/editable-install.log 2>&1 \
+		|| (cat $(VENV)/editable-install.log; exit 1)
 
 $(DEPS_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,7 +39,7 @@ serve: setup  ## Start a local Ray cluster and serve $(CONFIG) on http://127.0.0
 	@echo "Ray dashboard: http://127.0.0.1:8265 (a sign-in link follows once the apps are up); metrics: :8000/metrics and :$(METRICS_PORT)/metrics"
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m raytorch.launch $(CONFIG) --metrics-port $(METRICS_PORT) $(if $(METRICS),--prometheus --prometheus-port $(PROMETHEUS_PORT))
 
-PY_DIRS := $(wildcard handlers deployments raytorch tests benchmarks)
+PY_DIRS := $(wildcard handlers deployments raytorch tests benchmarks examples)
 
 lint: setup
 	$(BIN)/ruff check $(PY_DIRS)

@@ -33,6 +33,8 @@ ROLES: list[tuple[str, str]] = [
     ("log_monitor", "Ray log/monitor"),
     ("monitor.py", "Ray log/monitor"),
     ("serve run", "serve run driver"),
+    ("raytorch.server", "serve run driver"),
+    ("raytorch.launch", "launcher"),
     ("ray.serve.scripts", "serve run driver"),
     ("model_service_worker", "TorchServe workers"),
     ("org.pytorch.serve", "TorchServe frontend"),

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from cpu_usage import role_of, stack_pids
 
-from tests.e2e.serve_cluster import ROOT, ServeCluster, load_config, serve_run
+from tests.e2e.serve_cluster import ROOT, ServeCluster, free_port, load_config, serve_run
 
 MODEL_APP = "model"
 
@@ -53,8 +53,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "grpc": {"env": {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}},  # gRPC between deployments
     "throughput_optimized": {"env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}},  # all of the above
     "no_management": {"drop_apps": ["management"]},
+    "no_grouping": {"ingress": {"group_calls": False}},  # one Serve call per input
+    "quiet_console": {"ingress": {"access_log_console": False}},
+    "omp_active": {"env": {"OMP_WAIT_POLICY": "ACTIVE"}},
+    "gomp_spin_low": {"env": {"GOMP_SPINCOUNT": "10000"}},
+    "threads_fixed1": {"model": {"torch_threads": 1}},
+    "eager": {"model": {"channels_last": False}},  # the model as torchvision builds it
     "ingress5": {"ingress": {"max_ongoing_requests": 5}},  # Serve's default, before this branch
-    "discovery10": {"ingress": {"discovery_interval_s": 10}},
+    "discovery1": {"ingress": {"discovery_interval_s": 1}},
     # Before this branch's transport: Serve's Python proxy in front, calling the ingress.
     "serve_proxy": {"proxy_location": "HeadOnly"},
 }
@@ -123,8 +129,10 @@ def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def running(config: dict[str, Any], env: dict[str, str]) -> Iterator[ServeCluster]:
-    """``serve run`` of ``config``; stopped (only it) on exit."""
-    with serve_run(config, extra_env=bench_env(env)) as cluster:
+    """``config`` served the way `make serve` serves it (the launcher, Ray's metrics and
+    dashboard on ports of their own); stopped (only it) on exit."""
+    launcher = ["--metrics-port", str(free_port()), "--dashboard-port", str(free_port())]
+    with serve_run(config, extra_env=bench_env(env), launcher_args=launcher) as cluster:
         yield cluster
 
 
@@ -157,7 +165,7 @@ def register_to_first_prediction(
 ) -> dict[str, float]:
     """Start ingress + management only, register ``mar_name`` from ``store`` over the
     management API, and time POST /models until the first 200 prediction."""
-    token = "bench-token"
+    token = "bench-token-0123456789"
     config = load_config("densenet.yaml")
     config["applications"] = [a for a in config["applications"] if a["name"] in ("ingress", "management")]
     env = {"RAYTORCH_TOKEN": token, "RAYTORCH_MODEL_STORE": str(store), "RAYTORCH_STATE_DIR": str(state_dir)}

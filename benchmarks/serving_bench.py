@@ -37,6 +37,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 import torchserve_runner as ts  # noqa: E402
 from cpu_usage import cpu_snapshot  # noqa: E402
+from idle_cpu import idle_percent, our_server  # noqa: E402
 from load_generator import sweep  # noqa: E402
 from raw_ceiling import raw_ceiling  # noqa: E402
 from report import write_all  # noqa: E402
@@ -51,6 +52,8 @@ from server_runner import (  # noqa: E402
 )
 
 START_TIMEOUT_S = 300
+IDLE_SETTLE_S = 20.0
+IDLE_WINDOW_S = 30.0
 
 
 def test_image() -> bytes:
@@ -113,6 +116,7 @@ def run_torchserve(
         print(f"  torchserve:{setting} {model}: start to first prediction {first:.1f} s", flush=True)
         time.sleep(3)  # let every worker finish loading before measuring idle memory
         memory = stack_pss(server.marker)
+        idle_cpu = idle_percent(server.marker, IDLE_WINDOW_S)
         url = f"{server.inference_url}/predictions/{model}"
         probe = functools.partial(cpu_snapshot, server.marker)
         points = sweep(url, image, args.levels, args.warmup, args.duration, f"torchserve:{setting}", probe)
@@ -121,6 +125,7 @@ def run_torchserve(
         "idle_pss_mb": memory["pss_mb"],
         "processes": memory["processes"],
         "idle_pss_by_role": memory["by_role"],
+        "idle_cpu": idle_cpu,
         "points": [r.as_dict() for r in points],
     }
 
@@ -188,7 +193,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def extras(work: Path, image: bytes, results: dict[str, Any]) -> dict[str, Any]:
-    """Register-to-first-prediction and idle memory, both with resnet18."""
+    """`make serve` start and idle CPU (the quickstart), register-to-first-prediction and idle
+    memory (resnet18), and TorchServe's idle CPU when it ran."""
+    print("== make serve (quickstart): start to first prediction, then idle CPU", flush=True)
+    with our_server({}) as cluster:
+        start = {"first_prediction_s": round(cluster.first_prediction_s, 2)}  # type: ignore[attr-defined]
+        time.sleep(IDLE_SETTLE_S)
+        idle = {"ours: quickstart": idle_percent(f"RAY_TMPDIR={cluster.workdir}", IDLE_WINDOW_S)}
+    print(f"  start {start['first_prediction_s']} s; idle {idle['ours: quickstart']['total']} % of one core")
     weights = ts.save_weights("resnet18", work / "resnet18.pth")
     store = work / "store"
     mar = ts.build_mar("resnet18", weights, store, work / "mar-resnet18")
@@ -209,7 +221,8 @@ def extras(work: Path, image: bytes, results: dict[str, Any]) -> dict[str, Any]:
             "processes": ts_best["processes"],
             "by_role": ts_best.get("idle_pss_by_role", {}),
         }
-    return {"register": register, "memory": memory}
+        idle["TorchServe: 2 resnet18 workers"] = ts_best["idle_cpu"]
+    return {"start": start, "register": register, "memory": memory, "idle": idle}
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from handlers.archive import write_archive  # noqa: E402
-from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run  # noqa: E402
+from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run, trust_test_fixtures  # noqa: E402
 from tests.fixtures.specs import photo_path  # noqa: E402
 
-TOKEN = "soak-token"
+TOKEN = "soak-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TINY = {"factory": "tests.fixtures.models:tiny_classifier"}
 SMALL = {"resize": 64, "crop": 56}
@@ -122,7 +122,7 @@ def build_config(store: Path) -> dict:
     spec = {"source": {**TINY, "state_dict": "tiny.pth"}, "preprocess": SMALL, "top_k": 3}
     for name in ("registered", "churn"):
         write_archive({"name": name, **spec}, [store / "tiny.pth"], store / f"{name}.zip")
-    config = load_config("quickstart.yaml")
+    config = trust_test_fixtures(load_config("quickstart.yaml"))
     tiny = {
         "name": "tiny",
         "route_prefix": None,

@@ -8,6 +8,7 @@ before deploying, so a wrong or misspelt field is reported with its name.
 # runtime to validate `args`, and string annotations would skip that validation.
 from ray.serve import Application
 
+from deployments.common.auth import token_from_env
 from deployments.common.naming import INGRESS_DEPLOYMENT, MANAGEMENT_DEPLOYMENT, SERVE_LOGGING
 from deployments.common.settings import IngressArgs, ManagementArgs, ModelAppArgs
 from deployments.inference.ingress import Ingress
@@ -46,7 +47,8 @@ def build_ingress(args: IngressArgs) -> Application:
 
 def build_management(args: ManagementArgs) -> Application:
     """The management application (TorchServe's /models API), pinned to the head node
-    where its state directory lives."""
+    where its state directory lives. A weak ``RAYTORCH_TOKEN`` fails the build, naming it."""
+    token_from_env()
     return ManagementDeployment.options(
         name=MANAGEMENT_DEPLOYMENT,
         ray_actor_options={"num_cpus": 0, "resources": HEAD_NODE},

@@ -15,11 +15,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from handlers.errors import ConfigError, InferenceError, RaytorchError
+from handlers.errors import BadInputError, ConfigError, InferenceError, RaytorchError
 from handlers.labels import resolve_labels
 from handlers.loading import build_model
 from handlers.options import NoOptions, parse_options
 from handlers.spec import ModelSpec, StrictModel
+from handlers.tensor_data import BYTES, TensorRequest
+
+# What a handler that decodes media (images, audio, text) takes and returns over the Open
+# Inference Protocol: one encoded input per element, one JSON document per element.
+BYTES_INPUT = {"name": "data", "datatype": BYTES, "shape": [-1]}
+BYTES_OUTPUT = {"name": "output-0", "datatype": BYTES, "shape": [-1]}
 
 logger = logging.getLogger("raytorch.handlers")
 
@@ -32,6 +38,8 @@ class BaseHandler(ABC):
     """
 
     Options: type[StrictModel] = NoOptions
+    # Whether channels_last is the default for this handler's models (spec.channels_last wins).
+    prefers_channels_last = False
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -39,6 +47,7 @@ class BaseHandler(ABC):
         self.model: nn.Module | None = None
         self.labels: list[str] | None = None
         self.device = torch.device("cpu")
+        self.channels_last = False
         self.load_seconds: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -53,6 +62,9 @@ class BaseHandler(ABC):
         model, categories = build_model(self.spec.source, self.spec.base_dir)
         self.labels = resolve_labels(self.spec.labels, categories, self.spec.base_dir)
         self.model = model.to(self.device).eval()
+        self.channels_last = self._wants_channels_last(self.model)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         if self.spec.warmup:
             self.warmup()
         self.load_seconds = time.perf_counter() - started
@@ -110,8 +122,37 @@ class BaseHandler(ABC):
     def inference(self, batch: Any) -> Any:
         """Run the model once over a batch."""
         assert self.model is not None, "load() must run before inference()"
+        if self.channels_last and batch.dim() == 4:
+            batch = batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+        else:
+            batch = batch.to(self.device, non_blocking=True)
         with torch.inference_mode():
-            return self.model(batch.to(self.device, non_blocking=True))
+            return self.model(batch)
+
+    def _wants_channels_last(self, model: nn.Module) -> bool:
+        wanted = (
+            self.spec.channels_last if self.spec.channels_last is not None else self.prefers_channels_last
+        )
+        # Only modules with 4-D (convolution) weights gain; ONNX-backed models have none here.
+        return bool(wanted) and any(p.dim() == 4 for p in model.parameters())
+
+    def preprocess_tensors(self, request: TensorRequest) -> Any:
+        """Check one request's numeric tensors (Open Inference Protocol); raise a RaytorchError
+        for bad input. Handlers that decode media take BYTES only, so the default refuses."""
+        sent = ", ".join(f"{t.name} ({t.datatype})" for t in request.inputs)
+        raise BadInputError(
+            f"Model {self.spec.name} (handler {self.spec.handler}) takes encoded inputs: send each "
+            f"as an element of a BYTES tensor, not numeric tensors ({sent})"
+        )
+
+    def signature(self) -> dict[str, Any]:
+        """The model's inputs and outputs as Open Inference metadata (``platform``, ``inputs``,
+        ``outputs``: lists of ``{name, datatype, shape}``)."""
+        source = self.spec.source
+        platform = (
+            "pytorch_torchscript" if source.torchscript else "onnx_onnxv1" if source.onnx else "pytorch"
+        )
+        return {"platform": platform, "inputs": [dict(BYTES_INPUT)], "outputs": [dict(BYTES_OUTPUT)]}
 
     @abstractmethod
     def postprocess(self, output: Any, items: list[Any]) -> list[Any]:

@@ -164,6 +164,13 @@ class MethodNotAllowedError(RaytorchError):
     type_name = "MethodNotAllowedException"
 
 
+class NotImplementedFeatureError(RaytorchError):
+    """A documented API this server does not offer yet (KServe v1 explanations)."""
+
+    status = 501
+    type_name = "NotImplementedException"
+
+
 class HandlerStatusError(RaytorchError):
     """A handler's own error with the status it chose (TorchServe's ``PredictionException``).
 

@@ -1,13 +1,32 @@
-"""Decode and validate one image request, before it joins a batch."""
+"""Decode and validate one image request, before it joins a batch.
+
+Decoded images are what costs memory (width x height x 3-4 bytes, however small the file), so
+besides the per-image pixel limit, a process holds at most :data:`DECODE_BUDGET_PIXELS` decoded
+pixels at once (:class:`PixelBudget`): the inputs of a 64-input request, or 64 requests, wait
+for their turn instead of all being decoded side by side, whatever the number of decode
+threads. An image counts from its decoding until the handler drops it (usually once resized).
+"""
 
 from __future__ import annotations
 
 import io
+import threading
 import warnings
+import weakref
 
 from PIL import Image, UnidentifiedImageError
 
-from handlers.errors import BadInputError, PayloadTooLargeError, UnsupportedMediaTypeError
+from handlers.errors import (
+    BadInputError,
+    ModelNotReadyError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+
+# About 130 MB of decoded RGBA per replica: two images at the default max_pixels, or dozens of
+# ordinary photos. One image over it (a model with a higher max_pixels) is decoded alone.
+DECODE_BUDGET_PIXELS = 2 * 4096 * 4096
+BUDGET_WAIT_S = 30.0
 
 # Declared types that are certainly not an image. Anything else (no type, octet-stream, the
 # form-urlencoded type curl sets for --data-binary) is judged by the bytes themselves.
@@ -24,6 +43,38 @@ def check_media_type(content_type: str | None, handler_name: str) -> None:
             f"Content type {media!r} is not supported by {handler_name}: send the image bytes "
             "(JPEG, PNG, WebP, ...) as the body or as multipart field 'data'."
         )
+
+
+class PixelBudget:
+    """Decoded pixels this process may hold at once; :meth:`acquire` waits for room."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self.peak = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, pixels: int, timeout_s: float = BUDGET_WAIT_S) -> None:
+        """Take ``pixels`` (alone when they exceed the limit); 503 after ``timeout_s``."""
+        with self._changed:
+            if not self._changed.wait_for(
+                lambda: self.in_use == 0 or self.in_use + pixels <= self.limit, timeout_s
+            ):
+                raise ModelNotReadyError(
+                    f"Too many large images are being decoded; none freed room within {timeout_s:g}s.",
+                    retry_after_s=1,
+                )
+            self.in_use += pixels
+            self.peak = max(self.peak, self.in_use)
+
+    def release(self, pixels: int) -> None:
+        """Give ``pixels`` back (the image holding them was freed)."""
+        with self._changed:
+            self.in_use -= pixels
+            self._changed.notify_all()
+
+
+DECODE_BUDGET = PixelBudget(DECODE_BUDGET_PIXELS)
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -43,7 +94,16 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
                     f"Image is {width}x{height} = {width * height} pixels, over the limit of "
                     f"{max_pixels} pixels."
                 )
-            image.load()
+            DECODE_BUDGET.acquire(width * height)
+            try:
+                image.load()
+                if image.mode != "RGB":
+                    image = image.convert("RGB")
+            except BaseException:
+                DECODE_BUDGET.release(width * height)
+                raise
+            # Counted until the caller drops the image (CPython frees it at once then).
+            weakref.finalize(image, DECODE_BUDGET.release, width * height)
     except Image.DecompressionBombError as exc:
         raise PayloadTooLargeError(f"Image refused as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError:
@@ -53,6 +113,4 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadInputError(f"Image could not be decoded (truncated or corrupt?): {exc}") from exc
-    if image.mode != "RGB":
-        image = image.convert("RGB")
     return image

@@ -23,12 +23,11 @@ from typing import Any
 import torch
 from PIL import Image
 from torch.nn import functional as nnf
-from torchvision.transforms.v2 import functional as F
 
 from handlers.base import BaseHandler
 from handlers.errors import ConfigError, InferenceError
-from handlers.image_classifier import INTERPOLATION
 from handlers.image_io import check_media_type, decode_image
+from handlers.image_ops import RESAMPLING, to_uint8_tensor
 from handlers.options import SegmenterOptions
 from handlers.spec import ModelSpec
 
@@ -116,11 +115,10 @@ class ImageSegmenter(BaseHandler):
         ``preprocess.crop`` is not used: a crop would cut part of the photo out of the mask.
         """
         p = self.spec.preprocess
-        image = F.resize(
-            image, [self.side, self.side], interpolation=INTERPOLATION[p.interpolation], antialias=True
-        )
-        tensor = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
-        return F.normalize(tensor, mean=list(p.mean), std=list(p.std))
+        image = image.resize((self.side, self.side), resample=RESAMPLING[p.interpolation])
+        tensor = to_uint8_tensor(image).float() / 255
+        mean = torch.tensor(p.mean).view(-1, 1, 1)
+        return (tensor - mean) / torch.tensor(p.std).view(-1, 1, 1)
 
     def example_input(self) -> SegmentationInput:
         return SegmentationInput(torch.zeros(3, self.side, self.side), self.side, self.side)

@@ -18,7 +18,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 import torch
@@ -39,6 +39,8 @@ def resolve_path(ref: str, base_dir: str | None = None) -> Path:
     """
     if ref.startswith(PKG_SCHEME):
         package, _, relative = ref[len(PKG_SCHEME) :].partition("/")
+        if PurePosixPath(relative).is_absolute() or ".." in PurePosixPath(relative).parts:
+            raise ModelLoadError(f"{ref!r} leaves its package: name a file inside it")
         path = package_dir(package, ref) / relative
     else:
         path = Path(ref).expanduser()

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from handlers.errors import ConfigError
 from handlers.spec import StrictModel
+from handlers.tensor_data import TensorSignature
 
 AUDIO_MIN_RATE, AUDIO_MAX_RATE = 1_000, 384_000
 
@@ -180,6 +181,7 @@ HANDLER_OPTIONS: dict[str, type[StrictModel]] = {
     "text_classifier": TextOptions,
     "audio_classifier": AudioOptions,
     "voice_activity": VoiceActivityOptions,
+    "tensor": TensorSignature,
 }
 
 

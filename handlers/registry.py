@@ -22,6 +22,7 @@ DEFAULT_HANDLERS = {
     "text_classifier": "handlers.text_classifier:TextClassifier",
     "audio_classifier": "handlers.audio_classifier:AudioClassifier",
     "voice_activity": "handlers.voice_activity:VoiceActivity",
+    "tensor": "handlers.tensor:TensorHandler",
 }
 
 

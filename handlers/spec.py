@@ -106,7 +106,13 @@ class ImagePreprocess(StrictModel):
         "bilinear", description="Resampling filter used by `resize`."
     )
     max_pixels: int = Field(
-        40_000_000, gt=0, description="Refuse images with more pixels (decompression bombs)."
+        4096 * 4096,
+        gt=0,
+        description=(
+            "Refuse images with more pixels (413, read from the header before decoding). The "
+            "default, 16.8 Mpx (4096x4096, a 12 Mpx phone photo passes), holds about 50 MB "
+            "decoded; a 6300x6300 PNG of 39 KB would take 151 MB."
+        ),
     )
 
     @field_validator("std")
@@ -155,9 +161,22 @@ class ModelSpec(StrictModel):
         "auto", description="'auto' uses a GPU when the replica has one, else the CPU."
     )
     torch_threads: int | None = Field(
-        None, ge=1, description="torch intra-op threads; default: Ray's OMP_NUM_THREADS."
+        None,
+        ge=1,
+        description=(
+            "torch intra-op threads per batch. Default (served): every core of the machine while "
+            "no other model replica on it is busy, an equal share once several are."
+        ),
     )
     warmup: bool = Field(True, description="Run one dummy batch at load so the first request is fast.")
+    channels_last: bool | None = Field(
+        None,
+        description=(
+            "Run convolutions on channels-last tensors (oneDNN's fast path on CPU, tensor cores "
+            "on GPU). Default: on for image classifiers (measured 1.1-2x faster per batch on "
+            "EfficientNet-Lite0, ResNet-18 and DenseNet-161), off for other handlers."
+        ),
+    )
     base_dir: str | None = Field(
         None,
         description="Directory that relative file paths in this spec are resolved against (archives).",

@@ -66,6 +66,8 @@ def _json_text(decoded: str) -> str:
         payload = json.loads(decoded)
     except ValueError as exc:
         raise BadInputError(f"Request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadInputError("Request body is JSON nested too deeply") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
         raise BadInputError('JSON body must be an object with a string field "text", e.g. {"text": "..."}.')
     return payload["text"]

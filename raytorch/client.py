@@ -52,7 +52,8 @@ class Client:
         url = self.base_url.rstrip("/") + path + (f"?{urllib.parse.urlencode(query)}" if query else "")
         request = urllib.request.Request(url, data=body, method=method)
         if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
+            # Unredirected: a redirect (to another host, or a plain-http one) never gets the token.
+            request.add_unredirected_header("Authorization", f"Bearer {self.token}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return response.status, json.loads(response.read() or b"null"), dict(response.headers)

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 RAY_VERSION = "2.60.0"
-PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": 8000, "metrics": 8080}
+PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001, "serve": 8000, "metrics": 8080, "grpc": 7070}
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def check_serve_config(config: dict[str, Any]) -> None:
 
 
 def serve_config_for_pods(config: dict[str, Any]) -> dict[str, Any]:
-    """The Serve config as it must run in a pod: same applications, proxy on all interfaces.
+    """The Serve config as it must run in a pod: same applications, listening on all interfaces.
 
     Our configs bind 127.0.0.1 for laptops; in a pod the Kubernetes Service connects to the
     pod IP, so a loopback-only proxy would never be reached.
@@ -65,6 +65,8 @@ def serve_config_for_pods(config: dict[str, Any]) -> dict[str, Any]:
     pod_config = copy.deepcopy(config)
     pod_config["http_options"] = {**(pod_config.get("http_options") or {}), "host": "0.0.0.0"}
     pod_config["http_options"]["port"] = PORTS["serve"]
+    # The ingress serves gRPC on the HTTP host (when its args say `grpc: true`) at this port.
+    pod_config["grpc_options"] = {**(pod_config.get("grpc_options") or {}), "port": PORTS["grpc"]}
     return pod_config
 
 

@@ -1,24 +1,40 @@
-"""Start a local Ray cluster the way `make serve` wants it, then `serve run` a config.
+"""`make serve`: check the ports, start the server process, and stop everything it started.
 
-``serve run`` alone starts Ray with defaults: Ray's own Prometheus metrics land on a random
-port. This starts Ray first (metrics on a fixed port, dashboard on 127.0.0.1) and then hands
-over to Serve's own ``serve run`` command, which sees Ray running and uses it::
+::
 
     python -m raytorch.launch configs/quickstart.yaml --metrics-port 8080
 
-Before anything starts it checks that the config's HTTP port is free, and names the process
-holding it if not. SIGTERM (or Ctrl-C) stops ``serve run`` and the local cluster with it.
+The launcher is small and imports no Ray. It checks that the config's HTTP port and Ray's
+metrics and dashboard ports are free (naming the process that holds one), optionally starts
+Prometheus, then runs :mod:`raytorch.server` (Ray + Serve) in a session of its own and relays
+signals to it:
+
+- SIGTERM or SIGINT, to the launcher or to its whole process group, makes the server drain its
+  ingress and stop Ray; the launcher then kills anything of the server still alive and exits
+  with the server's code (0 after a clean stop), within ``STOP_BOUND_S``;
+- a second signal stops everything at once.
+
+Ray's worker processes take SIGTERM only between tasks, so a signal sent to every process at
+once would reach them mid-drain; in its own session the server receives exactly one signal,
+from the launcher. The launcher is a child subreaper, so nothing the server started can slip
+out of its reach by being re-parented.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
 from deployments.common.ports import describe_port_owner, port_owner
+from raytorch.stopping import ForcedStop, StopSignals, become_subreaper, kill_descendants
+
+STOP_BOUND_S = 15.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,15 +58,26 @@ def http_port(config_path: str) -> int:
     return int((config.get("http_options") or {}).get("port", 8000))
 
 
+def grpc_port(config_path: str) -> int | None:
+    """The port the ingress serves gRPC on, when its args say ``grpc: true`` (else None)."""
+    config = yaml.safe_load(Path(config_path).read_text()) or {}
+    serves_grpc = any(
+        str(app.get("import_path", "")).endswith(":build_ingress") and (app.get("args") or {}).get("grpc")
+        for app in config.get("applications") or []
+    )
+    return int((config.get("grpc_options") or {}).get("port", 9000)) if serves_grpc else None
+
+
 def taken_ports(ports: list[int]) -> list[str]:
     """A sentence per port that some process already listens on."""
     return [f"port {port} is taken by {describe_port_owner(port)}" for port in ports if port_owner(port)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Start Ray, then run ``serve run CONFIG`` in this process until stopped."""
+    """Run the server until a signal; the server's exit code (0 after a clean stop)."""
     args = parse_args(argv)
-    taken = taken_ports([http_port(args.config), args.metrics_port, args.dashboard_port])
+    ports = [http_port(args.config), grpc_port(args.config), args.metrics_port, args.dashboard_port]
+    taken = taken_ports([port for port in ports if port is not None])
     if taken:
         print(
             "Cannot start: " + "; ".join(taken) + ". Stop that process (a server left over from an "
@@ -58,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    from raytorch import dashboard, prometheus
+    from raytorch import prometheus
 
     metrics = None
     if args.prometheus:  # before Ray starts: see start_for_server
@@ -67,27 +94,35 @@ def main(argv: list[str] | None = None) -> int:
         except prometheus.PrometheusError as exc:
             print(f"--prometheus: {exc}", file=sys.stderr)
             return 1
-    import ray
-    from ray.serve.scripts import cli
-
-    ray.init(
-        namespace="serve",
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=args.dashboard_port,
-        _metrics_export_port=args.metrics_port,
-    )
-    print(
-        f"Ray metrics: http://127.0.0.1:{args.metrics_port}/metrics  "
-        f"dashboard: http://127.0.0.1:{args.dashboard_port}",
-        flush=True,
-    )
-    dashboard.announce(args.dashboard_port, also=(f"Prometheus: {metrics.url}/graph",) if metrics else ())
+    become_subreaper()
+    command = [sys.executable, "-m", "raytorch.server", args.config]
+    command += ["--metrics-port", str(args.metrics_port), "--dashboard-port", str(args.dashboard_port)]
+    if metrics:
+        command += ["--also", f"Prometheus: {metrics.url}/graph"]
+    server = subprocess.Popen(command, start_new_session=True)
+    signals = StopSignals(lambda name: server.send_signal(signal.SIGTERM)).install()
     try:
-        return cli.main(args=["run", args.config], prog_name="serve", standalone_mode=True)
+        code = wait(server, signals)
+    except ForcedStop:
+        server.kill()
+        code = 1
     finally:
+        kill_descendants(grace_s=0.5)
         if metrics:
             metrics.stop()
+    return code
+
+
+def wait(server: subprocess.Popen, signals: StopSignals) -> int:
+    """The server's exit code; past ``STOP_BOUND_S`` after a stop signal, it is killed."""
+    while True:
+        try:
+            return server.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        if signals.requested.is_set() and signals.requested_at + STOP_BOUND_S < time.monotonic():
+            print(f"The server did not stop within {STOP_BOUND_S:g}s: killing it.", file=sys.stderr)
+            server.kill()
 
 
 if __name__ == "__main__":

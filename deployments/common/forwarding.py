@@ -35,6 +35,16 @@ class ForwardedResponse:
     body: bytes
 
 
+@dataclass(frozen=True)
+class ManagementCall:
+    """One TorchServe ``ManagementAPIsService`` gRPC call: its RPC name, the request message's
+    fields and the caller's ``authorization`` metadata (the management app checks it)."""
+
+    rpc: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    authorization: str | None = None
+
+
 async def call_asgi(app: Asgi, request: ForwardedRequest, root_path: str = "") -> ForwardedResponse:
     """Run ``request`` through ``app`` and collect its response (no streaming)."""
     scope: dict[str, Any] = {

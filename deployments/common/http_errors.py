@@ -1,15 +1,19 @@
-"""The one place where exceptions become HTTP answers: ``{"code", "type", "message"}``.
+"""The one place where exceptions become answers: HTTP statuses and bodies, and gRPC codes.
 
 Every protocol's code raises the project's own exceptions (handlers.errors); the HTTP entry
-point, the FastAPI apps (inference extras and management) and the gRPC servicers all turn them
-into a status here, so the same fault gets the same status and wording everywhere. Nothing
-looks at an error's message text to classify it.
+point, the FastAPI apps (inference extras, Open Inference v2 and management) and the gRPC
+servicers all turn them into a status here, so the same fault gets the same status and wording
+everywhere. Bodies are TorchServe's ``{"code", "type", "message"}``, or the Open Inference
+Protocol's ``{"error": "..."}`` on its v2 routes. gRPC answers carry the code that the error's
+HTTP status maps to in :data:`GRPC_CODES`, and the same message. Nothing looks at an error's
+message text to classify it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +32,38 @@ from handlers.errors import (
 )
 
 logger = logging.getLogger("raytorch.http")
+ErrorBody = Callable[[RaytorchError], dict]
+
+# gRPC status code names (grpc.StatusCode members) by HTTP status; anything else is INTERNAL.
+GRPC_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    405: "UNIMPLEMENTED",
+    409: "ALREADY_EXISTS",
+    413: "RESOURCE_EXHAUSTED",  # what gRPC itself answers for a message over its size limit
+    415: "INVALID_ARGUMENT",
+    499: "CANCELLED",
+    501: "UNIMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def grpc_code_name(error: RaytorchError) -> str:
+    """The gRPC status code (a ``grpc.StatusCode`` member name) for ``error``."""
+    return GRPC_CODES.get(error.status, "INTERNAL")
+
+
+def oip_error_body(error: RaytorchError) -> dict:
+    """The Open Inference Protocol's error object: ``{"error": message}``."""
+    return {"error": error.message}
+
+
+def torchserve_error_body(error: RaytorchError) -> dict:
+    """TorchServe's error object: ``{"code", "type", "message"}``."""
+    return error.to_dict()
 
 
 def as_raytorch_error(exc: BaseException, path: str = "") -> RaytorchError:
@@ -58,18 +94,19 @@ def internal_error(request_id: str) -> RaytorchError:
     return RaytorchError(f"Internal error; see the server log for request id {request_id}.")
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Map every exception a FastAPI app raises through :func:`as_raytorch_error`."""
+def install_error_handlers(app: FastAPI, body: ErrorBody = torchserve_error_body) -> None:
+    """Map every exception a FastAPI app raises through :func:`as_raytorch_error`, answering
+    with ``body(error)`` (TorchServe's error object by default)."""
 
     async def answer(request: Request, exc: Exception) -> JSONResponse:
         error = as_raytorch_error(exc, request.url.path)
         if type(error) is RaytorchError and not isinstance(exc, RaytorchError | StarletteHTTPException):
             request_id = request.headers.get("x-request-id", "-")
             logger.exception(
-                "Unexpected error in %s %s (request id %s)", request.method, request.url.path, request_id
+                "Unexpected error in %s %r (request id %r)", request.method, request.url.path, request_id
             )
             error = internal_error(request_id)
-        return JSONResponse(error.to_dict(), error.status, headers=error.headers())
+        return JSONResponse(body(error), error.status, headers=error.headers())
 
     for kind in (RaytorchError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(kind, answer)

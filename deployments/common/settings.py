@@ -6,9 +6,11 @@ anything starts, so a typo is reported with the field's name. No Ray import here
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from handlers.errors import ConfigError
 from handlers.options import validate_options
@@ -111,7 +113,41 @@ class ManagementArgs(StrictModel):
         "model_store", description="Where `url=` archives are looked up (env RAYTORCH_MODEL_STORE wins)."
     )
     allowed_urls: list[str] = Field(
-        default_factory=list, description="Regexes of remote archive URLs that may be fetched."
+        default_factory=list,
+        description=(
+            "Regexes of remote archive URLs that may be fetched (http/https), matched in full "
+            "against the URL as parsed (scheme://host[:port]/path?query), at every redirect too."
+        ),
+    )
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Networks (CIDR, e.g. 10.0.0.0/8) that downloads may reach although they are not "
+            "public: loopback, link-local and private addresses are refused otherwise, whatever "
+            "allowed_urls says, so an allowed host cannot redirect the server to internal services."
+        ),
+    )
+    download_timeout_s: float = Field(
+        300.0, gt=0, le=3600, description="Deadline of one archive download, redirects included."
+    )
+    max_download_bytes: int = Field(
+        2 * 1024**3, ge=1, description="Largest archive a download may bring (refused above it)."
+    )
+    trusted_modules: list[str] = Field(
+        default_factory=lambda: ["handlers.zoo"],
+        description=(
+            "Python modules (and their submodules) whose public callables a registered model may "
+            "name as `handler: module:Class` or `source.factory: module:function`. Besides these, "
+            "a registration may use the default handlers and code inside its own archive."
+        ),
+    )
+    allow_archive_code: bool = Field(
+        True,
+        description=(
+            "Let registered archives bring Python code (a .mar's model.py, 'file.py:Class' "
+            "handlers and factories). False: only the default handlers, TorchScript/ONNX/weights "
+            "files and trusted_modules, so no Python from a registration runs."
+        ),
     )
     register_timeout_s: float = Field(
         120.0, gt=0, le=3600, description="How long a synchronous register waits for readiness."
@@ -143,6 +179,34 @@ class ManagementArgs(StrictModel):
         ),
     )
 
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{network!r} is not a network (use CIDR, e.g. 10.0.0.0/8): {exc}") from None
+        return value
+
+    @field_validator("allowed_urls")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("trusted_modules")
+    @classmethod
+    def _modules(cls, value: list[str]) -> list[str]:
+        for module in value:
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", module):
+                raise ValueError(f"{module!r} is not a dotted module name")
+        return value
+
 
 class IngressArgs(StrictModel):
     """``args`` of the HTTP ingress application (``deployments.app:build_ingress``)."""
@@ -154,7 +218,14 @@ class IngressArgs(StrictModel):
         60.0, gt=0, le=3600, description="Deadline of one HTTP prediction (504 after it)."
     )
     discovery_interval_s: float = Field(
-        1.0, gt=0, le=60, description="How often the ingress refreshes the model table."
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "Safety poll of Serve's status. Changes reach the ingress sooner: the management app "
+            "announces them, lookups that miss refresh at once, and health routes never read a "
+            "table older than a second."
+        ),
     )
     num_replicas: int = Field(1, ge=1, description="Ingress replicas.")
     num_cpus: float = Field(0.1, ge=0, description="CPUs reserved per ingress replica.")
@@ -168,9 +239,30 @@ class IngressArgs(StrictModel):
         ),
     )
     inference_auth: bool = Field(
-        False, description="Require the management bearer token on inference routes too."
+        False,
+        description=(
+            "Require the management bearer token on inference routes and RPCs too (health "
+            "probes stay open but name no model without it)."
+        ),
+    )
+    grpc: bool = Field(
+        False,
+        description=(
+            "Serve gRPC (OIP's GRPCInferenceService, TorchServe's InferenceAPIsService and "
+            "ManagementAPIsService) on grpc_options.port, bound to http_options.host."
+        ),
     )
     access_log: Literal["text", "json", "off"] = Field(
-        "text", description="One line per request to stdout and <log_dir>/access.log."
+        "text", description="One line per request to <log_dir>/access.log (and the console)."
+    )
+    access_log_console: bool = Field(
+        True, description="Also print each access-log line on the console (`make serve`'s terminal)."
+    )
+    group_calls: bool = Field(
+        True,
+        description=(
+            "Send the inputs that arrive together for one model version in one Serve call "
+            "(deployments/inference/call_groups.py); off sends one call per input."
+        ),
     )
     log_dir: str = Field(".raytorch/logs", description="Where access.log goes (env RAYTORCH_LOG_DIR wins).")

@@ -1,12 +1,15 @@
 """Files the server keeps across restarts (registry, key file): written atomically.
 
-A crash while writing leaves either the old or the new file, never half of one.
+A crash while writing leaves either the old or the new file, never half of one; a file that
+cannot be used anyway is moved aside, never deleted, so nothing is lost by starting without it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -24,3 +27,18 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def move_aside(path: Path, copy: bool = False) -> Path:
+    """Keep an unusable state file as ``<name>.bad-<UTC time>`` (``copy``: leave it in place too)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.bad-{stamp}")
+    suffix = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.bad-{stamp}-{suffix}")
+        suffix += 1
+    if copy:
+        shutil.copy2(path, aside)
+    else:
+        os.replace(path, aside)
+    return aside

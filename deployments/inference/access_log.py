@@ -1,6 +1,7 @@
 """The access log: one line per request, through ``logging`` (rotation, a queue, stdout).
 
-Lines go to ``<log_dir>/access.log`` (rotated at 20 MB, 5 files kept) and to stdout. A
+Lines go to ``<log_dir>/access.log`` (rotated at 20 MB, 5 files kept) and, unless turned off, to
+stdout (the console of ``make serve``). A
 :class:`logging.handlers.QueueHandler` hands each line to a listener thread, so the event loop
 never waits on the disk. Text lines quote every field that comes from the client (path,
 request id), so a crafted value cannot forge a second line or a field.
@@ -37,7 +38,7 @@ def format_line(record: dict[str, Any], fmt: str) -> str:
 class AccessLog:
     """Writes formatted records through a dedicated logger; ``fmt='off'`` writes nothing."""
 
-    def __init__(self, fmt: str, log_dir: str) -> None:
+    def __init__(self, fmt: str, log_dir: str, console: bool = True) -> None:
         self.fmt = fmt
         self.path: Path | None = None
         self._listener: logging.handlers.QueueListener | None = None
@@ -51,11 +52,13 @@ class AccessLog:
         to_file = logging.handlers.RotatingFileHandler(
             self.path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
         )
-        to_stdout = logging.StreamHandler(sys.stdout)
+        handlers: list[logging.Handler] = [to_file]
+        if console:
+            handlers.append(logging.StreamHandler(sys.stdout))
         lines: queue.SimpleQueue = queue.SimpleQueue()
         self._logger.addHandler(logging.handlers.QueueHandler(lines))
         self._logger.setLevel(logging.INFO)
-        self._listener = logging.handlers.QueueListener(lines, to_file, to_stdout)
+        self._listener = logging.handlers.QueueListener(lines, *handlers)
         self._listener.start()
 
     def write(self, record: dict[str, Any]) -> None:

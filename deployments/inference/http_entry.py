@@ -110,17 +110,17 @@ class HttpEntry:
             scope["method"],
             scope["path"],
             (scope.get("client") or ("-",))[0],
-            "torchserve",
+            "http",  # the routes that predict name their protocol
         )
-        status = 500
+        status, started = 500, False
         extra_headers = (
             [(REQUEST_ID_HEADER.encode(), record.request_id.encode())] if self.echo_request_id else []
         )
 
         async def send_with_id(message: dict) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message = {**message, "headers": [*message.get("headers", []), *extra_headers]}
             await send(message)
 
@@ -141,10 +141,11 @@ class HttpEntry:
             error = as_raytorch_error(exc, scope["path"])
             if not isinstance(exc, RaytorchError):
                 logger.exception(
-                    "Unexpected error in %s %s (request id %s)", scope["method"], path, record.request_id
+                    "Unexpected error in %s %r (request id %s)", scope["method"], path, record.request_id
                 )
                 error = internal_error(record.request_id)
-            await _send_json(send_with_id, error.status, error_json(error), error.headers())
+            if not started:  # else the client already has a status; the connection just ends
+                await _send_json(send_with_id, error.status, error_json(error), error.headers())
         finally:
             self.telemetry.finish(record, status)
 
@@ -154,6 +155,7 @@ class HttpEntry:
         method = scope["method"]
         if method not in PREDICTION_METHODS:
             raise MethodNotAllowedError(METHOD_NOT_ALLOWED)
+        record.protocol = "torchserve"
         model, version = prediction_target(scope["path"])
         await self.authorize(headers.get("authorization"))
         if method == "OPTIONS":  # TorchServe: the model's own OpenAPI description

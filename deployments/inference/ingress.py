@@ -1,15 +1,18 @@
-"""The ingress deployment: the server's HTTP entry point, in front of every model.
+"""The ingress deployment: the server's HTTP (and gRPC) entry point, in front of every model.
 
 With ``proxy_location: Disabled`` (the shipped configs) the ingress replica listens on the
 config's ``http_options.host:port`` itself: a request costs one process and one Ray call to the
 model, instead of Serve's Python proxy, a Ray call to the ingress and another to the model
 (measured: 3x less CPU per request outside the model). With Serve's proxy on (older configs),
-the same ASGI app is served behind it. Thin: wiring only; the parts live in this package.
+the same ASGI app is served behind it. With ``grpc: true`` in its args it also serves gRPC on
+``grpc_options.port`` (Serve's own gRPC proxy stays off). Thin: wiring only; the parts live in
+this package.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import ray
@@ -17,6 +20,9 @@ from ray import serve
 
 from deployments.common.auth import check_bearer
 from deployments.common.settings import IngressArgs
+from deployments.inference.grpc_oip import OpenInferenceServicer
+from deployments.inference.grpc_server import GrpcServer
+from deployments.inference.grpc_torchserve import TorchServeInferenceServicer, TorchServeManagementServicer
 from deployments.inference.http_entry import HttpEntry
 from deployments.inference.http_server import HttpServer, bind
 from deployments.inference.predictions import Predictor
@@ -29,22 +35,26 @@ logger = logging.getLogger("ray.serve")
 
 @dataclass(frozen=True)
 class ListenPlan:
-    """Where this replica listens, if at all (None: Serve's proxy is the listener)."""
+    """Where this replica listens: HTTP only when Serve's proxy is off (``http`` False: the
+    proxy is the HTTP listener); gRPC on ``grpc_port`` when the args ask for it."""
 
     host: str
     port: int
+    grpc_port: int
+    http: bool = True
 
 
-async def listen_plan() -> ListenPlan | None:
-    """Read the config's ``http_options`` and ``proxy_location`` from Serve's controller."""
+async def listen_plan() -> ListenPlan:
+    """Read the config's ``http_options``, ``grpc_options`` and ``proxy_location`` from Serve's
+    controller."""
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
     controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     http = await controller.get_http_config.remote()
+    grpc_options = await controller.get_grpc_config.remote()
     location = await controller.get_proxy_location.remote()
-    if str(getattr(location, "value", location)) != "Disabled":
-        return None
-    return ListenPlan(http.host or "127.0.0.1", http.port)
+    own_http = str(getattr(location, "value", location)) == "Disabled"
+    return ListenPlan(http.host or "127.0.0.1", http.port, grpc_options.port, own_http)
 
 
 @serve.deployment(graceful_shutdown_timeout_s=10)
@@ -55,8 +65,9 @@ class Ingress:
     async def __init__(self, args: IngressArgs) -> None:
         self._args = args
         self._server: HttpServer | None = None
+        self._grpc: GrpcServer | None = None
         self._router = ServeRouter(args)
-        self._telemetry = Telemetry(args.access_log, args.log_dir)
+        self._telemetry = Telemetry(args.access_log, args.log_dir, args.access_log_console)
         predictor = Predictor(self._router, self._telemetry.metrics.in_flight)
         routes = create_routes(self._router, predictor, self._telemetry, self._authorize, args.max_body_bytes)
         plan = await listen_plan()
@@ -66,16 +77,19 @@ class Ingress:
             routes,
             self._authorize,
             args.max_body_bytes,
-            management=self._router.forward_to_management if plan else None,
-            echo_request_id=plan is not None,
+            management=self._router.forward_to_management if plan.http else None,
+            echo_request_id=plan.http,
         )
         # Follow Serve now, so /ping is truthful before the first prediction.
         await self._router.start()
-        if plan is not None:
+        if plan.http:
             self._server = HttpServer(
                 self._entry, bind(plan.host, plan.port, reuse_port=args.num_replicas > 1)
             )
             await self._server.start()
+        if args.grpc:
+            self._grpc = grpc_server(self._router, predictor, self._telemetry, self._authorize, args, plan)
+            await self._grpc.start()
 
     def __serve_build_asgi_app__(self) -> HttpEntry:
         return self._entry
@@ -85,9 +99,30 @@ class Ingress:
             check_bearer(header, await self._router.token())
 
     async def __del__(self) -> None:
-        # Serve calls this on a graceful stop: finish requests in progress, free the port.
+        # Serve calls this on a graceful stop: finish requests in progress, free the ports.
+        if getattr(self, "_grpc", None) is not None:
+            await self._grpc.stop()
         if getattr(self, "_server", None) is not None:
             await self._server.stop()
         if hasattr(self, "_telemetry"):
             self._router.directory.stop()
             self._telemetry.access.close()
+
+
+def grpc_server(
+    router: ServeRouter,
+    predictor: Predictor,
+    telemetry: Telemetry,
+    authorize: Callable[[str | None], Awaitable[None]],
+    args: IngressArgs,
+    plan: ListenPlan,
+) -> GrpcServer:
+    """The gRPC server of the three services, on the HTTP host and ``grpc_options.port``."""
+    services = [
+        OpenInferenceServicer(router, predictor, telemetry, authorize).handler(),
+        TorchServeInferenceServicer(router, predictor, telemetry, authorize).handler(),
+        TorchServeManagementServicer(router.manage, telemetry).handler(),
+    ]
+    return GrpcServer(
+        services, plan.host, plan.grpc_port, args.max_body_bytes, reuse_port=args.num_replicas > 1
+    )

@@ -1,28 +1,29 @@
-"""KServe's v1 and v2 (Open Inference Protocol) routes, as TorchServe serves them.
+"""The Open Inference Protocol (KServe v2) over REST: ``/v2`` and everything under it.
 
-``POST /v1/models/{model}:predict`` takes ``{"instances": [...]}`` and answers
-``{"predictions": [...]}``; ``POST /v2/models/{model}/infer`` takes ``BYTES`` inputs and
-answers the v2 response shape. Images travel base64-encoded: a v1 instance is
-``{"data": "<base64>"}`` or ``{"b64": "<base64>"}`` (a plain string is sent as UTF-8 text, for
-text models); a v2 input is ``{"datatype": "BYTES", "data": ["<base64>", ...]}``. Every
-instance goes through the same router as ``/predictions``, so all may share a batch.
+Its own FastAPI app, because the protocol answers errors as ``{"error": "..."}`` (mapped in
+:mod:`deployments.common.http_errors` like every other answer). Server metadata, liveness,
+readiness, model metadata and readiness (with or without a version) and inference, with the
+binary tensor data extension (:mod:`deployments.inference.oip_codec`). With
+``inference_auth`` every route needs the token except the two probes; readiness then names
+the models that are not ready (and why) only to a caller holding the token.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
+import importlib.metadata
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from deployments.inference.predictions import MAX_INPUTS, Predictor
-from deployments.inference.request_body import RequestInput, read_body
+from deployments.common.http_errors import install_error_handlers, oip_error_body
+from deployments.inference.oip_codec import HEADER_LENGTH, encode_result, parse_request
+from deployments.inference.oip_infer import infer
+from deployments.inference.predictions import Predictor
+from deployments.inference.request_body import read_body
 from deployments.inference.telemetry import record_of
-from handlers.errors import BadInputError
+from handlers.errors import UnauthorizedError
 from handlers.spec import NAME_PATTERN, VERSION_PATTERN
 
 if TYPE_CHECKING:
@@ -30,165 +31,123 @@ if TYPE_CHECKING:
 
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN)]
 Version = Annotated[str, Path(pattern=VERSION_PATTERN)]
+SERVER_NAME = "raytorch"
+# What /v2 and gRPC's ServerMetadata list: Triton's names for the OIP extensions we implement,
+# then ours (the other APIs this server speaks).
+EXTENSIONS = (
+    "binary_tensor_data",  # REST: raw tensor data after the JSON (Triton's extension)
+    "parameters",  # binary_data, binary_data_output, binary_data_size, content_type
+    "torchserve_inference",  # TorchServe's inference API, REST and gRPC (InferenceAPIsService)
+    "torchserve_management",  # TorchServe's management API, REST and gRPC (ManagementAPIsService)
+    "kserve_v1",  # KServe v1: /v1/models/{m}:predict
+    "model_versions",  # /versions/{v} on every model route; /predictions/{m}/{v}
+)
 
 
-def _decode_b64(value: object, where: str) -> bytes:
-    if not isinstance(value, str):
-        raise BadInputError(f"{where} must be a base64 string, not {type(value).__name__}")
+def server_version() -> str:
+    """This server's version (the installed package's, or the source tree's)."""
     try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadInputError(f"{where} is not valid base64") from None
+        return importlib.metadata.version("raytorch")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.1.0"
 
 
-def _v1_instance(instance: object, index: int) -> bytes:
-    where = f"instances[{index}]"
-    if isinstance(instance, str):
-        return instance.encode()
-    if isinstance(instance, dict):
-        for key in ("b64", "data"):
-            if key in instance:
-                return _decode_b64(instance[key], f"{where}.{key}")
-    raise BadInputError(f'{where} must be {{"data": "<base64>"}}, {{"b64": "<base64>"}} or a string')
+def server_metadata() -> dict[str, Any]:
+    """``GET /v2`` (and gRPC ServerMetadata)."""
+    return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
 
 
-def _v2_inputs(document: dict[str, Any]) -> tuple[str, list[bytes]]:
-    inputs = document.get("inputs")
-    if not isinstance(inputs, list) or not inputs:
-        raise BadInputError("'inputs' must be a non-empty list of tensors")
-    name, items = "output-0", []
-    for i, tensor in enumerate(inputs):
-        where = f"inputs[{i}]"
-        if not isinstance(tensor, dict):
-            raise BadInputError(f"{where} must be an object with name, shape, datatype and data")
-        if tensor.get("datatype") != "BYTES":
-            raise BadInputError(
-                f"{where}.datatype is {tensor.get('datatype')!r}: this server takes BYTES inputs "
-                "holding base64-encoded images or UTF-8 text"
-            )
-        data = tensor.get("data")
-        if not isinstance(data, list):
-            raise BadInputError(f"{where}.data must be a list of base64 strings")
-        shape = tensor.get("shape")
-        if shape is not None and shape != [len(data)]:
-            raise BadInputError(f"{where}.shape {shape!r} does not match its {len(data)} data items")
-        items += [_decode_b64(value, f"{where}.data[{j}]") for j, value in enumerate(data)]
-    return name, items
+def model_metadata(model: str, versions: list[str], signature: dict[str, Any]) -> dict[str, Any]:
+    """``GET /v2/models/{m}`` from a version's declared signature."""
+    return {
+        "name": model,
+        "versions": versions,
+        "platform": signature["platform"],
+        "inputs": signature["inputs"],
+        "outputs": signature["outputs"],
+    }
 
 
-def _check_count(items: list[bytes], what: str) -> None:
-    if not items:
-        raise BadInputError(f"'{what}' holds no input")
-    if len(items) > MAX_INPUTS:
-        raise BadInputError(f"'{what}' holds {len(items)} inputs; at most {MAX_INPUTS} per request")
-
-
-def add_open_inference_routes(
-    app: FastAPI,
+def create_open_inference_app(
     directory: Directory,
     predictor: Predictor,
     authorize: Callable[[str | None], Awaitable[None]],
     max_body_bytes: int,
-) -> None:
-    """Add the v1/v2 routes to the inference ``app``, predicting through ``predictor``."""
+) -> FastAPI:
+    """The ``/v2`` routes, predicting through ``predictor``."""
+    app = FastAPI(title="Open Inference Protocol", openapi_url=None, docs_url=None, redoc_url=None)
+    install_error_handlers(app, oip_error_body)
 
-    async def read_json(request: Request) -> dict[str, Any]:
-        body = await read_body(request.receive, request.headers.get("content-length"), max_body_bytes)
-        try:
-            document = json.loads(body)
-        except UnicodeDecodeError:
-            raise BadInputError("Invalid JSON body: it is not UTF-8 text") from None
-        except json.JSONDecodeError as exc:
-            raise BadInputError(
-                f"Invalid JSON body: {exc.msg} at line {exc.lineno} column {exc.colno}"
-            ) from None
-        except RecursionError:
-            raise BadInputError("Invalid JSON body: nested too deeply") from None
-        if not isinstance(document, dict):
-            raise BadInputError(f"JSON body must be an object, not {type(document).__name__}")
-        return document
-
-    async def predict_all(
-        request: Request, protocol: str, model: str, version: str | None, items: list[bytes], what: str
-    ) -> list[Any]:
-        record = record_of(request.scope)
-        record.protocol = protocol
-        inputs = [RequestInput(data, None) for data in items]
-        return await predictor.predict(record, model, version, inputs, where=what)
-
-    async def v1_predict(model_name: ModelName, request: Request, version: str | None = None) -> JSONResponse:
+    async def authorized(request: Request) -> None:
         await authorize(request.headers.get("authorization"))
-        instances = (await read_json(request)).get("instances")
-        if not isinstance(instances, list):
-            raise BadInputError("'instances' must be a list")
-        items = [_v1_instance(instance, i) for i, instance in enumerate(instances)]
-        _check_count(items, "instances")
-        answers = await predict_all(request, "kserve_v1", model_name, version, items, "instances")
-        return JSONResponse(
-            {"predictions": [a.result for a in answers]}, headers={"x-model-version": answers[0].version}
-        )
 
-    async def v2_infer(model_name: ModelName, request: Request, version: str | None = None) -> JSONResponse:
-        await authorize(request.headers.get("authorization"))
-        document = await read_json(request)
-        name, items = _v2_inputs(document)
-        _check_count(items, "inputs")
-        answers = await predict_all(request, "oip_v2", model_name, version, items, "inputs")
-        body: dict[str, Any] = {
-            "model_name": model_name,
-            "model_version": answers[0].version,
-            "outputs": [
-                {
-                    "name": name,
-                    "shape": [len(answers)],
-                    "datatype": "BYTES",
-                    "data": [a.result for a in answers],
-                }
-            ],
-        }
-        if isinstance(document.get("id"), str):
-            body["id"] = document["id"]
-        return JSONResponse(body, headers={"x-model-version": answers[0].version})
+    @app.get("/v2", summary="Server metadata: name, version, extensions")
+    async def metadata_of_server(request: Request) -> JSONResponse:
+        await authorized(request)
+        return JSONResponse(server_metadata())
 
-    async def v1_predict_version(
-        model_name: ModelName, model_version: Version, request: Request
-    ) -> JSONResponse:
-        return await v1_predict(model_name, request, model_version)
-
-    async def v2_infer_version(
-        model_name: ModelName, model_version: Version, request: Request
-    ) -> JSONResponse:
-        return await v2_infer(model_name, request, model_version)
-
-    app.add_api_route("/v1/models/{model_name}:predict", v1_predict, methods=["POST"], summary="KServe v1")
-    app.add_api_route(
-        "/v1/models/{model_name}/versions/{model_version}:predict", v1_predict_version, methods=["POST"]
-    )
-    app.add_api_route("/v2/models/{model_name}/infer", v2_infer, methods=["POST"], summary="Open Inference")
-    app.add_api_route(
-        "/v2/models/{model_name}/versions/{model_version}/infer", v2_infer_version, methods=["POST"]
-    )
-
-    @app.get("/v2/health/live", summary="Open Inference liveness")
+    @app.get("/v2/health/live", summary="Liveness: the server answers")
     async def live() -> JSONResponse:
         return JSONResponse({"live": True})
 
-    @app.get("/v2/health/ready", summary="Open Inference readiness: every model has a ready replica")
-    async def ready() -> JSONResponse:
+    @app.get("/v2/health/ready", summary="Readiness: every model version has a ready replica")
+    async def ready(request: Request) -> JSONResponse:
         unhealthy = (await directory.health_table()).unhealthy()
-        if unhealthy:
-            return JSONResponse({"ready": False, "models": unhealthy}, status_code=503)
-        return JSONResponse({"ready": True})
+        if not unhealthy:
+            return JSONResponse({"ready": True})
+        try:
+            await authorized(request)
+        except UnauthorizedError:  # probes get the verdict; the reasons need the token
+            return JSONResponse({"ready": False}, status_code=503)
+        return JSONResponse({"ready": False, "models": unhealthy}, status_code=503)
 
-    @app.get("/v2/models/{model_name}", summary="Open Inference model metadata")
-    async def metadata(model_name: ModelName) -> JSONResponse:
-        versions = await directory.versions(model_name)
-        return JSONResponse(
-            {
-                "name": model_name,
-                "versions": versions,
-                "platform": "pytorch",
-                "inputs": [{"name": "data", "datatype": "BYTES", "shape": [-1]}],
-                "outputs": [{"name": "output-0", "datatype": "BYTES", "shape": [-1]}],
-            }
-        )
+    async def metadata(request: Request, model: str, version: str | None) -> JSONResponse:
+        await authorized(request)
+        versions = await directory.versions(model)
+        _, signature = await directory.signature(model, version)
+        return JSONResponse(model_metadata(model, versions, signature))
+
+    async def model_ready(request: Request, model: str, version: str | None) -> JSONResponse:
+        await authorized(request)
+        state, reason = await directory.readiness(model, version)
+        if reason is None:
+            return JSONResponse({"name": model, "version": state.version, "ready": True})
+        body = {"name": model, "version": state.version, "ready": False, "error": reason}
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+
+    async def run(request: Request, model: str, version: str | None) -> Response:
+        await authorized(request)
+        body = await read_body(request.receive, request.headers.get("content-length"), max_body_bytes)
+        parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
+        result = await infer(predictor, directory, record_of(request.scope), model, version, parsed)
+        content, headers = encode_result(result)
+        headers["x-model-version"] = result.model_version
+        return Response(content, headers=headers)
+
+    @app.get("/v2/models/{model_name}", summary="Model metadata (default version)")
+    async def metadata_default(model_name: ModelName, request: Request) -> JSONResponse:
+        return await metadata(request, model_name, None)
+
+    @app.get("/v2/models/{model_name}/versions/{model_version}", summary="Model metadata of a version")
+    async def metadata_version(
+        model_name: ModelName, model_version: Version, request: Request
+    ) -> JSONResponse:
+        return await metadata(request, model_name, model_version)
+
+    @app.get("/v2/models/{model_name}/ready", summary="Model readiness (default version)")
+    async def ready_default(model_name: ModelName, request: Request) -> JSONResponse:
+        return await model_ready(request, model_name, None)
+
+    @app.get("/v2/models/{model_name}/versions/{model_version}/ready", summary="Readiness of a version")
+    async def ready_version(model_name: ModelName, model_version: Version, request: Request) -> JSONResponse:
+        return await model_ready(request, model_name, model_version)
+
+    @app.post("/v2/models/{model_name}/infer", summary="Inference (default version)")
+    async def infer_default(model_name: ModelName, request: Request) -> Response:
+        return await run(request, model_name, None)
+
+    @app.post("/v2/models/{model_name}/versions/{model_version}/infer", summary="Inference with a version")
+    async def infer_version(model_name: ModelName, model_version: Version, request: Request) -> Response:
+        return await run(request, model_name, model_version)
+
+    return app

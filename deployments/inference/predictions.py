@@ -16,6 +16,7 @@ from deployments.common.model_table import ModelVersionState
 from deployments.inference.request_body import RequestInput
 from deployments.inference.telemetry import RequestRecord
 from handlers.errors import RaytorchError
+from handlers.tensor_data import TensorRequest
 
 INPUT_ERRORS = (400, 413, 415)  # statuses that blame one input; their message then names it
 MAX_INPUTS = 64
@@ -27,7 +28,11 @@ class Router(Protocol):
     async def resolve(self, model: str, version: str | None) -> ModelVersionState: ...
     def labels(self, model: str, version: str | None) -> tuple[str, str]: ...
     async def predict(
-        self, state: ModelVersionState, body: bytes, content_type: str | None, request_id: str = ""
+        self,
+        state: ModelVersionState,
+        body: bytes | TensorRequest,
+        content_type: str | None,
+        request_id: str = "",
     ) -> Answer: ...
 
 
@@ -48,8 +53,12 @@ class Predictor:
     ) -> list[Answer]:
         """One answer per input, in order. With ``where`` (e.g. ``"instances"``), an input's
         own error names its index (``instances[2]: ...``)."""
-        record.model, record.version = self.router.labels(model, version)
-        state = await self.router.resolve(model, version)
+        try:
+            state = await self.router.resolve(model, version)
+        finally:
+            # Labelled after the lookup, which refreshes the table when it misses: a version
+            # registered a moment ago is named, made-up names are not.
+            record.model, record.version = self.router.labels(model, version)
         record.version = state.version
         gauge = self._in_flight.labels(record.model)
         gauge.inc()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from handlers.errors import BadInputError, PayloadTooLargeError
+from handlers.tensor_data import TensorRequest
 
 MAX_PARTS = 64
 Receive = Callable[[], Awaitable[dict]]
@@ -20,9 +21,10 @@ Receive = Callable[[], Awaitable[dict]]
 
 @dataclass(frozen=True)
 class RequestInput:
-    """One input of a prediction request."""
+    """One input of a prediction request: encoded bytes, or an Open Inference request's
+    numeric tensors (for the ``tensor`` handler)."""
 
-    data: bytes
+    data: bytes | TensorRequest
     content_type: str | None
 
 

@@ -18,11 +18,12 @@ from ray.exceptions import RayActorError
 from ray.serve import context as serve_context
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
-from deployments.common.forwarding import ForwardedRequest, ForwardedResponse
+from deployments.common.forwarding import ForwardedRequest, ForwardedResponse, ManagementCall
 from deployments.common.messages import Answer, Rejected
 from deployments.common.model_table import ModelTable, ModelVersionState
 from deployments.common.naming import MANAGEMENT_APP, MANAGEMENT_DEPLOYMENT
 from deployments.common.settings import IngressArgs
+from deployments.inference.call_groups import CallGrouper
 from deployments.inference.model_directory import ModelDirectory
 from handlers.errors import (
     ModelNotFoundError,
@@ -31,6 +32,7 @@ from handlers.errors import (
     RequestTimeoutError,
     ResourceNotFoundError,
 )
+from handlers.tensor_data import TensorRequest
 
 logger = logging.getLogger("ray.serve")
 
@@ -53,6 +55,9 @@ class ServeRouter:
     def __init__(self, settings: IngressArgs, directory: ModelDirectory | None = None) -> None:
         self._settings = settings
         self._handles: dict[tuple[str, str], Any] = {}
+        self._groupers: dict[tuple[str, str], CallGrouper] = {}
+        self._replicas: dict[tuple[str, str], int] = {}  # running replicas per routable version
+        self._signatures: dict[tuple[str, str], dict[str, Any]] = {}
         self._management: Any = None
         self._token: str | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -90,6 +95,16 @@ class ServeRouter:
                 "The management API is not served here: the config has no 'management' application"
             ) from None
         return await asyncio.wait_for(handle.http.remote(request), MANAGEMENT_CALL_TIMEOUT_S)
+
+    async def manage(self, call: ManagementCall) -> ForwardedResponse:
+        """A gRPC management call, answered by the management deployment's REST API code."""
+        try:
+            handle = self._management_handle()
+        except (KeyError, RayServeException):
+            raise ResourceNotFoundError(
+                "The management API is not served here: the config has no 'management' application"
+            ) from None
+        return await asyncio.wait_for(handle.grpc_management.remote(call), MANAGEMENT_CALL_TIMEOUT_S)
 
     # -- lookups -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -132,30 +147,78 @@ class ServeRouter:
 
     def _drop_stale_handles(self, table: ModelTable) -> None:
         live = {
-            (s.app_name, s.deployment_name)
+            (s.app_name, s.deployment_name): max(1, s.running_replicas)
             for versions in table.versions.values()
             for s in versions.values()
             if table.routable(s)
         }
+        self._replicas = live
         for key in list(self._handles):
             if key not in live:
                 del self._handles[key]
+        for key in list(self._groupers):
+            if key not in live:
+                del self._groupers[key]
+        for key in list(self._signatures):
+            if key not in live:
+                del self._signatures[key]
+
+    async def signature(self, model: str, version: str | None) -> tuple[ModelVersionState, dict[str, Any]]:
+        """A ready version's inputs, outputs and platform (Open Inference metadata), asked of
+        one of its replicas once and kept while the version lives."""
+        state = await self.resolve(model, version)
+        key = (state.app_name, state.deployment_name)
+        if key not in self._signatures:
+            self._signatures[key] = await self._await(state, self._handle(state).signature.remote())
+        return state, self._signatures[key]
+
+    async def readiness(self, model: str, version: str | None) -> tuple[ModelVersionState, str | None]:
+        """A version and why it cannot serve (None when it can); 404 when unknown."""
+        try:
+            return await self.resolve(model, version), None
+        except ModelNotReadyError as exc:
+            table = self.directory.table
+            state = table.versions[model].get(version) if version else table.default_version(model)
+            assert state is not None  # lookup raises ModelNotFoundError otherwise
+            return state, exc.message
 
     async def predict(
-        self, state: ModelVersionState, body: bytes, content_type: str | None, request_id: str = ""
+        self,
+        state: ModelVersionState,
+        body: bytes | TensorRequest,
+        content_type: str | None,
+        request_id: str = "",
     ) -> Answer:
         """Send one input to ``state``'s replicas and wait for its answer within the deadline.
 
-        ``request_id`` goes along in Serve's request context, so the replica's log lines for
-        this request carry the id of our access log and the client's ``x-request-id``.
+        Inputs that arrive together for the same version share one Serve call
+        (:mod:`deployments.inference.call_groups`).
         """
-        if request_id:
-            serve_context._set_request_context(request_id=request_id, app_name=state.app_name)
-        response = self._handle(state).predict.remote(body, content_type)
-        result = await self._await(state, response)
+        if not self._settings.group_calls:
+            (result,) = await self._send_group(state, [(body, content_type)], request_id)
+            if isinstance(result, Rejected):
+                raise result.error
+            return dataclasses.replace(result, version=state.version)
+        key = (state.app_name, state.deployment_name)
+        grouper = self._groupers.get(key)
+        if grouper is None:
+            grouper = self._groupers[key] = CallGrouper(
+                lambda items, request_id: self._send_group(state, items, request_id),
+                lambda: self._replicas.get(key, 1),
+            )
+        result = await grouper.submit(body, content_type, request_id)
         if isinstance(result, Rejected):
             raise result.error
         return dataclasses.replace(result, version=state.version)
+
+    async def _send_group(
+        self, state: ModelVersionState, items: list[tuple[Any, str | None]], request_id: str
+    ) -> list[Answer | Rejected]:
+        # The request id goes along in Serve's request context, so the replica's log lines
+        # carry the id of our access log and of the client's x-request-id.
+        if request_id:
+            serve_context._set_request_context(request_id=request_id, app_name=state.app_name)
+        return await self._await(state, self._handle(state).predict_many.remote(items))
 
     async def _await(self, state: ModelVersionState, response: Any) -> Any:
         model, timeout = state.model, self._settings.request_timeout_s

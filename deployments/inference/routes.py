@@ -1,25 +1,30 @@
-"""The inference API's routes besides the prediction hot path: health, metrics, OpenAPI, and
-KServe v1 / Open Inference v2 (:mod:`deployments.inference.open_inference`).
+"""The inference API's routes besides the prediction hot path: health, metrics, OpenAPI,
+KServe v1 (:mod:`deployments.inference.kserve_v1`) and, under ``/v2``, the Open Inference
+Protocol's own app (:mod:`deployments.inference.open_inference`, with OIP's error shape).
 
-A FastAPI app, independent of Ray. ``/predictions`` is served by the entry point
-(:mod:`deployments.inference.http_entry`) before this app is reached; it is added to this
-app's OpenAPI document so ``/api-description`` describes the whole API.
+FastAPI apps, independent of Ray. ``/predictions`` is served by the entry point
+(:mod:`deployments.inference.http_entry`) before these apps are reached; it and the ``/v2``
+routes are added to the main app's OpenAPI document, so ``/api-description`` describes the
+whole API.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import prometheus_client
-from fastapi import FastAPI, Query
+from fastapi import FastAPI, Query, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
+from deployments.common.auth import may_see_details
 from deployments.common.http_errors import install_error_handlers
-from deployments.common.model_table import ModelTable
-from deployments.inference.open_inference import add_open_inference_routes
+from deployments.common.model_table import ModelTable, ModelVersionState
+from deployments.inference.kserve_v1 import add_kserve_v1_routes
+from deployments.inference.open_inference import create_open_inference_app
 from deployments.inference.predictions import Predictor
-from deployments.inference.telemetry import Telemetry
+from deployments.inference.telemetry import RECORD_KEY, Telemetry
 from handlers.errors import ModelVersionNotFoundError
 
 
@@ -28,6 +33,30 @@ class Directory(Protocol):
 
     async def health_table(self) -> ModelTable: ...
     async def versions(self, model: str) -> list[str]: ...
+    async def signature(
+        self, model: str, version: str | None
+    ) -> tuple[ModelVersionState, dict[str, Any]]: ...
+    async def readiness(self, model: str, version: str | None) -> tuple[ModelVersionState, str | None]: ...
+
+
+class OpenInferenceSplit:
+    """``/v2`` and below to the Open Inference app, the rest to the main app (plain ASGI)."""
+
+    def __init__(self, main: FastAPI, open_inference: FastAPI) -> None:
+        self.main = main
+        self.open_inference = open_inference
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        record = scope.get(RECORD_KEY)
+        if path == "/v2" or path.startswith("/v2/"):
+            if record is not None:
+                record.protocol = "oip_v2"
+            await self.open_inference(scope, receive, send)
+            return
+        if record is not None and path.startswith("/v1/"):
+            record.protocol = "kserve_v1"
+        await self.main(scope, receive, send)
 
 
 def create_routes(
@@ -36,8 +65,8 @@ def create_routes(
     telemetry: Telemetry,
     authorize: Callable[[str | None], Awaitable[None]],
     max_body_bytes: int,
-) -> FastAPI:
-    """The FastAPI app behind the entry point."""
+) -> OpenInferenceSplit:
+    """The ASGI app behind the entry point."""
     app = FastAPI(
         title="raytorch inference API",
         description="TorchServe-compatible inference API served by Ray Serve.",
@@ -49,10 +78,13 @@ def create_routes(
     install_error_handlers(app)
 
     @app.get("/ping", summary="Health of the server and its models")
-    async def ping() -> JSONResponse:
+    async def ping(request: Request) -> JSONResponse:
         unhealthy = (await directory.health_table()).unhealthy()
         if unhealthy:
-            return JSONResponse({"status": "Unhealthy", "models": unhealthy}, status_code=500)
+            body: dict = {"status": "Unhealthy"}
+            if await may_see_details(authorize, request.headers.get("authorization")):
+                body["models"] = unhealthy
+            return JSONResponse(body, status_code=500)
         return JSONResponse({"status": "Healthy"})
 
     @app.get("/api-description", summary="OpenAPI description of this API")
@@ -64,7 +96,11 @@ def create_routes(
         return JSONResponse(app.openapi())
 
     @app.get("/metrics", summary="Prometheus metrics (TorchServe's names and ours)")
-    async def metrics(names: list[str] | None = Query(None, alias="name[]")) -> Response:  # noqa: B008
+    async def metrics(
+        request: Request,
+        names: list[str] | None = Query(None, alias="name[]"),  # noqa: B008
+    ) -> Response:
+        await authorize(request.headers.get("authorization"))  # its labels name every model
         telemetry.metrics.set_replicas((await directory.health_table()).ready_replicas())
         wanted = None
         if names:
@@ -84,9 +120,10 @@ def create_routes(
             raise ModelVersionNotFoundError.of(model_name, model_version)
         return JSONResponse(model_openapi(app, model_name, [model_version]))
 
-    describe_predictions(app)
-    add_open_inference_routes(app, directory, predictor, authorize, max_body_bytes)
-    return app
+    add_kserve_v1_routes(app, directory, predictor, authorize, max_body_bytes)
+    open_inference = create_open_inference_app(directory, predictor, authorize, max_body_bytes)
+    describe_predictions(app, open_inference)
+    return OpenInferenceSplit(app, open_inference)
 
 
 def model_openapi(app: FastAPI, model: str, versions: list[str]) -> dict:
@@ -152,8 +189,9 @@ def _prediction_responses() -> dict:
     }
 
 
-def describe_predictions(app: FastAPI) -> None:
-    """Add ``/predictions`` (POST, PUT and GET, as TorchServe) to ``app``'s OpenAPI document."""
+def describe_predictions(app: FastAPI, open_inference: FastAPI) -> None:
+    """Add ``/predictions`` (POST, PUT and GET, as TorchServe) and the ``/v2`` routes to
+    ``app``'s OpenAPI document."""
     plain = app.openapi
 
     def openapi() -> dict:
@@ -169,6 +207,11 @@ def describe_predictions(app: FastAPI) -> None:
                     "put": operation,
                     "get": _prediction_operation(summary, with_version, "get"),
                 }
+            v2 = get_openapi(title="v2", version="2", routes=open_inference.routes)
+            schema["paths"].update(v2["paths"])
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                v2.get("components", {}).get("schemas", {})
+            )
             app.openapi_schema = schema
         return app.openapi_schema
 

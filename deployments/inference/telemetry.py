@@ -54,9 +54,9 @@ class RequestRecord:
 class Telemetry:
     """The ingress replica's metrics registry and access log."""
 
-    def __init__(self, access_log: str, log_dir: str) -> None:
+    def __init__(self, access_log: str, log_dir: str, console: bool = True) -> None:
         self.metrics = ServingMetrics()
-        self.access = AccessLog(access_log, log_dir)
+        self.access = AccessLog(access_log, log_dir, console)
 
     def finish(self, record: RequestRecord, status: int) -> None:
         """Record a finished request: prediction metrics (when it was one) and its log line."""

@@ -10,9 +10,10 @@ from fastapi import FastAPI
 from ray import serve
 
 from deployments.common.auth import load_or_create_token
-from deployments.common.forwarding import ForwardedRequest, ForwardedResponse, call_asgi
+from deployments.common.forwarding import ForwardedRequest, ForwardedResponse, ManagementCall, call_asgi
 from deployments.common.settings import ManagementArgs
 from deployments.management.api import MOUNT_PATH, create_management_app
+from deployments.management.grpc_calls import as_http
 from deployments.management.manager import ModelManager
 from deployments.management.serve_control import ServeControl
 
@@ -74,6 +75,11 @@ class ManagementDeployment:
     async def http(self, request: ForwardedRequest) -> ForwardedResponse:
         """A /models request the ingress received on its own HTTP port (handle call)."""
         return await call_asgi(self._app, request, root_path=MOUNT_PATH)
+
+    async def grpc_management(self, call: ManagementCall) -> ForwardedResponse:
+        """A TorchServe ManagementAPIsService call an ingress received over gRPC (handle call),
+        answered by the same API code as REST: parsing, token check, wording and errors."""
+        return await call_asgi(self._app, as_http(call), root_path=MOUNT_PATH)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

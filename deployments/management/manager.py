@@ -5,7 +5,8 @@ readiness is awaited with our own deadline. Removal hides the version from the i
 first, waits for them to notice, and only then deletes the application, so no request is sent
 into a deleting app. Every routing change (a default, a version appearing or being removed) is
 announced to the ingresses through :meth:`ModelManager.routing_changes` (a long poll), so they
-need not poll Serve often.
+need not poll Serve often. The steps live beside it: accepting a registration (intake.py),
+describe and list (catalog.py), removal (removal.py) and restoring at start (restore.py).
 """
 
 from __future__ import annotations
@@ -15,25 +16,24 @@ import contextlib
 import logging
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 from deployments.common.model_table import ModelTable
 from deployments.common.naming import registered_app_name
 from deployments.common.settings import ManagementArgs, ModelAppArgs
-from deployments.management.archive_sources import resolve_url, settle, unpack
 from deployments.management.capacity import missing_resources
 from deployments.management.catalog import Catalog, not_found
-from deployments.management.register_params import RegisterParams, app_args, our_defaults
+from deployments.management.intake import Intake
+from deployments.management.register_params import RegisterParams
 from deployments.management.registry import RegistryStore, VersionRecord
 from deployments.management.removal import VersionRemoval
+from deployments.management.restore import Restorer
 from deployments.management.routing_feed import RoutingFeed
 from deployments.management.serve_control import Serve
 from deployments.model.placement import decide_gpus
 from handlers.errors import (
     BadInputError,
-    ConflictError,
     DefaultVersionError,
     InsufficientResourcesError,
     ModelLoadError,
@@ -55,7 +55,12 @@ class ModelManager:
         self.state_dir = Path(os.environ.get("RAYTORCH_STATE_DIR") or settings.state_dir).resolve()
         self.model_store = Path(os.environ.get("RAYTORCH_MODEL_STORE") or settings.model_store).resolve()
         self.models_dir = self.state_dir / "models"
+        self.downloads_dir = self.state_dir / "downloads"
         self.registry = RegistryStore(self.state_dir / "registry.json")
+        self.intake = Intake(
+            settings, self.model_store, self.models_dir, self.downloads_dir, self.registry,
+            self._table, self._check_resources,
+        )  # fmt: skip
         self._lock = asyncio.Lock()
         self.feed = RoutingFeed()
         self.catalog = Catalog(serve, self.registry, settings.register_timeout_s)
@@ -88,52 +93,25 @@ class ModelManager:
 
     # -- operations ----------------------------------------------------------------------------
     async def restore(self) -> list[str]:
-        """Redeploy registered versions whose application is missing (after a restart)."""
-        apps, _ = await self._table()
-        restored = []
-        for model, record in self.registry.state.models.items():
-            for version, entry in record.versions.items():
-                if entry.app_name not in apps:
-                    await self.serve.deploy(entry.app_name, ModelAppArgs.model_validate(entry.args))
-                    restored.append(f"{model}/{version}")
-                    self._watch_until_ready(model, version)
-        if restored:
-            logger.info("Restored registered models: %s", ", ".join(restored))
-        return restored
+        """Redeploy registered versions whose application is missing (after a restart); each
+        on its own, retried, and never one that a config file's application already serves
+        (see :class:`deployments.management.restore.Restorer`)."""
+        restorer = Restorer(
+            self.registry, self.serve, self.models_dir, self.settings, self._table,
+            self._watch_until_ready, self.announce,
+        )  # fmt: skip
+        return await restorer.run()
 
     async def register(self, params: RegisterParams) -> tuple[int, dict[str, str]]:
         """TorchServe's register: 200 when ready (synchronous) or 202 at once."""
-        if not params.url:  # `url=` names no archive: TorchServe answers 404 too
-            raise ModelNotFoundError('Model not found at: ""')
-        archive = resolve_url(params.url, self.model_store, self.settings.allowed_urls)
-        found, folder = await asyncio.to_thread(unpack, archive, self.models_dir, f"{time.time_ns()}")
+        args, entry = await self.intake.accept(params)
+        name, version = args.model.name, args.model.version
         try:
-            args = app_args(found, params, self.settings.default_num_cpus)
-            name, version = args.model.name, args.model.version
-            _, table = await self._table()
-            if version in table.versions.get(name, {}) or version in self._registered(name):
-                raise ConflictError(f"Model version {version} is already registered for model {name}")
-            await self._check_resources(args)
-            final = settle(folder, self.models_dir, name, version)
-            args = args.model_copy(update={"model": args.model.model_copy(update={"base_dir": str(final)})})
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        entry = VersionRecord(
-            version=version,
-            url=params.url,
-            app_name=registered_app_name(name, version),
-            args=args.model_dump(mode="json"),
-            min_workers=args.resources.num_replicas,
-            max_workers=args.resources.max_replicas or args.resources.num_replicas,
-            response_timeout_s=params.response_timeout or found.response_timeout_s,
-            startup_timeout_s=params.startup_timeout,
-            runtime=params.runtime or found.runtime,
-            defaults=our_defaults(found, params),
-        )
-        async with self._lock:
-            self.registry.add(name, entry)
-            await self.serve.deploy(entry.app_name, args)
+            async with self._lock:
+                self.registry.add(name, entry)
+                await self.serve.deploy(entry.app_name, args)
+        finally:
+            self.intake.release(name, version)
         self.announce()
         workers = args.resources.num_replicas
         if params.synchronous or workers == 0:  # no worker to wait for: TorchServe answers 200 at once

@@ -7,11 +7,13 @@ overrides into the typed args of a model application.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments.common.settings import ModelAppArgs
+from deployments.management.code_policy import check_registered_code
 from handlers.archive import ArchiveModel, request_handler
 from handlers.errors import BadInputError, validation_message
 from handlers.registry import DEFAULT_HANDLERS, handler_class
@@ -82,8 +84,15 @@ class RegisterParams(BaseModel):
         return params
 
 
-def app_args(found: ArchiveModel, params: RegisterParams, default_num_cpus: float = 0.0) -> ModelAppArgs:
-    """Combine what the archive says with the request's overrides; 400 naming bad fields."""
+def app_args(
+    found: ArchiveModel,
+    params: RegisterParams,
+    default_num_cpus: float = 0.0,
+    trusted_modules: Sequence[str] = (),
+    allow_archive_code: bool = True,
+) -> ModelAppArgs:
+    """Combine what the archive says with the request's overrides; 400 naming bad fields, or
+    code the server does not let a registration run (deployments.management.code_policy)."""
     model = dict(found.model)
     if params.model_name:
         model["name"] = params.model_name
@@ -105,6 +114,7 @@ def app_args(found: ArchiveModel, params: RegisterParams, default_num_cpus: floa
         args = ModelAppArgs.model_validate({"model": model, "batching": batching, "resources": resources})
     except ValidationError as exc:
         raise BadInputError(f"Invalid model settings: {validation_message(exc.errors())}") from None
+    check_registered_code(args.model, trusted_modules, allow_archive_code)  # before any import
     check_handler(args.model)
     return args
 

@@ -1,28 +1,36 @@
 """The registry of models registered at runtime, persisted atomically in the state directory.
 
 Every change rewrites ``registry.json`` (:func:`deployments.common.state_files.atomic_write`),
-so a crash leaves either the old or the new registry, never half of one. No Ray here.
+so a crash leaves either the old or the new registry, never half of one. A file that cannot be
+used (truncated, empty, not JSON, wrong shape) must not keep the management API down: it is
+moved aside (:func:`deployments.common.state_files.move_aside`) with a log line saying where,
+and the server starts with what could be read. Each model is read on its own, so one bad
+entry costs only that entry; fields this version does not know are ignored. No Ray here.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from deployments.common.state_files import atomic_write
-from handlers.errors import ConflictError, ModelNotFoundError, ModelVersionNotFoundError
+from deployments.common.settings import ModelAppArgs
+from deployments.common.state_files import atomic_write, move_aside
+from handlers.errors import ConflictError, ModelNotFoundError, ModelVersionNotFoundError, validation_message
+
+logger = logging.getLogger("ray.serve")
 
 
 class RegistryRecord(BaseModel):
-    """Base of the registry's records: unknown keys refused; mutable, as the registry edits
-    copies of them before saving (the specs' own base, handlers.spec.StrictModel, is frozen)."""
+    """Base of the registry's records: unknown keys ignored (a file written by a newer version
+    still loads); mutable, as the registry edits copies of them before saving."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
 
 class VersionRecord(RegistryRecord):
@@ -56,6 +64,28 @@ class RegistryState(RegistryRecord):
     models: dict[str, ModelRecord] = Field(default_factory=dict)
 
 
+def _read_model(name: str, raw: Any, bad: list[str]) -> ModelRecord | None:
+    """One model of the file, keeping every version that reads (the others go to ``bad``)."""
+    versions = raw.get("versions") if isinstance(raw, dict) else None
+    if not isinstance(versions, dict):
+        bad.append(f"{name} (not a model record)")
+        return None
+    good: dict[str, VersionRecord] = {}
+    for version, entry in versions.items():
+        try:
+            good[str(version)] = VersionRecord.model_validate(entry)
+            ModelAppArgs.model_validate(good[str(version)].args)  # describe and restore need them
+        except ValidationError as exc:
+            good.pop(str(version), None)
+            bad.append(f"{name} {version} ({validation_message(exc.errors())[:200]})")
+    if not good:
+        return None
+    default = raw.get("default_version")
+    if default not in good:
+        default = max(good, key=lambda v: good[v].registered_at)
+    return ModelRecord(default_version=default, versions=good)
+
+
 class RegistryStore:
     """Thread-safe access to ``registry.json``; every mutation is saved before it returns."""
 
@@ -65,9 +95,34 @@ class RegistryStore:
         self.state = self._load()
 
     def _load(self) -> RegistryState:
-        if not self.path.is_file():
+        if not self.path.exists():
             return RegistryState()
-        return RegistryState.model_validate(json.loads(self.path.read_text(encoding="utf-8")))
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(document, dict) or not isinstance(document.get("models", {}), dict):
+                raise ValueError("it is not a JSON object with a 'models' object")
+        except (OSError, ValueError, RecursionError) as exc:
+            aside = move_aside(self.path)
+            logger.error(
+                "The registry %s cannot be read (%s): moved it to %s and started with an empty "
+                "registry; registered models were not restored. Fix the file and move it back "
+                "while the server is stopped to restore them.",
+                self.path, str(exc)[:200] or type(exc).__name__, aside,
+            )  # fmt: skip
+            return RegistryState()
+        state, bad = RegistryState(), []
+        for name, raw in (document.get("models") or {}).items():
+            record = _read_model(str(name), raw, bad)
+            if record is not None:
+                state.models[str(name)] = record
+        if bad:
+            aside = move_aside(self.path, copy=True)
+            logger.error(
+                "The registry %s has entries that cannot be read, left out: %s. The file as it "
+                "was is kept in %s.",
+                self.path, "; ".join(bad), aside,
+            )  # fmt: skip
+        return state
 
     def _save(self, state: RegistryState) -> None:
         atomic_write(self.path, state.model_dump_json(indent=2))

@@ -25,12 +25,18 @@ READY_POLL_S = 0.2
 FACTS_TIMEOUT_S = 2.0
 
 
+# A config file's application is built (its import path run) before its deployments appear.
+BUILDING = ("NOT_STARTED", "DEPLOYING")
+
+
 @dataclass(frozen=True)
 class ServeSnapshot:
-    """Applications (name -> status) and the model versions they hold, at one moment."""
+    """Applications (name -> status) and the model versions they hold, at one moment;
+    ``building``: applications whose deployments (so whose model versions) are not known yet."""
 
     apps: dict[str, str]
     table: ModelTable
+    building: frozenset[str] = frozenset()
 
 
 class Serve(Protocol):
@@ -54,7 +60,12 @@ class ServeControl:
 
         status = await asyncio.to_thread(serve.status)
         apps = {name: str(app.status.value) for name, app in status.applications.items()}
-        return ServeSnapshot(apps, ModelTable.from_status(status.applications))
+        building = frozenset(
+            name
+            for name, app in status.applications.items()
+            if apps[name] in BUILDING and not app.deployments
+        )
+        return ServeSnapshot(apps, ModelTable.from_status(status.applications), building)
 
     async def deploy(self, app_name: str, args: ModelAppArgs) -> None:
         """Deploy (or update) a model application without waiting for it."""

@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any
+
+# OpenMP threads that wait at a barrier sleep instead of spinning: a replica's threads share
+# the machine with its decode threads, the ingress and other replicas, and a spinning team on
+# a busy machine ran resnet18 at 1.9 forwards/s instead of 7.8 (docs/performance.md). Read
+# by libgomp when torch loads, which happens after this module is imported, in __init__.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ray import serve
 
@@ -20,6 +27,7 @@ from deployments.common.settings import BatchingConfig, ModelAppArgs
 from deployments.model.executor import InferenceExecutor, decode_pool, machine_cores
 from handlers.errors import RaytorchError
 from handlers.registry import create_handler
+from handlers.tensor_data import TensorRequest
 
 logger = logging.getLogger("ray.serve")
 
@@ -71,12 +79,20 @@ class ModelDeployment:
         self._run_batch.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
         self._wait_for_idle = batching.wait_for_idle_model
 
-    async def predict(self, body: bytes, content_type: str | None = None) -> Answer | Rejected:
-        """Answer one input; bad input is refused here, before it can join a batch."""
+    async def predict(
+        self, body: bytes | TensorRequest, content_type: str | None = None
+    ) -> Answer | Rejected:
+        """Answer one input (encoded bytes, or the numeric tensors of an Open Inference request);
+        bad input is refused here, before it can join a batch."""
         started = time.perf_counter()
         try:
             loop = asyncio.get_running_loop()
-            item = await loop.run_in_executor(self._decoders, self._handler.preprocess, body, content_type)
+            if isinstance(body, TensorRequest):
+                item = await loop.run_in_executor(self._decoders, self._handler.preprocess_tensors, body)
+            else:
+                item = await loop.run_in_executor(
+                    self._decoders, self._handler.preprocess, body, content_type
+                )
             queued = time.perf_counter()
             if self._wait_for_idle:
                 # Everyone held here enters the batch queue together when the model frees up.
@@ -86,6 +102,10 @@ class ModelDeployment:
             return Rejected(exc)
         answer.timings["preprocess_s"] = queued - started
         return answer
+
+    def signature(self) -> dict[str, Any]:
+        """The model's inputs, outputs and platform as Open Inference metadata (handle call)."""
+        return {**self._handler.signature(), "handler": self._spec.handler}
 
     async def predict_many(self, inputs: list[tuple[bytes, str | None]]) -> list[Answer | Rejected]:
         """Answer a group of inputs sent in one call; each is decoded and batched on its own."""

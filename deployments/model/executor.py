@@ -11,7 +11,10 @@ replica on this machine is busy gets every core (a request that arrives alone ge
 machine), and once several replicas are busy each gets its share (one core per busy replica
 on a 2-core machine), which is what gives the throughput. Replicas count each other through
 marker files in a tmpfs directory, one per busy process, so no Ray call sits on the hot path.
-No Ray here.
+A loaded machine can make more threads slower, not faster (an OpenMP team waits at every
+barrier for its slowest thread): :class:`ThreadChooser` measures the time per input with each
+thread count it uses and falls back to one thread while that is faster, trying the larger
+count again now and then. No Ray here.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -80,6 +84,37 @@ class BusyReplicas:
                 self._marker.unlink()
 
 
+class ThreadChooser:
+    """The intra-op threads of the next batch: the share of the machine this replica may use
+    (``allowed``), or one thread while measurements show one thread is faster here."""
+
+    EXPLORE_EVERY = 16  # batches between tries of the choice that is not the current best
+    SMOOTHING = 0.3
+
+    def __init__(self) -> None:
+        self.seconds_per_input: dict[int, float] = {}
+        self._batches = 0
+
+    def choose(self, allowed: int) -> int:
+        """Threads for the next batch, at most ``allowed``."""
+        if allowed <= 1:
+            return 1
+        self._batches += 1
+        many, one = self.seconds_per_input.get(allowed), self.seconds_per_input.get(1)
+        best = 1 if many is not None and one is not None and one < many else allowed
+        if self._batches % self.EXPLORE_EVERY == 0:
+            return 1 if best == allowed else allowed
+        return best
+
+    def record(self, threads: int, seconds: float, inputs: int) -> None:
+        """What a batch of ``inputs`` took with ``threads``."""
+        sample = seconds / max(1, inputs)
+        previous = self.seconds_per_input.get(threads)
+        self.seconds_per_input[threads] = (
+            sample if previous is None else previous + self.SMOOTHING * (sample - previous)
+        )
+
+
 class InferenceExecutor:
     """Runs the model's calls on one dedicated thread, in order.
 
@@ -95,6 +130,7 @@ class InferenceExecutor:
         if fixed_threads is None and self._busy is None:
             self._busy = BusyReplicas()
         self.last_threads = 0
+        self.chooser = ThreadChooser()
 
     def pin_threads(self, threads: int) -> None:
         """Use ``threads`` for every batch from now on, whatever the machine's load."""
@@ -102,18 +138,25 @@ class InferenceExecutor:
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the inference thread and wait (model load and warm-up)."""
-        return self._pool.submit(self._with_threads, fn, args, self.fixed_threads or self.cores).result()
+        try:
+            return self._pool.submit(self._with_threads, fn, args, self.fixed_threads or self.cores).result()
+        finally:
+            self.last_threads = 0  # fn may have set torch's threads itself (a spec's torch_threads)
 
-    async def run_batch(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run one batch on the inference thread with the threads the machine's load allows."""
-        return await asyncio.wrap_future(self._pool.submit(self._batch, fn, args))
+    async def run_batch(self, fn: Callable[..., T], *args: Any, inputs: int = 1) -> T:
+        """Run one batch of ``inputs`` on the inference thread with the threads the machine's
+        load allows."""
+        return await asyncio.wrap_future(self._pool.submit(self._batch, fn, args, inputs))
 
-    def _batch(self, fn: Callable[..., T], args: tuple) -> T:
+    def _batch(self, fn: Callable[..., T], args: tuple, inputs: int) -> T:
         if self._busy is None:
             return self._with_threads(fn, args, self.fixed_threads or 1)
         with self._busy.busy() as busy:
-            threads = max(1, self.cores // max(1, busy))
-            return self._with_threads(fn, args, threads)
+            threads = self.chooser.choose(max(1, self.cores // max(1, busy)))
+            started = time.perf_counter()
+            result = self._with_threads(fn, args, threads)
+            self.chooser.record(threads, time.perf_counter() - started, inputs)
+            return result
 
     def _with_threads(self, fn: Callable[..., T], args: tuple, threads: int) -> T:
         if threads != self.last_threads:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.browser import ensure_chromium
-from tests.e2e.serve_cluster import ServeCluster, free_port, load_config, serve_run
+from tests.e2e.serve_cluster import ServeCluster, free_port, load_config, serve_run, trust_test_fixtures
 
 BODY_LIMIT = 1_000_000
 TOKEN = "e2e-quickstart-token"
@@ -22,7 +22,7 @@ TOKEN = "e2e-quickstart-token"
 def quickstart(tmp_path_factory: pytest.TempPathFactory, cat_png: bytes) -> Iterator[ServeCluster]:
     root = tmp_path_factory.mktemp("quickstart")
     (root / "store").mkdir()
-    config = load_config("quickstart.yaml")
+    config = trust_test_fixtures(load_config("quickstart.yaml"))
     ingress = next(a for a in config["applications"] if a["name"] == "ingress")
     ingress["args"]["max_body_bytes"] = BODY_LIMIT
     env = {

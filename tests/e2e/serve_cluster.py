@@ -42,6 +42,7 @@ class ServeCluster:
     workdir: Path
     log_path: Path
     started_at: float
+    grpc_target: str = ""  # host:port of the ingress's gRPC server (when its args enable it)
 
     def log(self) -> str:
         """Everything ``serve run`` printed so far."""
@@ -63,10 +64,12 @@ class ServeCluster:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{self.log()[-4000:]}")
 
 
-def write_config(config: dict, port: int, directory: Path) -> Path:
-    """Copy of a Serve config listening on ``port`` at 127.0.0.1."""
+def write_config(config: dict, port: int, directory: Path, grpc_port: int | None = None) -> Path:
+    """Copy of a Serve config listening on ``port`` (HTTP) and ``grpc_port`` at 127.0.0.1."""
     config = dict(config)
     config["http_options"] = {**config.get("http_options", {}), "host": "127.0.0.1", "port": port}
+    if grpc_port is not None:
+        config["grpc_options"] = {**config.get("grpc_options", {}), "port": grpc_port}
     path = directory / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -75,6 +78,15 @@ def write_config(config: dict, port: int, directory: Path) -> Path:
 def load_config(name: str) -> dict:
     """A shipped config from configs/."""
     return yaml.safe_load((ROOT / "configs" / name).read_text())
+
+
+def trust_test_fixtures(config: dict) -> dict:
+    """Let registered test archives name the tests' own model factories and handlers
+    (``tests.fixtures``): the management app's ``trusted_modules``, as an operator would."""
+    for app in config["applications"]:
+        if app["import_path"].endswith(":build_management"):
+            app.setdefault("args", {})["trusted_modules"] = ["handlers.zoo", "tests.fixtures"]
+    return config
 
 
 @contextlib.contextmanager
@@ -88,8 +100,8 @@ def serve_run(
     """
     # Short path: Ray's unix sockets live under RAY_TMPDIR and have a length limit.
     workdir = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
-    port = free_port()
-    config_path = write_config(config, port, workdir)
+    port, grpc_port = free_port(), free_port()
+    config_path = write_config(config, port, workdir, grpc_port)
     log_path = workdir / "serve.log"
     env = {**os.environ, "RAY_TMPDIR": str(workdir), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     env.pop("RAY_ADDRESS", None)  # never attach to somebody else's cluster
@@ -108,7 +120,9 @@ def serve_run(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    cluster = ServeCluster(process, f"http://127.0.0.1:{port}", workdir, log_path, time.monotonic())
+    cluster = ServeCluster(
+        process, f"http://127.0.0.1:{port}", workdir, log_path, time.monotonic(), f"127.0.0.1:{grpc_port}"
+    )
     try:
         yield cluster
     finally:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from handlers.archive import write_archive
-from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run
+from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run, trust_test_fixtures
 from tests.fixtures import real_models as real
 from tests.fixtures.models import tiny_classifier
 from tests.fixtures.specs import photo_path
@@ -42,7 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> ServeCluster:
     }
     write_archive(spec, [root / "tiny.pth", root / "shouting.py"], store / "shouting.zip")
 
-    base = load_config("quickstart.yaml")
+    base = trust_test_fixtures(load_config("quickstart.yaml"))
     apps = [a for a in base["applications"] if a["name"] in ("ingress", "management")]
     apps += [
         _model_app("object_detector.yaml"),

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torchvision
 
-from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run
+from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run, trust_test_fixtures
 
 pytestmark = pytest.mark.e2e
 
@@ -74,7 +74,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict:
     build_mar(store, root / "v1", "1.0")
     build_mar(store, root / "v2", "2.0")
     build_ours(store, root / "ours")
-    config = load_config("quickstart.yaml")
+    config = trust_test_fixtures(load_config("quickstart.yaml"))
     config["applications"] = [a for a in config["applications"] if a["name"] in ("ingress", "management")]
     env = {
         "RAYTORCH_STATE_DIR": str(root / "state"),

@@ -187,3 +187,41 @@ def test_access_log_lines_carry_the_request_id(client: TestClient, cat_png: byte
     assert (ok["status"], ok["model"], ok["version"], ok["batch_size"]) == (200, "tiny", "1.0", "1")
     assert ok["method"] == "POST" and ok["path"] == "/predictions/tiny" and ok["latency_ms"] > 0
     assert by_id[missing.headers["x-request-id"]]["status"] == 404
+
+
+def test_made_up_names_and_versions_cannot_grow_the_metrics(client: TestClient, cat_png: bytes) -> None:
+    empty_multipart = {"content-type": "multipart/form-data; boundary=B"}
+
+    def attack(i: int) -> None:
+        assert client.post(f"/predictions/tiny/v{i}", content=cat_png).status_code == 404
+        assert client.post(f"/predictions/made-up-{i}", content=cat_png).status_code == 404
+        assert client.post(f"/predictions/made-up-{i}/{i}", content=cat_png).status_code == 404
+        response = client.post(f"/predictions/made-up-{i}", content=b"--B--\r\n", headers=empty_multipart)
+        assert response.status_code == 400
+        assert client.post(f"/v2/models/tiny/versions/v{i}/infer", json={"inputs": []}).status_code == 400
+        instances = {"instances": [{"b64": "aGk="}]}
+        assert client.post(f"/v1/models/made-up-{i}:predict", json=instances).status_code == 404
+
+    attack(0)
+    before = client.get("/metrics").text.splitlines()
+    for i in range(1, 200):
+        attack(i)
+    after = client.get("/metrics").text.splitlines()
+    assert len(after) == len(before), "each made-up name or version added metric series"
+    assert "made-up" not in "\n".join(after) and 'model_version="v1' not in "\n".join(after)
+
+
+def test_a_chunked_multipart_body_gets_its_413_not_a_parse_error(router: LocalRouter) -> None:
+    """The limit applies before any multipart parsing (the old code parsed first and answered
+    400). That reading stops at the limit is tests/unit/test_request_body.py's: Starlette's test
+    client hands the app the whole body at once."""
+    client = TestClient(inference_app(router, IngressArgs(max_body_bytes=1 << 20, access_log="off")))
+
+    def body():  # no Content-Length: 8 MiB in one multipart part
+        yield b'--B\r\nContent-Disposition: form-data; name="data"; filename="a.png"\r\n\r\n'
+        for _ in range(128):
+            yield b"\0" * 65536
+
+    headers = {"content-type": "multipart/form-data; boundary=B"}
+    response = client.post("/predictions/tiny", content=body(), headers=headers)
+    assert_error(response, 413, "PayloadTooLargeException", "1048576")

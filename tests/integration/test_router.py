@@ -41,9 +41,9 @@ def router_answering(response: FakeResponse) -> ServeRouter:
     router = ServeRouter(IngressArgs(request_timeout_s=0.2))
 
     class Handle:
-        class predict:  # mirrors handle.predict.remote(...)
+        class predict_many:  # mirrors handle.predict_many.remote([(body, content_type), ...])
             @staticmethod
-            def remote(body: bytes, content_type: str | None) -> FakeResponse:
+            def remote(items: list) -> FakeResponse:
                 return response
 
     router._handle = lambda state: Handle()  # type: ignore[method-assign]
@@ -64,7 +64,7 @@ async def _no_refresh(arrived: float) -> None:
 
 
 def test_answer_carries_the_version() -> None:
-    assert predict(FakeResponse(Answer({"a": 1.0}, 2))) == Answer({"a": 1.0}, 2, "1.0")
+    assert predict(FakeResponse([Answer({"a": 1.0}, 2)])) == Answer({"a": 1.0}, 2, "1.0")
 
 
 def test_a_replica_that_dies_mid_request_is_503_with_retry_after() -> None:
@@ -80,7 +80,7 @@ def test_a_full_queue_is_503_with_retry_after() -> None:
 
 
 def test_past_the_deadline_is_504_and_the_request_is_cancelled() -> None:
-    response = FakeResponse(Answer({}, 1), delay_s=5)
+    response = FakeResponse([Answer({}, 1)], delay_s=5)
     with pytest.raises(RequestTimeoutError, match=r"within 0\.2s"):
         predict(response)
     assert response.cancelled
@@ -88,4 +88,4 @@ def test_past_the_deadline_is_504_and_the_request_is_cancelled() -> None:
 
 def test_rejected_input_is_raised_as_its_own_error() -> None:
     with pytest.raises(BadInputError, match="not an image"):
-        predict(FakeResponse(Rejected(BadInputError("not an image"))))
+        predict(FakeResponse([Rejected(BadInputError("not an image"))]))

@@ -21,8 +21,8 @@ from handlers.archive import extract, read_extracted
 from handlers.registry import create_handler
 from handlers.spec import ModelSpec
 from tests.fixtures import torchserve_archives as ts
-from tests.fixtures.fake_serve import FakeServe
 from tests.fixtures.inference import LocalRouter, inference_app
+from tests.fixtures.management import FakeServe
 
 TOKEN = "ts-suite-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -190,6 +190,27 @@ def test_wrong_methods_and_paths(mgmt: TestClient) -> None:
     for method, path in (("PUT", "/models"), ("POST", "/models/noop")):
         response = mgmt.request(method, path, headers=AUTH)
         assert response.status_code == 405 and message(response) == NOT_ALLOWED, (method, path)
+
+
+def test_mnist_with_its_handler_file_registers_unless_archive_code_is_off(
+    store: Path, serve: FakeServe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RAYTORCH_STATE_DIR", raising=False)
+    monkeypatch.delenv("RAYTORCH_MODEL_STORE", raising=False)
+    ts.build_mnist(store, tmp_path / "work", "mnist_code")
+    for allowed in (True, False):
+        settings = ManagementArgs(
+            state_dir=str(tmp_path / f"state-{allowed}"), model_store=str(store), propagation_s=0,
+            allow_archive_code=allowed,
+        )  # fmt: skip
+        client = TestClient(create_management_app(ModelManager(settings, serve), TOKEN), root_path="/models")
+        response = client.post("/models?url=mnist_code.mar&model_name=mnist", headers=AUTH)
+        if allowed:  # the handler file is code inside the archive: it runs by default
+            assert response.status_code == 200, response.text
+            assert serve.deployed_args["mnist@1.0"].model.handler == "torchserve:mnist_handler.py"
+        else:
+            assert response.status_code == 400 and "allow_archive_code: false" in message(response)
+    assert serve.deployed == ["mnist@1.0"]
 
 
 # -- inference ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deployments.management.archive_sources import resolve_url
+from deployments.management.archive_sources import local_archive
 from deployments.management.capacity import missing_resources
 from deployments.management.register_params import RegisterParams, app_args
 from handlers.archive import extract, read_extracted, write_archive
@@ -120,14 +120,12 @@ def test_our_archive_format_round_trips(tmp_path: Path, cat_png: bytes) -> None:
 def test_urls_cannot_leave_the_model_store(tmp_path: Path, url: str) -> None:
     (tmp_path / "store").mkdir()
     with pytest.raises(BadInputError, match="inside the model store"):
-        resolve_url(url, tmp_path / "store", [])
+        local_archive(url, tmp_path / "store")
 
 
-def test_missing_archive_and_disallowed_remote_url(tmp_path: Path) -> None:
+def test_missing_archive(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match=r"Model not found at: nosuch\.mar"):
-        resolve_url("nosuch.mar", tmp_path, [])
-    with pytest.raises(BadInputError, match="not allowed"):
-        resolve_url("http://127.0.0.1:9/x.mar", tmp_path, [])
+        local_archive("nosuch.mar", tmp_path)
 
 
 def test_missing_resources_names_what_is_short(tmp_path: Path) -> None:

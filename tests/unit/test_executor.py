@@ -71,3 +71,18 @@ def test_pinned_threads_ignore_the_machine(tmp_path: Path) -> None:
     assert asyncio.run(executor.run_batch(torch.get_num_threads)) == 2
     executor.shutdown()
     assert os.listdir(tmp_path) == []  # pinned executors do not count themselves busy
+
+
+def test_fewer_threads_are_used_while_they_are_faster_and_the_larger_count_is_retried() -> None:
+    from deployments.model.executor import ThreadChooser
+
+    chooser = ThreadChooser()
+    assert chooser.choose(2) == 2  # nothing measured: the machine's share
+    chooser.record(2, 0.100, 1)  # a loaded machine: two threads are slow...
+    chooser.record(1, 0.040, 1)  # ...and one is faster
+    picks = [chooser.choose(2) for _ in range(chooser.EXPLORE_EVERY * 2)]
+    assert picks.count(1) > picks.count(2) >= 1  # mostly 1, with a periodic try of 2
+    for _ in range(10):
+        chooser.record(2, 0.010, 1)  # the machine is free again: two threads win
+    assert chooser.choose(2) == 2
+    assert chooser.choose(1) == 1

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from handlers.errors import BadInputError, ConfigError
 from handlers.image_classifier import ImageClassifier
@@ -92,3 +93,57 @@ def test_handler_must_subclass_base_handler() -> None:
 def test_unknown_handler_options_are_refused() -> None:
     with pytest.raises(ConfigError, match="threshold"):
         create_handler(tiny_spec(options={"threshold": 0.5}))
+
+
+def test_batches_are_normalised_like_torchvision_and_channels_last_changes_no_answer(
+    cat_png: bytes, coffee_png: bytes
+) -> None:
+    from torchvision.transforms.v2 import functional as F
+
+    from handlers.image_io import decode_image
+
+    spec = tiny_spec(preprocess={"resize": 64, "crop": 56, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]})
+    fast, plain = create_handler(spec), create_handler(spec.model_copy(update={"channels_last": False}))
+    for handler in (fast, plain):
+        handler.load()
+    assert fast.channels_last and not plain.channels_last
+    item = fast.preprocess(cat_png)
+    assert item.dtype == torch.uint8 and tuple(item.shape) == (3, 56, 56)  # normalised per batch
+    resized = F.center_crop(F.resize(decode_image(cat_png, 10**8), [64]), [56])  # on the PIL image
+    reference = F.normalize(
+        F.to_dtype(F.pil_to_tensor(resized), torch.float32, scale=True),
+        mean=[0.4, 0.5, 0.6],
+        std=[0.2, 0.25, 0.3],
+    )
+    assert torch.allclose(fast.collate([item])[0], reference, atol=1e-5)
+    batch = [fast.preprocess(cat_png), fast.preprocess(coffee_png)]
+    assert fast.predict_batch(batch) == plain.predict_batch(batch)
+
+
+SIZES = [(500, 375, 256, 224), (375, 500, 256, 224), (60, 40, 64, 56), (224, 224, 256, 224),
+         (300, 100, None, 224), (31, 17, 20, 15)]  # fmt: skip
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "bicubic"])
+@pytest.mark.parametrize(("width", "height", "resize", "crop"), SIZES)
+def test_preprocessing_matches_torchvision_pixel_for_pixel(
+    interpolation: str, width: int, height: int, resize: int | None, crop: int
+) -> None:
+    # The handler no longer imports torchvision (seconds of replica start); its answers must
+    # not change because of that.
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    from handlers.image_ops import center_crop, resize_shorter_side, to_uint8_tensor
+
+    gradient = torch.arange(width * height * 3, dtype=torch.int64).reshape(height, width, 3) % 251
+    image = Image.fromarray(gradient.to(torch.uint8).numpy(), "RGB")
+    expected, ours = image, image
+    if resize:
+        expected = F.resize(
+            expected, [resize], interpolation=InterpolationMode(interpolation), antialias=True
+        )
+        ours = resize_shorter_side(ours, resize, interpolation)
+    expected = F.pil_to_tensor(F.center_crop(expected, [crop, crop]))
+    assert torch.equal(to_uint8_tensor(center_crop(ours, crop)), expected)

@@ -67,3 +67,53 @@ def test_arbitrary_bytes_never_escape_as_other_errors(data: bytes) -> None:
         decode_image(data, LIMIT)
     except RaytorchError as exc:
         assert exc.status in (400, 413)
+
+
+def test_the_default_pixel_limit_refuses_a_6300_square_png() -> None:
+    from handlers.spec import ImagePreprocess
+
+    with pytest.raises(PayloadTooLargeError, match="6300x6300"):
+        decode_image(png_bomb(6300, 6300), ImagePreprocess().max_pixels)
+
+
+def flat_png(side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 120, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_decoded_pixels_are_bounded_whatever_the_thread_count(
+    monkeypatch: pytest.MonkeyPatch, cat_png: bytes
+) -> None:
+    """A request with 64 inputs through an image handler on 64 threads: at most the budget's
+    worth of decoded pixels exists at any moment, and every input is answered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from handlers import image_io
+    from handlers.registry import create_handler
+    from tests.fixtures.specs import tiny_spec
+
+    budget = image_io.PixelBudget(2_500_000)
+    monkeypatch.setattr(image_io, "DECODE_BUDGET", budget)
+    handler = create_handler(tiny_spec())
+    big = flat_png(1000)  # 1 Mpx each, 4 MB decoded, a few KB on the wire
+    with ThreadPoolExecutor(64) as pool:
+        items = list(pool.map(lambda data: handler.preprocess(data, "image/png"), [big] * 64))
+    assert len(items) == 64
+    assert 2_000_000 <= budget.peak <= 2_500_000  # two at a time, never more
+    assert budget.in_use == 0  # every image was freed once resized
+    handler.preprocess(cat_png)
+    assert budget.in_use == 0
+
+
+def test_an_image_over_the_budget_is_decoded_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from handlers import image_io
+
+    budget = image_io.PixelBudget(1_000_000)
+    monkeypatch.setattr(image_io, "DECODE_BUDGET", budget)
+    image = decode_image(flat_png(1500), LIMIT)
+    assert budget.in_use == 2_250_000
+    with pytest.raises(image_io.ModelNotReadyError, match="being decoded"):
+        budget.acquire(10, timeout_s=0.05)  # nothing else fits while it is held
+    del image
+    assert budget.in_use == 0

@@ -1,12 +1,11 @@
-"""ModelManager over a fake Serve: the management rules without a cluster.
-
-The fake keeps applications in a dict and makes a deployed version ready (or failed) at
-once; the manager, registry, archive handling and routing feed are the real ones.
+"""ModelManager over a fake Serve (tests/fixtures/management.py): the management rules
+without a cluster; the manager, registry, archive handling and routing feed are the real ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from handlers.errors import (
     ModelVersionNotFoundError,
     RequestTimeoutError,
 )
-from tests.fixtures.fake_serve import FakeServe, make_archive
+from tests.fixtures.management import FakeServe, make_archive
 
 
 @pytest.fixture
@@ -39,7 +38,10 @@ def manager(serve: FakeServe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("RAYTORCH_STATE_DIR", raising=False)
     monkeypatch.delenv("RAYTORCH_MODEL_STORE", raising=False)
     settings = ManagementArgs(
-        state_dir=str(tmp_path / "state"), model_store=str(tmp_path / "store"), propagation_s=0
+        state_dir=str(tmp_path / "state"),
+        model_store=str(tmp_path / "store"),
+        propagation_s=0,
+        trusted_modules=["tests.fixtures"],
     )
     return ModelManager(settings, serve)
 
@@ -231,3 +233,100 @@ def test_customized_describe_asks_a_replica(manager: ModelManager, serve: FakeSe
     register(manager, make_archive(manager.model_store, "idle", "1.0"), initial_workers=0)
     with pytest.raises(ModelNotReadyError, match='Model "idle" has no worker to serve describe request'):
         run(manager.describe("idle", None, customized=True))
+
+
+def test_racing_registrations_of_one_version_never_mix_files(manager: ModelManager, serve: FakeServe) -> None:
+    a = make_archive(manager.model_store, "m", "1.0", "a.zip")
+    b = make_archive(manager.model_store, "m", "1.0", "b.zip")
+
+    async def race() -> list[Any]:
+        both = (manager.register(RegisterParams(url=url)) for url in (a, b))
+        return await asyncio.gather(*both, return_exceptions=True)
+
+    results = run(race())
+    assert sorted(str(r[0]) if isinstance(r, tuple) else type(r).__name__ for r in results) == [
+        "200",
+        "ConflictError",
+    ]
+    winner = manager.registry.get("m", "1.0").url
+    assert (manager.models_dir / "m" / "1.0" / "marker.txt").read_text() == winner  # its own files
+    assert serve.deployed == ["m@1.0"]
+    assert list((manager.models_dir / ".incoming").iterdir()) == []  # the loser left nothing
+
+
+def test_a_registered_version_the_config_also_serves_is_not_started(
+    manager: ModelManager, serve: FakeServe, caplog: pytest.LogCaptureFixture
+) -> None:
+    register(manager, make_archive(manager.model_store, "m", "1.0"))
+    register(manager, make_archive(manager.model_store, "m", "2.0"))
+    serve.apps.clear()  # the server restarts, and its config file now declares m 1.0 too
+    serve.add_config_model("m", "1.0")
+    serve.deployed.clear()
+    fresh = ModelManager(manager.settings, serve)
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        assert run(fresh.restore()) == ["m/2.0"]
+    assert serve.deployed == ["m@2.0"]  # never m@1.0: one winner, the config
+    assert "config file wins" in caplog.text and "'m' serves m version 1.0" in caplog.text
+    assert set(fresh.registry.state.models["m"].versions) == {"2.0"}
+    assert not (fresh.models_dir / "m" / "1.0").exists()
+
+
+def test_restore_waits_for_config_apps_to_be_built(
+    manager: ModelManager, serve: FakeServe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deployments.management import restore
+
+    monkeypatch.setattr(restore, "BUILD_POLL_S", 0.01)
+    register(manager, make_archive(manager.model_store, "m", "1.0"))
+    serve.apps.clear()
+    serve.deployed.clear()
+    serve.building.add("m")  # the config's app "m" is still running its builder
+
+    async def scenario() -> list[str]:
+        restoring = asyncio.ensure_future(ModelManager(manager.settings, serve).restore())
+        await asyncio.sleep(0.1)
+        serve.building.clear()  # built: it holds m 1.0
+        serve.add_config_model("m", "1.0")
+        return await restoring
+
+    assert run(scenario()) == []
+    assert serve.deployed == []
+
+
+def test_each_version_is_restored_on_its_own_and_retried(
+    manager: ModelManager, serve: FakeServe, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from deployments.management import restore
+
+    monkeypatch.setattr(restore, "FIRST_RETRY_S", 0.01)
+    for name in ("a", "b", "c"):
+        register(manager, make_archive(manager.model_store, name, "1.0"))
+    registry = manager.registry.path
+    document = json.loads(registry.read_text())
+    document["models"]["a"]["versions"]["1.0"]["args"]["model"]["source"] = {"factory": "os:system"}
+    document["models"]["b"]["versions"]["1.0"]["args"]["resources"]["num_replicas"] = "many"
+    document["written_by"] = "a newer raytorch"  # unknown fields are ignored
+    registry.write_text(json.dumps(document))
+    serve.apps.clear()
+    serve.deployed.clear()
+    serve.deploy_failures = 1  # Serve busy once: c is retried
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        assert run(ModelManager(manager.settings, serve).restore()) == ["c/1.0"]
+    assert serve.deployed == ["c@1.0"]
+    assert "model a version 1.0 cannot be restored: source.factory 'os:system' is not allowed" in caplog.text
+    assert "left out: b 1.0 (resources.num_replicas" in caplog.text  # unreadable: dropped on load
+    assert "Restoring model c version 1.0 failed (Serve controller busy); will retry" in caplog.text
+
+
+def test_a_corrupt_registry_does_not_stop_the_manager(
+    manager: ModelManager, serve: FakeServe, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager.registry.path.parent.mkdir(parents=True, exist_ok=True)
+    manager.registry.path.write_text('{"models": {"m": {"default_ver')
+    with caplog.at_level("ERROR", logger="ray.serve"):
+        fresh = ModelManager(manager.settings, serve)
+    assert run(fresh.restore()) == [] and run(fresh.list_models()) == []
+    assert not fresh.registry.path.exists()
+    assert len(list(fresh.registry.path.parent.glob("registry.json.bad-*"))) == 1
+    assert "cannot be read" in caplog.text
+    register(fresh, make_archive(fresh.model_store, "m", "1.0"))  # registering works again

@@ -126,6 +126,12 @@ def test_bad_requests_get_the_right_error(
         classifier.preprocess(body, content_type)
 
 
+def test_deeply_nested_json_is_a_400() -> None:
+    deep = b"[" * 200_000 + b"]" * 200_000
+    with pytest.raises(BadInputError, match="nested too deeply"):
+        read_text(deep, "application/json", 100_000)
+
+
 def test_form_encoded_body_from_curl_d_is_plain_text() -> None:
     assert read_text(b"great film", "application/x-www-form-urlencoded", 100) == "great film"
 

@@ -1,0 +1,29 @@
+"""`make serve`'s launcher checks the ports a config will listen on before anything starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from raytorch.launch import grpc_port, http_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_shipped_configs_listen_on_8000_and_7070() -> None:
+    for config in ("quickstart.yaml", "densenet.yaml", "text_classifier.yaml"):
+        path = str(ROOT / "configs" / config)
+        assert (http_port(path), grpc_port(path)) == (8000, 7070), config
+
+
+def test_no_grpc_port_unless_the_ingress_serves_grpc(tmp_path: Path) -> None:
+    config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    config["applications"][0]["args"]["grpc"] = False
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert grpc_port(str(path)) is None
+    config["applications"][0]["args"]["grpc"] = True
+    del config["grpc_options"]
+    path.write_text(yaml.safe_dump(config))
+    assert grpc_port(str(path)) == 9000  # Serve's default grpc_options.port
