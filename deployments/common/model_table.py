@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from packaging.version import InvalidVersion, Version
 
 from deployments.common.naming import parse_model_deployment_name
-from handlers.errors import ModelNotFoundError, ModelNotReadyError
+from handlers.errors import ModelNotFoundError, ModelNotReadyError, ModelVersionNotFoundError
 
 NOT_READY_RETRY_AFTER_S = 5.0
 UNKNOWN = "_unknown"  # metric label of names no model has: made-up names must not add series
@@ -134,8 +134,7 @@ class ModelTable:
         if state is None:
             if model not in self.versions:
                 raise ModelNotFoundError(f"Model not found: {model}")
-            known = ", ".join(sorted(self.versions[model]))
-            raise ModelNotFoundError(f"Model version not found: {model} version {version} (known: {known})")
+            raise ModelVersionNotFoundError.of(model, version)
         if (state.model, state.version) in self.draining:
             raise ModelNotReadyError(
                 f'Model "{model}" version {state.version} is being unregistered',
