@@ -19,9 +19,10 @@ from typing import Any
 import yaml
 
 from handlers.errors import BadInputError, ConfigError
+from handlers.torchserve.names import TORCHSERVE_PREFIX, mar_handler
 from handlers.unpacking import check_named_paths, extract, leaves_archive
 
-__all__ = ["ArchiveModel", "extract", "read_extracted", "write_archive"]
+__all__ = ["ArchiveModel", "extract", "read_extracted", "request_handler", "write_archive"]
 
 MAR_MANIFEST = "MAR-INF/MANIFEST.json"
 RAYTORCH_MANIFEST = "raytorch-model.yaml"
@@ -29,17 +30,30 @@ MODEL_CONFIG = "model-config.yaml"
 # Manifests and model files are small text; anything bigger is not a manifest worth parsing.
 MAX_MANIFEST_BYTES = 1024 * 1024
 MAX_MODEL_FILE_BYTES = 4 * 1024 * 1024
-TORCHSERVE_DEFAULT_HANDLERS = {"image_classifier", "object_detector", "image_segmenter", "text_classifier"}
 
 
 @dataclass
 class ArchiveModel:
-    """What an archive asks to serve: a ModelSpec dict and serving settings."""
+    """What an archive asks to serve: a ModelSpec dict and serving settings.
+
+    ``kind`` is ``"mar"`` for TorchServe archives (their handler names follow TorchServe's
+    rules, see :func:`request_handler`) and ``"raytorch"`` for ours.
+    """
 
     model: dict[str, Any]
     batching: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)
     response_timeout_s: float | None = None
+    kind: str = "raytorch"
+    runtime: str = "python"
+
+
+def request_handler(handler: str, found: ArchiveModel) -> str:
+    """What a register request's ``handler=`` means for this archive: TorchServe's rules for
+    a .mar (a file of the archive, or one of its default handlers), ours otherwise."""
+    if found.kind != "mar":
+        return handler
+    return mar_handler(handler, Path(found.model["base_dir"]))
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -115,35 +129,32 @@ def _single_module_class(model_file: Path) -> str:
 def _mar_model(folder: Path, manifest: Any) -> ArchiveModel:
     model = _mapping(_mapping(manifest, "MANIFEST.json").get("model"), "MANIFEST.json's model")
     name, serialized = model.get("modelName"), model.get("serializedFile")
-    if not name or not serialized:
-        raise BadInputError("MANIFEST.json lacks model.modelName or model.serializedFile")
-    _inside(folder, serialized, "model.serializedFile")
+    if not name:
+        raise BadInputError("MANIFEST.json lacks model.modelName")
     handler = model.get("handler") or "image_classifier"
     if not isinstance(handler, str):
         raise BadInputError("MANIFEST.json: model.handler must be a handler name")
-    if handler.endswith(".py"):
-        raise ConfigError(
-            f"Archive handler {handler} is a TorchServe handler file; raytorch runs its own handlers. "
-            "Use a default handler name, or a raytorch handler (a handlers.base.BaseHandler subclass) "
-            "given as 'file.py:ClassName' in a raytorch archive."
-        )
-    if handler not in TORCHSERVE_DEFAULT_HANDLERS:
-        raise ConfigError(f"Unknown TorchServe handler {handler!r} in {name}")
-    if model.get("modelFile"):
-        cls = _single_module_class(_inside(folder, model["modelFile"], "model.modelFile"))
-        source = {"factory": f"{model['modelFile']}:{cls}", "state_dict": serialized}
-    else:
-        source = {"torchscript": serialized}
+    handler = mar_handler(handler, folder)
+    if serialized is not None:
+        _inside(folder, serialized, "model.serializedFile")
     spec: dict[str, Any] = {
         "name": name,
         "version": str(model.get("modelVersion") or "1.0"),
         "handler": handler,
-        "source": source,
         "base_dir": str(folder),
     }
+    if handler.startswith(TORCHSERVE_PREFIX):
+        pass  # the archive's own handler file loads its model, as on TorchServe
+    elif not serialized:
+        raise BadInputError("MANIFEST.json lacks model.serializedFile")
+    elif model.get("modelFile"):
+        cls = _single_module_class(_inside(folder, model["modelFile"], "model.modelFile"))
+        spec["source"] = {"factory": f"{model['modelFile']}:{cls}", "state_dict": serialized}
+    else:
+        spec["source"] = {"torchscript": serialized}
     if (folder / "index_to_name.json").is_file():
         spec["labels"] = "index_to_name.json"
-    result = ArchiveModel(spec)
+    result = ArchiveModel(spec, kind="mar", runtime=str(manifest.get("runtime") or "python"))
     if (folder / MODEL_CONFIG).is_file():
         _apply_model_config(result, _mapping(_load_yaml(folder / MODEL_CONFIG), MODEL_CONFIG))
     return result

@@ -57,6 +57,8 @@ class BaseHandler(ABC):
         if self.spec.torch_threads:
             torch.set_num_threads(self.spec.torch_threads)
         self.device = self.select_device()
+        if self.spec.source is None:
+            raise ConfigError(f"Model {self.spec.name} has no `source` to load its network from")
         model, categories = build_model(self.spec.source, self.spec.base_dir)
         self.labels = resolve_labels(self.spec.labels, categories, self.spec.base_dir)
         self.model = model.to(self.device).eval()
@@ -159,6 +161,19 @@ class BaseHandler(ABC):
         ``items`` are the batch's preprocessed requests, in order (what ``preprocess``
         returned), for handlers whose answer needs more than the model output (a photo's size).
         """
+
+    def describe(self) -> Any:
+        """What ``GET /models/{m}?customized=true`` shows of this handler (TorchServe's
+        "customized metadata"): which handler, on which device, its classes and settings."""
+        return {
+            "handler": self.spec.handler,
+            "handlerClass": f"{type(self).__module__}.{type(self).__qualname__}",
+            "device": str(self.device),
+            "classes": len(self.labels) if self.labels else None,
+            "topK": self.spec.top_k,
+            "options": self.options.model_dump(mode="json"),
+            "loadSeconds": round(self.load_seconds, 3) if self.load_seconds is not None else None,
+        }
 
     def label(self, index: int) -> str:
         """The class name of ``index``, or the index itself when no label is known."""

@@ -70,6 +70,17 @@ class ModelNotFoundError(RaytorchError):
     type_name = "ModelNotFoundException"
 
 
+class ModelVersionNotFoundError(ModelNotFoundError):
+    """The model exists but not that version (TorchServe's wording, which scripts grep)."""
+
+    type_name = "ModelVersionNotFoundException"
+
+    @classmethod
+    def of(cls, model: str, version: str | None) -> ModelVersionNotFoundError:
+        """``Model version: 1.3.1 does not exist for model: noop``."""
+        return cls(f"Model version: {version} does not exist for model: {model}")
+
+
 class ModelNotReadyError(RaytorchError):
     """The model exists but has no replica able to serve right now."""
 
@@ -119,6 +130,13 @@ class ConflictError(RaytorchError):
     type_name = "ConflictStatusException"
 
 
+class DefaultVersionError(RaytorchError):
+    """Unregistering a model's default version while it has other versions (TorchServe: 403)."""
+
+    status = 403
+    type_name = "InvalidModelVersionException"
+
+
 class InsufficientResourcesError(RaytorchError):
     """The cluster cannot start the requested replicas now."""
 
@@ -151,6 +169,32 @@ class NotImplementedFeatureError(RaytorchError):
 
     status = 501
     type_name = "NotImplementedException"
+
+
+class HandlerStatusError(RaytorchError):
+    """A handler's own error with the status it chose (TorchServe's ``PredictionException``).
+
+    Unlike the other classes its status is per instance, so it pickles the status too.
+    """
+
+    type_name = "PredictionException"
+
+    def __init__(self, message: str, status: int = 500, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        # A status outside 4xx/5xx would not be an error answer: treat it as a server error.
+        self.status = status if 400 <= status <= 599 else 500
+
+    def __reduce__(self):
+        return (_rebuild_with_status, (self.message, self.status, self.retry_after_s))
+
+
+def _rebuild_with_status(message: str, status: int, retry_after_s: float | None) -> HandlerStatusError:
+    return HandlerStatusError(message, status, retry_after_s=retry_after_s)
+
+
+# TorchServe's wording of its routing errors: scripts compare these strings.
+RESOURCE_NOT_FOUND = "Requested resource is not found, please refer to API document."
+METHOD_NOT_ALLOWED = "Requested method is not allowed, please refer to API document."
 
 
 def validation_message(errors: list) -> str:

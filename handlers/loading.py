@@ -87,6 +87,11 @@ def _module_from_file(path: Path) -> object:
     return module
 
 
+def load_module_file(path: str | Path) -> object:
+    """Import a Python file as a module named after its path (cached: imported once)."""
+    return _module_from_file(Path(path))
+
+
 def import_object(import_path: str, base_dir: str | None = None) -> object:
     """Import ``package.module:attribute`` or ``path/file.py:attribute`` and return the attribute."""
     module_name, _, attribute = import_path.rpartition(":")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from handlers.errors import ConfigError, ModelLoadError
+from handlers.torchserve.names import TORCHSERVE_PREFIX
 
 if TYPE_CHECKING:
     from handlers.base import BaseHandler
@@ -28,10 +29,14 @@ DEFAULT_HANDLERS = {
 def handler_class(name: str, base_dir: str | None = None) -> type[BaseHandler]:
     """Resolve a handler name to a class.
 
-    ``name`` is a default handler ('image_classifier'), an import path ('pkg.module:MyHandler')
-    or a file ('my_handler.py:MyHandler', relative to ``base_dir`` inside an archive).
+    ``name`` is a default handler ('image_classifier'), an import path ('pkg.module:MyHandler'),
+    a file ('my_handler.py:MyHandler', relative to ``base_dir`` inside an archive), or a
+    TorchServe handler file ('torchserve:handler.py', run by handlers.torchserve.adapter).
     """
-    import_path = DEFAULT_HANDLERS.get(name, name)
+    if name.startswith(TORCHSERVE_PREFIX):  # a TorchServe handler file, run by the adapter
+        import_path = "handlers.torchserve.adapter:TorchServeHandler"
+    else:
+        import_path = DEFAULT_HANDLERS.get(name, name)
     if ":" not in import_path:
         known = ", ".join(sorted(DEFAULT_HANDLERS))
         raise ConfigError(

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from handlers.torchserve.names import TORCHSERVE_PREFIX, default_handler_alias
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 DEFAULT_VERSION = "1.0"
@@ -128,9 +130,20 @@ class ModelSpec(StrictModel):
     version: str = Field(DEFAULT_VERSION, pattern=VERSION_PATTERN, description="Model version.")
     handler: str = Field(
         "image_classifier",
-        description="A default handler name or an import path 'pkg.module:HandlerClass'.",
+        description=(
+            "A default handler name, an import path 'pkg.module:HandlerClass', a file "
+            "'path/handler.py:HandlerClass', or 'torchserve:handler.py[:function]' for a TorchServe "
+            "handler file. TorchServe's names of its default handlers ('ts.torch_handler."
+            "image_classifier', 'ts/torch_handler/image_classifier.py:handle') mean ours."
+        ),
     )
-    source: ModelSource = Field(..., description="How to build the network and its weights.")
+    source: ModelSource | None = Field(
+        None,
+        description=(
+            "How to build the network and its weights. Required, except for a TorchServe handler "
+            "file, which loads the model its archive names itself."
+        ),
+    )
     labels: str | None = Field(
         None,
         description=(
@@ -172,3 +185,14 @@ class ModelSpec(StrictModel):
         default_factory=dict,
         description="Handler-specific settings, validated by the handler's own `Options` model.",
     )
+
+    @field_validator("handler")
+    @classmethod
+    def _torchserve_names(cls, value: str) -> str:
+        return default_handler_alias(value) or value
+
+    @model_validator(mode="after")
+    def _source_unless_torchserve(self) -> ModelSpec:
+        if self.source is None and not self.handler.startswith(TORCHSERVE_PREFIX):
+            raise ValueError("`source` is required (how to build the network and its weights)")
+        return self

@@ -22,6 +22,8 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from handlers.errors import (
+    METHOD_NOT_ALLOWED,
+    RESOURCE_NOT_FOUND,
     BadInputError,
     MethodNotAllowedError,
     RaytorchError,
@@ -71,12 +73,11 @@ def as_raytorch_error(exc: BaseException, path: str = "") -> RaytorchError:
     if isinstance(exc, RequestValidationError | ValidationError):
         return BadInputError(f"Invalid request: {validation_message(list(exc.errors()))}")
     if isinstance(exc, StarletteHTTPException):
+        # TorchServe's exact sentences: clients compare them (its own tests do).
         if exc.status_code == 404:
-            return ResourceNotFoundError(
-                f"Requested resource is not found, please refer to API document: {path}"
-            )
+            return ResourceNotFoundError(RESOURCE_NOT_FOUND)
         if exc.status_code == 405:
-            return MethodNotAllowedError(str(exc.detail))
+            return MethodNotAllowedError(METHOD_NOT_ALLOWED)
         error = RaytorchError(str(exc.detail))
         error.status, error.type_name = exc.status_code, "HttpException"
         return error

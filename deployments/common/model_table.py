@@ -23,7 +23,7 @@ from deployments.common.naming import (
     pool_deployment_name,
 )
 from deployments.common.routing import ModelRouting, PooledEntry, RoutingState, TrafficPolicy
-from handlers.errors import ModelNotFoundError, ModelNotReadyError
+from handlers.errors import ModelNotFoundError, ModelNotReadyError, ModelVersionNotFoundError
 
 NOT_READY_RETRY_AFTER_S = 5.0
 UNKNOWN = "_unknown"  # metric label of names no model has: made-up names must not add series
@@ -228,8 +228,7 @@ class ModelTable:
         if state is None:
             if model not in self.versions:
                 raise ModelNotFoundError(f"Model not found: {model}")
-            known = ", ".join(sorted(self.versions[model]))
-            raise ModelNotFoundError(f"Model version not found: {model} version {version} (known: {known})")
+            raise ModelVersionNotFoundError.of(model, version)
         if (state.model, state.version) in self.draining:
             raise ModelNotReadyError(
                 f'Model "{model}" version {state.version} is being unregistered',

@@ -224,7 +224,14 @@ class ManagementArgs(StrictModel):
         ),
     )
     default_num_cpus: float = Field(
-        0.5, ge=0, description="CPUs per replica of a registered model unless `num_cpus=` is given."
+        0.0,
+        ge=0,
+        description=(
+            "CPUs Ray reserves per replica of a registered model unless `num_cpus=` is given. "
+            "0 (the default): registered models share the node's cores the way TorchServe's "
+            "workers do; each replica's torch threads follow how many replicas are busy. GPUs "
+            "(`num_gpus=`) are always reserved exactly."
+        ),
     )
     default_pool: str | None = Field(
         None,

@@ -5,7 +5,8 @@ gRPC port (TorchServe uses 7070 and 7071; here both services share ``grpc_option
 
 - ``Predictions``: the request's ``input`` map holds the model input under ``data`` (or
   ``body``, or as its only entry), as TorchServe's handlers read it; the answer's
-  ``prediction`` is the JSON the REST API would send. ``StreamPredictions`` streams that one
+  ``prediction`` is what the REST API would send (a handler's text or bytes as they are,
+  anything else as JSON). ``StreamPredictions`` streams that one
   answer (no handler here produces partial answers); ``StreamPredictions2`` answers each
   message of a bidirectional stream in order, echoing its ``sequence_id`` and reporting a
   failed message in its ``status`` without ending the stream, as TorchServe does.
@@ -47,6 +48,12 @@ def model_input(inputs: dict[str, bytes]) -> bytes:
     raise BadInputError(
         f"PredictionsRequest.input must hold the model input under 'data' (keys sent: {sent})"
     )
+
+
+def prediction_bytes(result: Any) -> bytes:
+    """A PredictionResponse's ``prediction``, as TorchServe's worker encodes a handler's answer:
+    text as UTF-8 and bytes as they are (as over REST), anything else as JSON."""
+    return result.encode("utf-8") if isinstance(result, str) else as_bytes(result)
 
 
 def reply_message(response: ForwardedResponse) -> str:
@@ -115,7 +122,7 @@ class TorchServeInferenceServicer:
             answers = await self._predictor.predict(
                 record, request.model_name, version, [RequestInput(data, None)]
             )
-            return self.methods[rpc].response(prediction=as_bytes(answers[0].result))
+            return self.methods[rpc].response(prediction=prediction_bytes(answers[0].result))
 
         return await handle_call(self._telemetry, context, record, work)
 
@@ -138,7 +145,8 @@ class TorchServeInferenceServicer:
                     record, request.model_name, version, [RequestInput(data, None)]
                 )
                 status = 200
-                yield response_class(prediction=as_bytes(answers[0].result), sequence_id=request.sequence_id)
+                prediction = prediction_bytes(answers[0].result)
+                yield response_class(prediction=prediction, sequence_id=request.sequence_id)
             except Exception as exc:
                 error = as_error(exc, record)
                 status = error.status

@@ -2,7 +2,9 @@
 
 Predictions (``/predictions/{model}[/{version}]``, POST or PUT, raw body or multipart) are
 served right here without a web framework: they are the hot path, and every microsecond of
-CPU spent here is taken from the models on the same machine. ``/models`` is forwarded to the
+CPU spent here is taken from the models on the same machine. TorchServe's other two forms sit
+beside them: GET with the input in the query (``?data=...``), and OPTIONS for the model's
+OpenAPI description (answered by the routes app). ``/models`` is forwarded to the
 management deployment (when this process is the server's only HTTP listener). Everything
 else (health, metrics, OpenAPI, KServe v1/v2) goes to the FastAPI app of
 :mod:`deployments.inference.routes`. Every request gets a request id, an access-log line and,
@@ -16,11 +18,18 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl
 
 from deployments.common.forwarding import ForwardedRequest, ForwardedResponse
 from deployments.common.http_errors import as_raytorch_error, error_json, internal_error
 from deployments.inference.predictions import Predictor
-from deployments.inference.request_body import ClientDisconnected, read_body, split_inputs
+from deployments.inference.request_body import (
+    MAX_PARTS,
+    ClientDisconnected,
+    RequestInput,
+    read_body,
+    split_inputs,
+)
 from deployments.inference.telemetry import (
     RECORD_KEY,
     REQUEST_ID_HEADER,
@@ -28,7 +37,7 @@ from deployments.inference.telemetry import (
     Telemetry,
     request_id_from,
 )
-from handlers.errors import BadInputError, MethodNotAllowedError, RaytorchError
+from handlers.errors import METHOD_NOT_ALLOWED, BadInputError, MethodNotAllowedError, RaytorchError
 from handlers.spec import NAME_PATTERN, VERSION_PATTERN
 
 logger = logging.getLogger("raytorch.ingress")
@@ -36,6 +45,13 @@ Asgi = Callable[[dict, Any, Any], Awaitable[None]]
 _NAME = re.compile(NAME_PATTERN)
 _VERSION = re.compile(VERSION_PATTERN)
 JSON_HEADERS = [(b"content-type", b"application/json")]
+PREDICTION_METHODS = ("POST", "PUT", "GET", "OPTIONS")
+TEXT_INPUT = "text/plain; charset=utf-8"
+OCTETS = "application/octet-stream"
+QUERY_INPUT_HELP = (
+    "GET /predictions needs the input as query parameter 'data' (?data=...); "
+    "send files and images with POST or PUT"
+)
 
 
 def prediction_target(path: str) -> tuple[str, str | None]:
@@ -116,6 +132,8 @@ class HttpEntry:
                 await self._forward(scope, receive, send_with_id, headers)
             else:
                 scope[RECORD_KEY] = record
+                if len(path) > 1 and path.endswith("/"):  # TorchServe ignores it; Starlette redirects
+                    scope["path"] = path.rstrip("/") or "/"
                 await self.extras(scope, receive, send_with_id)
         except ClientDisconnected:
             status = 499  # nginx's code for "client closed the request"; nothing to send
@@ -134,16 +152,24 @@ class HttpEntry:
     async def _predictions(
         self, scope: dict, receive: Any, send: Any, headers: dict, record: RequestRecord
     ) -> None:
-        if scope["method"] not in ("POST", "PUT"):
-            raise MethodNotAllowedError(
-                f"Method {scope['method']} is not allowed on {scope['path']}: use POST or PUT"
-            )
+        method = scope["method"]
+        if method not in PREDICTION_METHODS:
+            raise MethodNotAllowedError(METHOD_NOT_ALLOWED)
         record.protocol = "torchserve"
         model, version = prediction_target(scope["path"])
         await self.authorize(headers.get("authorization"))
-        content_type = headers.get("content-type")
-        body = await read_body(receive, headers.get("content-length"), self.max_body_bytes)
-        inputs = split_inputs(body, content_type)
+        if method == "OPTIONS":  # TorchServe: the model's own OpenAPI description
+            await self.extras(scope, receive, send)
+            return
+        if method == "GET":  # TorchServe: the input comes as query parameters
+            inputs = query_inputs(scope.get("query_string", b""))
+            if not inputs:
+                await self.predictor.router.resolve(model, version)  # an unknown model is still a 404
+                raise BadInputError(QUERY_INPUT_HELP)
+        else:
+            content_type = headers.get("content-type")
+            body = await read_body(receive, headers.get("content-length"), self.max_body_bytes)
+            inputs = split_inputs(body, content_type)
         answers = await self.predictor.predict(record, model, version, inputs)
         # Several multipart 'data' fields are answered as a list, one result per field.
         content = answers[0].result if len(answers) == 1 else [a.result for a in answers]
@@ -151,7 +177,10 @@ class HttpEntry:
             "x-batch-size": ",".join(str(a.batch_size) for a in answers),
             "x-model-version": answers[0].version,
         }
-        await _send_json(send, 200, json.dumps(content).encode(), extra)
+        if isinstance(content, str | bytes):  # TorchServe sends a handler's text or bytes as they are
+            await _send_raw(send, content, extra)
+        else:
+            await _send_json(send, 200, json.dumps(content).encode(), extra)
 
     async def _forward(self, scope: dict, receive: Any, send: Any, headers: dict) -> None:
         # Management calls are rare and small: buffer them, then one handle call.
@@ -167,6 +196,23 @@ class HttpEntry:
         response = await self.management(request)
         await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
         await send({"type": "http.response.body", "body": response.body})
+
+
+def query_inputs(query_string: bytes) -> list[RequestInput]:
+    """A GET prediction's inputs: each ``data`` (or ``body``) query value, as UTF-8 text."""
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    values = [value for key, value in pairs if key in ("data", "body")]
+    if len(values) > MAX_PARTS:
+        raise BadInputError(f"A request carries at most {MAX_PARTS} inputs, this one {len(values)}")
+    return [RequestInput(value.encode("utf-8"), TEXT_INPUT) for value in values]
+
+
+async def _send_raw(send: Any, content: str | bytes, headers: dict[str, str]) -> None:
+    body, kind = (content.encode("utf-8"), TEXT_INPUT) if isinstance(content, str) else (content, OCTETS)
+    raw = [(b"content-type", kind.encode()), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": 200, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _send_json(send: Any, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:

@@ -25,6 +25,7 @@ from deployments.inference.kserve_v1 import add_kserve_v1_routes
 from deployments.inference.open_inference import create_open_inference_app
 from deployments.inference.predictions import Predictor
 from deployments.inference.telemetry import RECORD_KEY, Telemetry
+from handlers.errors import ModelVersionNotFoundError
 
 
 class Directory(Protocol):
@@ -111,18 +112,62 @@ def create_routes(
         body = telemetry.metrics.render(wanted)
         return Response(body, media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
+    @app.options("/predictions/{model_name}", include_in_schema=False)
+    async def model_api(model_name: str) -> JSONResponse:
+        return JSONResponse(model_openapi(app, model_name, await directory.versions(model_name)))
+
+    @app.options("/predictions/{model_name}/{model_version}", include_in_schema=False)
+    async def model_version_api(model_name: str, model_version: str) -> JSONResponse:
+        versions = await directory.versions(model_name)
+        if model_version not in versions:
+            raise ModelVersionNotFoundError.of(model_name, model_version)
+        return JSONResponse(model_openapi(app, model_name, [model_version]))
+
     add_kserve_v1_routes(app, directory, predictor, authorize, max_body_bytes)
     open_inference = create_open_inference_app(directory, predictor, authorize, max_body_bytes)
     describe_predictions(app, open_inference)
     return OpenInferenceSplit(app, open_inference)
 
 
-def _prediction_operation(summary: str, with_version: bool) -> dict:
+def model_openapi(app: FastAPI, model: str, versions: list[str]) -> dict:
+    """One model's inference API (TorchServe's answer to ``OPTIONS /predictions/{m}``): the
+    routes of this app that take a model name, with the name filled in."""
+    schema = app.openapi()
+    paths = {}
+    for path, operations in schema["paths"].items():
+        if "{model_name}" in path:
+            paths[path.replace("{model_name}", model)] = {
+                method: {
+                    **operation,
+                    "parameters": [p for p in operation.get("parameters", []) if p["name"] != "model_name"],
+                }
+                for method, operation in operations.items()
+            }
+    return {
+        "openapi": schema.get("openapi", "3.1.0"),
+        "info": {
+            "title": f"RESTful API for: {model}",
+            "version": schema["info"]["version"],
+            "description": f"Versions: {', '.join(versions)}",
+        },
+        "paths": paths,
+        "components": schema.get("components", {}),
+    }
+
+
+def _prediction_operation(summary: str, with_version: bool, method: str = "post") -> dict:
     parameters = [{"name": "model_name", "in": "path", "required": True, "schema": {"type": "string"}}]
     if with_version:
         parameters.append(
             {"name": "model_version", "in": "path", "required": True, "schema": {"type": "string"}}
         )
+    if method == "get":
+        query = {"name": "data", "in": "query", "required": True, "schema": {"type": "string"}}
+        return {
+            "summary": summary + " (input as query text)",
+            "parameters": [*parameters, {**query, "description": "The input, as text (repeat for several)."}],
+            "responses": _prediction_responses(),
+        }
     return {
         "summary": summary,
         "parameters": parameters,
@@ -131,18 +176,25 @@ def _prediction_operation(summary: str, with_version: bool) -> dict:
             "'data' (one result per field, answered as a list).",
             "content": {"application/octet-stream": {}, "multipart/form-data": {}},
         },
-        "responses": {
-            "200": {"description": "The handler's JSON answer; headers x-batch-size, x-model-version."},
-            "400": {"description": "The input cannot be used (the message says why)."},
-            "404": {"description": "Unknown model or version."},
-            "503": {"description": "No ready replica, or overloaded (Retry-After)."},
+        "responses": _prediction_responses(),
+    }
+
+
+def _prediction_responses() -> dict:
+    return {
+        "200": {
+            "description": "The handler's answer (JSON; a handler's text or bytes as they are); "
+            "headers x-batch-size, x-model-version."
         },
+        "400": {"description": "The input cannot be used (the message says why)."},
+        "404": {"description": "Unknown model or version."},
+        "503": {"description": "No ready replica, or overloaded (Retry-After)."},
     }
 
 
 def describe_predictions(app: FastAPI, open_inference: FastAPI) -> None:
-    """Add ``/predictions`` (POST and PUT, as TorchServe) and the ``/v2`` routes to ``app``'s
-    OpenAPI document."""
+    """Add ``/predictions`` (POST, PUT and GET, as TorchServe) and the ``/v2`` routes to
+    ``app``'s OpenAPI document."""
     plain = app.openapi
 
     def openapi() -> dict:
@@ -153,7 +205,11 @@ def describe_predictions(app: FastAPI, open_inference: FastAPI) -> None:
                 ("/predictions/{model_name}/{model_version}", True, "Predict with one version"),
             ):
                 operation = _prediction_operation(summary, with_version)
-                schema["paths"][path] = {"post": operation, "put": operation}
+                schema["paths"][path] = {
+                    "post": operation,
+                    "put": operation,
+                    "get": _prediction_operation(summary, with_version, "get"),
+                }
             v2 = get_openapi(title="v2", version="2", routes=open_inference.routes)
             schema["paths"].update(v2["paths"])
             schema.setdefault("components", {}).setdefault("schemas", {}).update(

@@ -2,7 +2,9 @@
 
 Every route needs ``Authorization: Bearer <token>``. Parameters are typed: a wrong type or
 range is a 400 naming the parameter (TorchServe silently accepts ``min_worker=abc``), and model
-names and versions are checked by their path patterns before any lookup.
+names and versions are checked by their path patterns before any lookup. What TorchServe's
+clients send is accepted as TorchServe accepts it: empty query values mean the default,
+a trailing slash is ignored, and registration parameters may come as a JSON body.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from deployments.common.auth import check_bearer
 from deployments.common.http_errors import install_error_handlers
 from deployments.management.register_params import RegisterParams
+from deployments.management.request_shape import TorchServeRequestShape, json_object, query_parameters
 from handlers.errors import BadInputError
 from handlers.spec import NAME_PATTERN, VERSION_PATTERN
 
 MAX_PAGE = 1000
+DEFAULT_PAGE = 100
 MOUNT_PATH = "/models"  # the app's Serve route prefix; its own paths are relative to it
 
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN, description="Model name.")]
@@ -38,7 +42,9 @@ class Manager(Protocol):
     ) -> tuple[int, dict]: ...
     async def set_default(self, model: str, version: str) -> dict[str, str]: ...
     async def unregister(self, model: str, version: str | None) -> dict[str, str]: ...
-    async def describe(self, model: str, version: str | None) -> list[dict[str, Any]]: ...
+    async def describe(
+        self, model: str, version: str | None, customized: bool = False
+    ) -> list[dict[str, Any]]: ...
     async def list_models(self) -> list[dict[str, str]]: ...
     @property
     def traffic(self) -> Traffic: ...
@@ -78,22 +84,11 @@ class ScaleParams(BaseModel):
     synchronous: bool = False
 
 
-class CollectionPathFix:
-    """Serve ``/models`` itself (not only ``/models/``) under the /models route prefix.
-
-    Behind the prefix, ``/models`` reaches the app as an empty path, which Starlette would
-    answer with a redirect that POST clients (curl) do not follow.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            root = scope.get("root_path", "")
-            if scope["path"] in (root, ""):
-                scope = {**scope, "path": root + "/", "raw_path": (root + "/").encode()}
-        await self.app(scope, receive, send)
+def page_bounds(limit: int, next_page_token: int) -> tuple[int, int]:
+    """TorchServe's paging rules: a limit below 1 means the default page, a larger one is
+    capped, and a negative token starts at the beginning."""
+    limit = DEFAULT_PAGE if limit < 1 else min(limit, MAX_PAGE)
+    return limit, max(0, next_page_token)
 
 
 def create_management_app(manager: Manager, token: str) -> FastAPI:
@@ -111,22 +106,29 @@ def create_management_app(manager: Manager, token: str) -> FastAPI:
         dependencies=[Depends(authorized)],
     )
     install_error_handlers(app)
-    app.add_middleware(CollectionPathFix)
+    app.add_middleware(TorchServeRequestShape)
 
-    @app.post("/", summary="Register a model archive")
-    async def register(params: RegisterParams = Depends()) -> JSONResponse:  # noqa: B008 - FastAPI idiom
-        status, body = await manager.register(params)
-        return JSONResponse(body, status_code=status)
+    @app.post(
+        "/",
+        summary="Register a model archive",
+        description="Parameters in the query, or in a JSON object body (or both, if they agree).",
+        openapi_extra={"parameters": query_parameters(RegisterParams)},
+    )
+    async def register(request: Request) -> JSONResponse:
+        body = None
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
+            body = json_object(await request.body())
+        params = RegisterParams.parse(dict(request.query_params), body)
+        status, answer = await manager.register(params)
+        return JSONResponse(answer, status_code=status)
 
     @app.get("/", summary="List models")
-    async def list_models(
-        limit: int = Query(100, ge=1, le=MAX_PAGE), next_page_token: int = Query(0, ge=0)
-    ) -> JSONResponse:
+    async def list_models(limit: int = Query(DEFAULT_PAGE), next_page_token: int = Query(0)) -> JSONResponse:
+        limit, start = page_bounds(limit, next_page_token)
         models = await manager.list_models()
-        page = models[next_page_token : next_page_token + limit]
-        body: dict[str, Any] = {"models": page}
-        if next_page_token + limit < len(models):
-            body = {"nextPageToken": str(next_page_token + limit), **body}
+        body: dict[str, Any] = {"models": models[start : start + limit]}
+        if start + limit < len(models):
+            body = {"nextPageToken": str(start + limit), **body}
         return JSONResponse(body)
 
     # Before the /{model_name}/{model_version} routes: "traffic" is a reserved version word.
@@ -144,17 +146,19 @@ def create_management_app(manager: Manager, token: str) -> FastAPI:
         return JSONResponse(await manager.traffic.clear(model_name))
 
     @app.get("/{model_name}", summary="Describe the default version")
-    async def describe(model_name: ModelName) -> JSONResponse:
-        return JSONResponse(await manager.describe(model_name, None))
+    async def describe(model_name: ModelName, customized: bool = False) -> JSONResponse:
+        return JSONResponse(await manager.describe(model_name, None, customized))
 
     @app.get("/{model_name}/{model_version}", summary="Describe a version, or all of them")
-    async def describe_version(model_name: ModelName, model_version: VersionOrAll) -> JSONResponse:
-        return JSONResponse(await manager.describe(model_name, model_version))
+    async def describe_version(
+        model_name: ModelName, model_version: VersionOrAll, customized: bool = False
+    ) -> JSONResponse:
+        return JSONResponse(await manager.describe(model_name, model_version, customized))
 
     async def _scale(model: str, version: str | None, params: ScaleParams) -> JSONResponse:
         high = params.max_worker if params.max_worker is not None else params.min_worker
         if high < params.min_worker:
-            raise BadInputError(f"max_worker ({high}) is below min_worker ({params.min_worker})")
+            raise BadInputError("max_worker cannot be less than min_worker.")  # TorchServe's sentence
         status, body = await manager.scale(model, version, params.min_worker, high, params.synchronous)
         return JSONResponse(body, status_code=status)
 
@@ -174,7 +178,7 @@ def create_management_app(manager: Manager, token: str) -> FastAPI:
     async def set_default(model_name: ModelName, model_version: Version) -> JSONResponse:
         return JSONResponse(await manager.set_default(model_name, model_version))
 
-    @app.delete("/{model_name}", summary="Unregister the default version")
+    @app.delete("/{model_name}", summary="Unregister the default version (its last one)")
     async def unregister(model_name: ModelName) -> JSONResponse:
         return JSONResponse(await manager.unregister(model_name, None))
 
@@ -182,4 +186,39 @@ def create_management_app(manager: Manager, token: str) -> FastAPI:
     async def unregister_version(model_name: ModelName, model_version: Version) -> JSONResponse:
         return JSONResponse(await manager.unregister(model_name, model_version))
 
+    async def _model_api(model: str, version: str | None) -> JSONResponse:
+        await manager.describe(model, version)  # 404 for unknown models and versions
+        return JSONResponse(model_management_api(app, model))
+
+    @app.options("/{model_name}", summary="OpenAPI description of this model's management API")
+    async def model_api(model_name: ModelName) -> JSONResponse:
+        return await _model_api(model_name, None)
+
+    @app.options("/{model_name}/{model_version}", summary="OpenAPI description of one version's API")
+    async def model_version_api(model_name: ModelName, model_version: Version) -> JSONResponse:
+        return await _model_api(model_name, model_version)
+
     return app
+
+
+def model_management_api(app: FastAPI, model: str) -> dict[str, Any]:
+    """The OpenAPI document of the routes that manage one model (TorchServe's answer to
+    ``OPTIONS /models/{m}``), cut from this app's own document with the name filled in."""
+    schema = app.openapi()
+    paths = {}
+    for path, operations in schema["paths"].items():
+        if "{model_name}" not in path:
+            continue
+        kept = {}
+        for method, operation in operations.items():
+            if method == "options":
+                continue
+            parameters = [p for p in operation.get("parameters", []) if p.get("name") != "model_name"]
+            kept[method] = {**operation, "parameters": parameters}
+        paths[MOUNT_PATH + path.replace("{model_name}", model)] = kept
+    return {
+        "openapi": schema.get("openapi", "3.1.0"),
+        "info": {"title": f"RESTful Management API for: {model}", "version": schema["info"]["version"]},
+        "paths": paths,
+        "components": schema.get("components", {}),
+    }

@@ -6,7 +6,8 @@ The token holder may therefore name only:
 
 - a default handler (``image_classifier``, ... or its full import path);
 - code inside the archive itself (``file.py:Class``: a relative path, checked to stay inside
-  the archive), unless the server sets ``allow_archive_code: false``;
+  the archive; or a TorchServe archive's own handler file, ``torchserve:file.py[:function]``),
+  unless the server sets ``allow_archive_code: false``;
 - a public callable of a module the server's config trusts (``ManagementArgs.trusted_modules``,
   default ``handlers.zoo``), named directly (``module:name``, no attribute chain such as
   ``module:os.system``).
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from handlers.errors import ConfigError
 from handlers.registry import DEFAULT_HANDLERS
 from handlers.spec import ModelSpec
+from handlers.torchserve.names import TORCHSERVE_PREFIX, parse_torchserve_ref
 from handlers.unpacking import leaves_archive
 
 
@@ -30,16 +32,20 @@ def is_trusted_module(module: str, trusted_modules: Sequence[str]) -> bool:
     return any(module == trusted or module.startswith(trusted + ".") for trusted in trusted_modules)
 
 
+def _check_archive_file(what: str, ref: str, file: str, allow_archive_code: bool) -> None:
+    if not allow_archive_code:
+        raise ConfigError(
+            f"{what} {ref!r} is Python code from the archive, and this server does not run "
+            "archive code (management args allow_archive_code: false)"
+        )
+    if leaves_archive(file):
+        raise ConfigError(f"{what} {ref!r} points outside the archive: name a .py file inside it")
+
+
 def _check_import(what: str, ref: str, trusted_modules: Sequence[str], allow_archive_code: bool) -> None:
     module, _, attribute = ref.rpartition(":")
     if module.endswith(".py"):
-        if not allow_archive_code:
-            raise ConfigError(
-                f"{what} {ref!r} is Python code from the archive, and this server does not run "
-                "archive code (management args allow_archive_code: false)"
-            )
-        if leaves_archive(module):
-            raise ConfigError(f"{what} {ref!r} points outside the archive: name a .py file inside it")
+        _check_archive_file(what, ref, module, allow_archive_code)
         return
     if (
         is_trusted_module(module, trusted_modules)
@@ -59,10 +65,13 @@ def check_registered_code(
     spec: ModelSpec, trusted_modules: Sequence[str], allow_archive_code: bool = True
 ) -> None:
     """Raise ConfigError (400) unless the spec's handler and factory are allowed (see above)."""
-    if spec.handler not in DEFAULT_HANDLERS and spec.handler not in DEFAULT_HANDLERS.values():
+    if spec.handler.startswith(TORCHSERVE_PREFIX):  # a TorchServe handler file of the archive
+        file = parse_torchserve_ref(spec.handler)[0]
+        _check_archive_file("handler", spec.handler, file, allow_archive_code)
+    elif spec.handler not in DEFAULT_HANDLERS and spec.handler not in DEFAULT_HANDLERS.values():
         if ":" not in spec.handler:
             known = ", ".join(sorted(DEFAULT_HANDLERS))
             raise ConfigError(f"Unknown handler {spec.handler!r}: use one of {known}, or 'file.py:Class'")
         _check_import("handler", spec.handler, trusted_modules, allow_archive_code)
-    if spec.source.factory:
+    if spec.source is not None and spec.source.factory:  # no source: a handler file loads it
         _check_import("source.factory", spec.source.factory, trusted_modules, allow_archive_code)

@@ -17,8 +17,8 @@ from handlers.errors import BadInputError
 # RPC -> the register/scale fields it passes on as query parameters (REST names).
 QUERY_FIELDS = {
     "RegisterModel": (
-        "url", "model_name", "handler", "batch_size", "max_batch_delay", "initial_workers",
-        "response_timeout",
+        "url", "model_name", "handler", "runtime", "batch_size", "max_batch_delay",
+        "initial_workers", "response_timeout", "startup_timeout",
     ),
     "ListModels": ("limit", "next_page_token"),
     "ScaleWorker": ("min_worker", "max_worker"),
@@ -36,6 +36,8 @@ def as_http(call: ManagementCall) -> ForwardedRequest:
     query = {k: f[k] for k in QUERY_FIELDS.get(call.rpc, ()) if f.get(k) not in (None, "", 0)}
     if call.rpc in ("RegisterModel", "ScaleWorker"):
         query["synchronous"] = "true" if f.get("synchronous") else "false"
+    if call.rpc == "DescribeModel" and f.get("customized"):
+        query["customized"] = "true"
     routes = {
         "RegisterModel": ("POST", "/models"),
         "ListModels": ("GET", "/models"),

@@ -36,6 +36,12 @@ class PooledVersion(BaseModel):
     pool: str
     model_id: str = Field(..., description="Serve's multiplexed model id of this registration.")
     spec: dict[str, Any] = Field(..., description="The ModelSpec as JSON (base_dir: its files).")
+    response_timeout_s: float | None = None
+    startup_timeout_s: float | None = Field(None, description="How long its register waited for the check.")
+    runtime: str = "python"
+    defaults: list[str] = Field(
+        default_factory=list, description="Describe's names of settings the registration left to the server."
+    )
     registered_at: float = Field(default_factory=time.time)
 
 

@@ -15,21 +15,25 @@ import contextlib
 import logging
 import secrets
 import shutil
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from deployments.common.model_table import ModelTable, PoolState
+from deployments.common.model_table import ModelTable, ModelVersionState, PoolState
 from deployments.common.naming import pooled_model_id
 from deployments.common.routing import PooledEntry
 from deployments.common.settings import ManagementArgs
-from deployments.management.archive_sources import settle
+from deployments.management.describe import DEFAULT_RESPONSE_TIMEOUT_S, DeploymentFacts, describe_version
+from deployments.management.intake import Intake, record_fields
 from deployments.management.pool_registry import PooledVersion, PoolRegistry
-from deployments.management.register_params import RegisterParams, app_args
-from handlers.archive import ArchiveModel
-from handlers.errors import BadInputError, ConflictError, RaytorchError
+from deployments.management.register_params import TORCHSERVE_DEFAULTS, RegisterParams
+from handlers.errors import BadInputError, RaytorchError
 
 logger = logging.getLogger("ray.serve")
+# Registrations check conflicts and pools against a Serve snapshot this recent: a
+# serve.status() per registration would make bulk registration slow.
+RECENT_TABLE_S = 1.0
 
 
 class PoolCallsProtocol(Protocol):
@@ -45,12 +49,10 @@ class PoolCallsProtocol(Protocol):
 class PoolManager:
     """Register, describe and unregister pooled versions.
 
-    ``unpack(url)`` finds (or downloads) an archive and unpacks it into a scratch folder, as for
-    a dedicated registration; ``table()`` returns a recent Serve table (its pools and the
-    versions Serve runs); ``is_dedicated(model, version)`` says whether a dedicated registration
-    holds that version; ``reserved`` is the set of (model, version) claimed by registrations in
-    progress, shared with dedicated ones; ``changed(models)`` announces routing changes of
-    ``models`` to the ingresses.
+    ``intake`` takes registrations in as for a dedicated model (unpacking, parsing, the code
+    policy, claims shared with dedicated registrations); ``snapshot()`` returns Serve's table
+    (its pools and the versions Serve runs), read here at most every ``RECENT_TABLE_S``;
+    ``changed(models)`` announces routing changes of ``models`` to the ingresses.
     """
 
     def __init__(
@@ -58,31 +60,46 @@ class PoolManager:
         settings: ManagementArgs,
         state_dir: Path,
         calls: PoolCallsProtocol,
-        unpack: Callable[[str], Awaitable[tuple[ArchiveModel, Path]]],
-        table: Callable[[], Awaitable[ModelTable]],
-        is_dedicated: Callable[[str, str], bool],
-        reserved: set[tuple[str, str]],
+        intake: Intake,
+        snapshot: Callable[[], Awaitable[ModelTable]],
         changed: Callable[[list[str]], None],
     ) -> None:
         self.settings = settings
         self.models_dir = state_dir / "models"
         self.registry = PoolRegistry(state_dir / "pooled.jsonl")
         self.calls = calls
-        self._unpack = unpack
-        self._table = table
-        self._is_dedicated = is_dedicated
-        self._reserved = reserved
+        self.intake = intake
+        self._snapshot = snapshot
+        self._recent: tuple[float, ModelTable] | None = None
         self._changed = changed
         self.draining: set[tuple[str, str]] = set()
         self.failed: dict[tuple[str, str], str] = {}  # asynchronous registrations that did not load
         self.checking: set[tuple[str, str]] = set()  # asynchronous registrations being loaded once
         self._checks: set[asyncio.Task[None]] = set()
 
+    async def _table(self) -> ModelTable:
+        """Serve's table (no routing applied), at most ``RECENT_TABLE_S`` old."""
+        now = time.monotonic()
+        if self._recent is None or now - self._recent[0] > RECENT_TABLE_S:
+            self._recent = (now, await self._snapshot())
+        return self._recent[1]
+
     def target(self, params: RegisterParams) -> str | None:
         """The pool a registration goes to (None: a dedicated application)."""
         if params.dedicated and params.pool:
             raise BadInputError("Use either pool= or dedicated=true, not both")
         return None if params.dedicated else params.pool or self.settings.default_pool
+
+    @staticmethod
+    def refuse_scaling(table: ModelTable, model: str, version: str | None) -> None:
+        """400 when the version (None: the default) is pooled: its pool's replicas are shared."""
+        state = table.versions.get(model, {}).get(version or table.default_name(model) or "")
+        if state is not None and state.pool is not None:
+            raise BadInputError(
+                f'Model "{model}" version {state.version} is in pool {state.pool}, whose replicas serve '
+                "every model in it: scale the pool in the server's config (resources.num_replicas, "
+                "max_replicas), or register the model as a dedicated deployment"
+            )
 
     def routing(self, model: str) -> dict[str, PooledEntry]:
         """The pooled versions of ``model`` the ingresses route to."""
@@ -93,7 +110,7 @@ class PoolManager:
         found = self.registry.by_model_id(model_id)
         return found[1].spec if found else None
 
-    async def _pool(self, name: str, table: ModelTable) -> PoolState:
+    def _pool(self, name: str, table: ModelTable) -> PoolState:
         pool = table.pools.get(name)
         if pool is None:
             known = ", ".join(sorted(table.pools)) or "none"
@@ -103,47 +120,34 @@ class PoolManager:
     async def register(self, params: RegisterParams, pool_name: str) -> tuple[int, dict[str, str]]:
         """Register into ``pool_name``: 200 once a replica loaded it once, 202 at once when
         ``synchronous=false`` (then a failed load shows in describe)."""
-        found, folder = await self._unpack(params.url)
-        final: Path | None = None
-        key: tuple[str, str] | None = None
+        pool = self._pool(pool_name, await self._table())
+        # The same intake as a dedicated registration; the pool owns the resources.
+        found, args = await self.intake.prepare(params, table=self._table)
+        spec, name, version = args.model, args.model.name, args.model.version
         try:
-            spec = app_args(
-                found, params, self.settings.default_num_cpus, self.settings.trusted_modules,
-                self.settings.allow_archive_code,
-            ).model  # fmt: skip
-            name, version = spec.name, spec.version
-            table = await self._table()
-            pool = await self._pool(pool_name, table)
-            # Claimed with no await since the check: a racing registration of the same version,
-            # pooled or dedicated, is refused before either moves a file.
-            taken = version in table.versions.get(name, {}) or self._is_dedicated(name, version)
-            if taken or version in self.registry.versions(name) or (name, version) in self._reserved:
-                raise ConflictError(f"Model version {version} is already registered for model {name}")
-            key = (name, version)
-            self._reserved.add(key)
-            final = settle(folder, self.models_dir, name, version)
             record = PooledVersion(
                 version=version,
-                url=params.url,
                 pool=pool_name,
                 model_id=pooled_model_id(name, version, secrets.token_hex(4)),
-                spec=spec.model_copy(update={"base_dir": str(final)}).model_dump(mode="json"),
+                spec=spec.model_dump(mode="json"),
+                **record_fields(found, params),
             )
             await asyncio.to_thread(self.registry.add, name, record)
         except BaseException:
-            for leftover in (folder, final):
-                if leftover is not None:
-                    shutil.rmtree(leftover, ignore_errors=True)
+            if spec.base_dir:
+                shutil.rmtree(spec.base_dir, ignore_errors=True)
             raise
         finally:
-            if key is not None:
-                self._reserved.discard(key)
+            self.intake.release(name, version)
         self._changed([name])
         if not params.synchronous:
             self._check_later(pool, name, record)
             return 202, {"status": "Processing worker updates..."}
+        timeout = params.startup_timeout
+        if timeout is None:
+            timeout = self.settings.register_timeout_s
         try:
-            await self.calls.validate(pool, record.model_id, record.spec, self.settings.register_timeout_s)
+            await self.calls.validate(pool, record.model_id, record.spec, timeout)
         except BaseException:
             await self._forget(name, version)
             raise
@@ -190,10 +194,20 @@ class PoolManager:
         shutil.rmtree(self.models_dir / model / version, ignore_errors=True)
         self._changed([model])
 
-    async def describe(self, model: str, version: str, table: ModelTable, is_default: bool) -> dict[str, Any]:
-        """TorchServe's describe object of a pooled version, plus where it is loaded now."""
+    async def describe(
+        self,
+        model: str,
+        version: str,
+        state: ModelVersionState | None,
+        table: ModelTable,
+        is_default: bool,
+        facts: DeploymentFacts | None,
+        startup_timeout_s: float | None,
+    ) -> dict[str, Any]:
+        """TorchServe's describe object of a pooled version: the pool's workers, batching and
+        queue (``facts``: the pool deployment's), plus ``pool``, which replicas hold it now
+        (``loadedOn``, and ``loaded`` per worker) and the settings the pool decided for it."""
         record = self.registry.versions(model)[version]
-        state = table.versions.get(model, {}).get(version)
         pool = table.pools.get(record.pool)
         reports: list[dict[str, Any]] = []
         if pool is not None:
@@ -204,26 +218,36 @@ class PoolManager:
         if (model, version) in self.checking:
             status = "LOADING"  # an asynchronous registration's first load is running
         message = failure or (table.not_ready_reason(state) if state and not state.ready else "")
-        return {
-            "modelName": model,
-            "modelVersion": version,
-            "modelUrl": record.url,
-            "runtime": "python",
-            "pool": record.pool,
-            "minWorkers": pool.running_replicas if pool else 0,
-            "maxWorkers": pool.running_replicas if pool else 0,
-            "batchSize": reports[0].get("max_batch_size") if reports else None,
-            "maxBatchDelay": round(reports[0].get("batch_wait_timeout_s", 0) * 1000) if reports else None,
-            "responseTimeout": None,
-            "loadedAtStartup": False,
-            "isDefault": is_default,
-            "applicationName": pool.app_name if pool else None,
-            "status": status,
-            "message": message,
-            # Every replica of the pool serves the model; "loaded" says which hold it now.
-            "workers": [
-                {"id": r["replica"], "status": "READY", "loaded": record.model_id in r["models"]}
-                for r in reports
-            ],
-            "loadedOn": [r["replica"] for r in reports if record.model_id in r["models"]],
+        loaded_on = [r["replica"] for r in reports if record.model_id in r["models"]]
+        described = describe_version(model, version, state, None, is_default, facts, startup_timeout_s)
+        if not (facts and facts.replicas) and reports:  # no replica details: what the replicas said
+            described["workers"] = [{"id": r["replica"], "status": "READY", "gpu": False} for r in reports]
+        if described["batchSize"] is None and reports:
+            described["batchSize"] = reports[0].get("max_batch_size")
+            described["maxBatchDelay"] = round(reports[0].get("batch_wait_timeout_s", 0) * 1000)
+        for worker in described["workers"]:
+            worker["loaded"] = worker["id"] in loaded_on
+        described.update(
+            {
+                "modelUrl": record.url,
+                "runtime": record.runtime,
+                "responseTimeout": record.response_timeout_s or DEFAULT_RESPONSE_TIMEOUT_S,
+                "startupTimeout": record.startup_timeout_s
+                if record.startup_timeout_s is not None
+                else startup_timeout_s,
+                "loadedAtStartup": False,
+                "pool": record.pool,
+                "applicationName": pool.app_name if pool else None,
+                "status": status,
+                "message": message,
+                "loadedOn": loaded_on,
+            }
+        )
+        notes = {
+            name: {"value": described[name], "torchserve": TORCHSERVE_DEFAULTS[name]}
+            for name in record.defaults
+            if described.get(name) is not None
         }
+        if notes:  # the pool's settings, where the registration left them to the server
+            described["raytorchDefaults"] = notes
+        return described

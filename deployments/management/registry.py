@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deployments.common.settings import ModelAppArgs
 from deployments.common.state_files import atomic_write, move_aside
-from handlers.errors import ConflictError, ModelNotFoundError, validation_message
+from handlers.errors import ConflictError, ModelNotFoundError, ModelVersionNotFoundError, validation_message
 
 logger = logging.getLogger("ray.serve")
 
@@ -43,6 +43,11 @@ class VersionRecord(RegistryRecord):
     min_workers: int = 1
     max_workers: int = 1
     response_timeout_s: float | None = None
+    startup_timeout_s: float | None = Field(None, description="How long its register waited for workers.")
+    runtime: str = "python"
+    defaults: list[str] = Field(
+        default_factory=list, description="Describe's names of settings raytorch's defaults decided."
+    )
     registered_at: float = Field(default_factory=time.time)
 
 
@@ -130,7 +135,7 @@ class RegistryStore:
             raise ModelNotFoundError(f"Model not found: {model}")
         chosen = version or record.default_version
         if chosen not in record.versions:
-            raise ModelNotFoundError(f"Model version not found: {model} version {chosen}")
+            raise ModelVersionNotFoundError.of(model, chosen)
         return record.versions[chosen]
 
     def add(self, model: str, entry: VersionRecord) -> None:

@@ -11,14 +11,18 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from deployments.common.model_table import ModelTable
 from deployments.common.settings import ModelAppArgs
+from deployments.management.describe import DeploymentFacts, ReplicaFacts
 from handlers.errors import RequestTimeoutError
 
 # A synchronous register returns as soon as the replica is up; each poll is one serve.status()
 # (~15 ms of CPU), so faster polling would slow the very replica start it waits for.
 READY_POLL_S = 0.2
+# Describe asks each replica how many requests it holds; a busy or dying one must not stall it.
+FACTS_TIMEOUT_S = 2.0
 
 
 # A config file's application is built (its import path run) before its deployments appear.
@@ -33,6 +37,20 @@ class ServeSnapshot:
     apps: dict[str, str]
     table: ModelTable
     building: frozenset[str] = frozenset()
+
+
+class Serve(Protocol):
+    """What the management part needs of Ray Serve (:class:`ServeControl`; tests use a fake)."""
+
+    async def snapshot(self) -> ServeSnapshot: ...
+    async def deploy(self, app_name: str, args: ModelAppArgs) -> None: ...
+    async def delete(self, app_name: str) -> None: ...
+    async def resources(self) -> tuple[dict[str, float], float]: ...
+    async def wait_until(self, done: Any, timeout_s: float, what: str, poll_s: float = ...) -> None: ...
+    async def deployment_facts(self, app_name: str, deployment_name: str) -> DeploymentFacts | None: ...
+    async def handler_metadata(
+        self, app_name: str, deployment_name: str, timeout_s: float, model_id: str = ""
+    ) -> Any: ...
 
 
 class ServeControl:
@@ -79,6 +97,64 @@ class ServeControl:
         available = await asyncio.to_thread(ray.available_resources)
         total = await asyncio.to_thread(ray.cluster_resources)
         return available, float(total.get("GPU", 0.0))
+
+    async def deployment_facts(self, app_name: str, deployment_name: str) -> DeploymentFacts | None:
+        """A deployment's replicas and settings, and the requests its replicas hold now (for
+        describe). From the controller's details, the source of ``serve status`` itself."""
+        from ray.serve.context import _get_global_client
+
+        details = await asyncio.to_thread(lambda: _get_global_client().get_serve_details())
+        deployment = ((details.get("applications") or {}).get(app_name) or {}).get("deployments", {})
+        deployment = deployment.get(deployment_name)
+        if deployment is None:
+            return None
+        config = deployment.get("deployment_config") or {}
+        raw = deployment.get("replicas") or []
+
+        def state(replica: dict) -> str:  # an enum here; its value in Serve's JSON
+            return str(getattr(replica.get("state"), "value", replica.get("state")))
+
+        replicas = [
+            ReplicaFacts(r["replica_id"], state(r), r.get("pid"), r.get("start_time_s"), r.get("node_ip"))
+            for r in raw
+        ]
+        running = [r["actor_name"] for r in raw if state(r) == "RUNNING" and r.get("actor_name")]
+        return DeploymentFacts(
+            replicas,
+            config.get("max_ongoing_requests"),
+            dict(config.get("user_config") or {}),
+            float((config.get("ray_actor_options") or {}).get("num_gpus") or 0),
+            await self._ongoing_requests(running),
+        )
+
+    async def _ongoing_requests(self, actor_names: list[str]) -> int | None:
+        import ray
+        from ray.serve._private.constants import SERVE_NAMESPACE
+
+        def calls() -> list[Any]:
+            # The replica actor's own count, the one Serve's router balances on.
+            return [
+                ray.get_actor(name, namespace=SERVE_NAMESPACE).get_num_ongoing_requests.remote()
+                for name in actor_names
+            ]
+
+        try:
+            counts = await asyncio.wait_for(asyncio.gather(*await asyncio.to_thread(calls)), FACTS_TIMEOUT_S)
+        except Exception:  # a replica stopping meanwhile: the count is unknown, not an error
+            return None
+        return int(sum(counts))
+
+    async def handler_metadata(
+        self, app_name: str, deployment_name: str, timeout_s: float, model_id: str = ""
+    ) -> Any:
+        """What the version's handler says of itself (``describe()`` on one of its replicas;
+        for a pooled version, ``model_id``, on a pool replica that loads it if needed)."""
+        from ray import serve
+
+        handle = serve.get_deployment_handle(deployment_name, app_name=app_name)
+        if model_id:
+            handle = handle.options(multiplexed_model_id=model_id)
+        return await asyncio.wait_for(handle.describe_handler.remote(), timeout_s)
 
     async def wait_until(
         self, done: Callable[[ModelTable], bool], timeout_s: float, what: str, poll_s: float = READY_POLL_S

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from deployments.common.model_table import ModelTable
 from deployments.common.routing import TrafficPolicy
 from deployments.management.traffic_store import TrafficStore
-from handlers.errors import BadInputError, ModelNotFoundError
+from handlers.errors import BadInputError, ModelNotFoundError, ModelVersionNotFoundError
 from handlers.spec import VERSION_PATTERN
 
 _VERSION = re.compile(VERSION_PATTERN)
@@ -95,16 +95,27 @@ class TrafficControl:
         pairs = parse_split(split) if split is not None else ()
         for version in [v for v, _ in pairs] + ([shadow] if shadow else []):
             if version not in versions:
-                known = ", ".join(sorted(versions))
-                raise ModelNotFoundError(
-                    f"Model version not found: {model} version {version} (known: {known})"
-                )
+                raise ModelVersionNotFoundError.of(model, version)
         if shadow is not None and dict(pairs).get(shadow, 0) > 0:
             raise BadInputError(f"Version {shadow} cannot be the shadow: the split sends it live traffic")
         policy = TrafficPolicy(pairs, shadow, shadow_percent if shadow else 0.0)
         await asyncio.to_thread(self.store.set_policy, model, policy)
         await self._announced(model)
         return self.summary(model, table.default_name(model))
+
+    async def set_default(self, model: str, version: str, registered: Collection[str]) -> dict[str, str]:
+        """set-default: ``version`` (registered, pooled or from the config) takes the requests
+        without a version; a split ends. ``registered``: the model's dedicated registrations.
+        Answers, in TorchServe's words, once the ingresses route to it."""
+        table = await self._table()
+        if version not in table.versions.get(model, {}) and version not in registered:
+            if model not in table.versions and not registered:
+                raise ModelNotFoundError(f"Model not found: {model}")
+            # TorchServe's sentence for this call (unlike its others, without colons).
+            raise ModelVersionNotFoundError(f"Model version {version} does not exist for model {model}")
+        await asyncio.to_thread(self.store.set_default, model, version)
+        await self._announced(model)
+        return {"status": f'Default version successfully updated for model "{model}" to "{version}"'}
 
     async def clear(self, model: str) -> dict[str, Any]:
         """Remove the model's policy: requests without a version go to the default again."""

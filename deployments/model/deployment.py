@@ -111,6 +111,10 @@ class ModelDeployment:
         """Answer a group of inputs sent in one call; each is decoded and batched on its own."""
         return await asyncio.gather(*(self.predict(body, content_type) for body, content_type in inputs))
 
+    async def describe_handler(self) -> Any:
+        """The handler's description of itself (describe with ``customized=true``; handle call)."""
+        return await asyncio.get_running_loop().run_in_executor(self._decoders, self._handler.describe)
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def _run_batch(self, entries: list[tuple[Any, float]]) -> list[Answer]:
         batch_started = time.perf_counter()

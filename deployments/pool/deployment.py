@@ -151,6 +151,13 @@ class PoolDeployment:
         model, _ = await self._model(serve.get_multiplexed_model_id())
         return {**model.handler.signature(), "handler": model.handler.spec.handler}
 
+    async def describe_handler(self) -> Any:
+        """The request's model's handler's description of itself (describe with
+        ``customized=true``; loads the model when this replica lacks it)."""
+        model, _ = await self._model(serve.get_multiplexed_model_id())
+        described = await asyncio.get_running_loop().run_in_executor(self._decoders, model.handler.describe)
+        return described if not isinstance(described, dict) else {**described, "pool": self._args.name}
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def _run_batch(self, entries: list[tuple[LoadedModel, Any, float]]) -> list[Answer]:
         batch_started = time.perf_counter()

@@ -94,6 +94,11 @@ def test_pooled_models_are_loaded_on_demand_evicted_and_reloaded(cluster: ServeC
         assert first.status_code == 200 and first.headers["x-model-version"] == "1.0", first.text
         assert len(first.json()) == 3
         assert client.get("/models/a", headers=AUTH).json()[0]["loadedOn"] != []
+        # TorchServe's describe fields come from the pool; a pool replica describes the handler.
+        loaded = client.get("/models/a?customized=true", headers=AUTH).json()[0]
+        assert [w["loaded"] for w in loaded["workers"]] == [True], loaded
+        assert "pendingRequests" in loaded["jobQueueStatus"], loaded
+        assert loaded["customizedMetadata"]["pool"] == "small", loaded
         # The same model through the other protocols.
         encoded = base64.b64encode(IMAGE).decode()
         v1 = client.post("/v1/models/a:predict", json={"instances": [{"b64": encoded}]})

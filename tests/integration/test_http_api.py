@@ -50,7 +50,12 @@ def test_raw_body_post_and_put(client: TestClient, cat_png: bytes) -> None:
 
 def test_version_route(client: TestClient, cat_png: bytes) -> None:
     assert client.post("/predictions/tiny/1.0", content=cat_png).status_code == 200
-    assert_error(client.post("/predictions/tiny/9.9", content=cat_png), 404, "ModelNotFoundException", "tiny")
+    assert_error(
+        client.post("/predictions/tiny/9.9", content=cat_png),
+        404,
+        "ModelVersionNotFoundException",
+        "Model version: 9.9 does not exist for model: tiny",
+    )
 
 
 def test_multipart_data_field(client: TestClient, cat_png: bytes, coffee_png: bytes) -> None:
@@ -115,7 +120,12 @@ def test_streamed_body_over_the_limit(client: TestClient) -> None:
 
 def test_unknown_model_and_route(client: TestClient, cat_png: bytes) -> None:
     assert_error(client.post("/predictions/nosuch", content=cat_png), 404, "ModelNotFoundException", "nosuch")
-    assert_error(client.get("/nosuch"), 404, "ResourceNotFoundException", "/nosuch")
+    assert_error(
+        client.get("/nosuch"),
+        404,
+        "ResourceNotFoundException",
+        "Requested resource is not found, please refer to API document.",
+    )
 
 
 def test_not_ready_is_503_with_retry_after(client: TestClient, router: LocalRouter, cat_png: bytes) -> None:

@@ -74,11 +74,12 @@ def test_register_parameters_override_the_archive(tmp_path: Path) -> None:
     assert args.model.name == "renamed"
     assert (args.batching.max_batch_size, args.batching.batch_wait_timeout_s) == (16, 0.05)
     assert (args.resources.num_replicas, args.resources.num_cpus) == (3, 0.25)
+    assert app_args(found, RegisterParams(url="tiny.mar")).resources.num_cpus == 0  # shared cores
 
 
-def test_torchserve_handler_files_are_explained(tmp_path: Path) -> None:
+def test_a_handler_that_is_neither_in_the_archive_nor_a_default_is_refused(tmp_path: Path) -> None:
     mar = make_mar(tmp_path / "tiny.mar", handler="my_handler.py")
-    with pytest.raises(ConfigError, match="raytorch handler"):
+    with pytest.raises(ConfigError, match="neither a file in the archive nor one of TorchServe's default"):
         read_extracted(extract(mar, tmp_path / "out"))
 
 

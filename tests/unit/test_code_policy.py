@@ -85,3 +85,15 @@ def test_archive_code_can_be_switched_off(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="allow_archive_code: false"):
         check_registered_code(spec, ["tests.fixtures"], allow_archive_code=False)
     check_registered_code(tiny_spec(), ["tests.fixtures"], allow_archive_code=False)
+
+
+def test_a_torchserve_handler_file_is_archive_code() -> None:
+    trusted = ["tests.fixtures"]  # the tiny spec's factory
+    spec = tiny_spec(handler="torchserve:mnist_handler.py")
+    check_registered_code(spec, trusted)  # a .mar's own handler file: allowed by default
+    check_registered_code(tiny_spec(handler="torchserve:entry.py:handle"), trusted)
+    with pytest.raises(ConfigError, match="allow_archive_code: false"):
+        check_registered_code(spec, trusted, allow_archive_code=False)
+    for outside in ("torchserve:../evil.py", "torchserve:/tmp/evil.py:handle"):
+        with pytest.raises(ConfigError, match="points outside the archive"):
+            check_registered_code(tiny_spec(handler=outside), trusted)

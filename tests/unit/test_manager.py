@@ -18,9 +18,13 @@ from deployments.management.register_params import RegisterParams
 from handlers.errors import (
     BadInputError,
     ConflictError,
+    DefaultVersionError,
     InsufficientResourcesError,
     ModelLoadError,
     ModelNotFoundError,
+    ModelNotReadyError,
+    ModelVersionNotFoundError,
+    RequestTimeoutError,
 )
 from tests.fixtures.management import FakeServe, make_archive
 
@@ -73,11 +77,27 @@ def test_a_second_registration_of_a_version_is_409(manager: ModelManager, serve:
     assert list((manager.models_dir / ".incoming").iterdir()) == []  # losers leave no files
 
 
-def test_too_few_cpus_is_refused_before_deploying(manager: ModelManager, serve: FakeServe) -> None:
+def test_registered_models_share_cores_like_torchserve_workers(
+    manager: ModelManager, serve: FakeServe
+) -> None:
+    serve.free = {"CPU": 0.0}  # the config's models hold every CPU of a small machine
+    for version in ("1.0", "2.0", "3.0"):
+        assert register(manager, make_archive(manager.model_store, "m", version))[0] == 200
+    assert run(manager.scale("m", "1.0", 3, 3, synchronous=True))[0] == 200
+    assert {args.resources.num_cpus for args in serve.deployed_args.values()} == {0.0}
+
+
+def test_explicit_cpus_and_gpus_are_reserved_and_checked(manager: ModelManager, serve: FakeServe) -> None:
     serve.free = {"CPU": 0.2}
     with pytest.raises(InsufficientResourcesError, match=r"CPU 0\.5 needed, 0\.2 free"):
-        register(manager, make_archive(manager.model_store, "m", "1.0"))
+        register(manager, make_archive(manager.model_store, "m", "1.0"), num_cpus=0.5)
+    serve.free, serve.total_gpus = {"CPU": 2.0, "GPU": 0.25}, 1.0
+    with pytest.raises(InsufficientResourcesError, match=r"GPU 0\.5 needed, 0\.25 free"):
+        register(manager, make_archive(manager.model_store, "m", "1.0"), num_gpus=0.5)
     assert serve.deployed == [] and manager.registry.defaults() == {}
+    register(manager, make_archive(manager.model_store, "m", "1.0"), num_gpus=0.25, num_cpus=1)
+    resources = serve.deployed_args["m@1.0"].resources
+    assert (resources.num_cpus, resources.num_gpus) == (1.0, 0.25)
 
 
 def test_a_model_that_fails_to_load_is_removed_with_the_reason(
@@ -94,11 +114,27 @@ def test_default_version_rules(manager: ModelManager, serve: FakeServe) -> None:
     register(manager, make_archive(manager.model_store, "m", "2.0"))
     described = run(manager.describe("m", "all"))
     assert [(d["modelVersion"], d["isDefault"]) for d in described] == [("1.0", True), ("2.0", False)]
-    run(manager.set_default("m", "2.0"))
+    answer = run(manager.set_default("m", "2.0"))
+    assert answer == {"status": 'Default version successfully updated for model "m" to "2.0"'}
     assert run(manager.describe("m", None))[0]["modelVersion"] == "2.0"
-    run(manager.unregister("m", None))  # the default version goes
-    assert serve.deleted == ["m@2.0"]
-    assert manager.registry.defaults() == {"m": "1.0"}
+    # As TorchServe: the default goes only as the last version (403), and stays meanwhile.
+    for version in (None, "2.0"):
+        with pytest.raises(DefaultVersionError, match=r"^Cannot remove default version for model m$"):
+            run(manager.unregister("m", version))
+    assert serve.deleted == [] and manager.registry.defaults() == {"m": "2.0"}
+    run(manager.unregister("m", "1.0"))
+    run(manager.unregister("m", None))  # now the last one
+    assert serve.deleted == ["m@1.0", "m@2.0"] and manager.registry.defaults() == {}
+
+
+def test_set_default_errors_use_torchserve_wording(manager: ModelManager) -> None:
+    register(manager, make_archive(manager.model_store, "m", "1.0"))
+    # Unlike its other version errors, TorchServe words this one without colons.
+    wording = r"^Model version 3\.3\.3 does not exist for model m$"
+    with pytest.raises(ModelVersionNotFoundError, match=wording):
+        run(manager.set_default("m", "3.3.3"))
+    with pytest.raises(ModelNotFoundError, match=r"^Model not found: other$"):
+        run(manager.set_default("other", "1.0"))
 
 
 def test_routing_changes_are_announced_to_waiting_ingresses(manager: ModelManager) -> None:
@@ -121,8 +157,9 @@ def test_unknown_models_and_config_models(manager: ModelManager, serve: FakeServ
     serve.add_config_model("cfg", "1.0")
     with pytest.raises(BadInputError, match="comes from the server's config file"):
         run(manager.scale("cfg", None, 2, 2, synchronous=False))
-    with pytest.raises(ModelNotFoundError, match=r"Model version not found: cfg version 9\.9"):
-        run(manager.unregister("cfg", "9.9"))
+    for call in (manager.unregister("cfg", "9.9"), manager.describe("cfg", "9.9")):
+        with pytest.raises(ModelNotFoundError, match=r"^Model version: 9\.9 does not exist for model: cfg$"):
+            run(call)
     assert run(manager.list_models()) == [{"modelName": "cfg", "modelUrl": "config:cfg"}]
 
 
@@ -132,6 +169,72 @@ def test_restore_brings_back_what_is_missing(manager: ModelManager, serve: FakeS
     fresh = ModelManager(manager.settings, serve)
     assert run(fresh.restore()) == ["m/1.0"]
     assert "m@1.0" in serve.apps
+
+
+def test_zero_initial_workers_answers_at_once(manager: ModelManager, serve: FakeServe) -> None:
+    for synchronous in (True, False):
+        version = "1.0" if synchronous else "2.0"
+        url = make_archive(manager.model_store, "m", version)
+        status, body = register(manager, url, initial_workers=0, synchronous=synchronous)
+        assert status == 200, body  # TorchServe: nothing to wait for, even asynchronously
+        assert body["status"] == (
+            f'Model "m" Version: {version} registered with 0 initial workers. '
+            "Use scale workers API to add workers for the model."
+        )
+    assert run(manager.describe("m", "1.0"))[0]["minWorkers"] == 0
+
+
+def test_a_startup_deadline_that_passes_removes_the_version(manager: ModelManager, serve: FakeServe) -> None:
+    with pytest.raises(RequestTimeoutError):
+        register(manager, make_archive(manager.model_store, "m", "1.0"), startup_timeout=0)
+    assert serve.deleted == ["m@1.0"] and manager.registry.defaults() == {}
+    # No worker to start, no startup to time out (TorchServe's Postman case).
+    url = make_archive(manager.model_store, "m", "1.0")
+    assert register(manager, url, startup_timeout=0, initial_workers=0)[0] == 200
+
+
+def test_an_empty_url_names_no_archive(manager: ModelManager) -> None:
+    with pytest.raises(ModelNotFoundError):
+        register(manager, "")
+
+
+def test_scale_answers_name_the_version_and_failures(manager: ModelManager, serve: FakeServe) -> None:
+    register(manager, make_archive(manager.model_store, "m", "1.0"))
+    assert run(manager.scale("m", None, 2, 2, True)) == (200, {"status": "Workers scaled to 2 for model: m"})
+    assert run(manager.scale("m", "1.0", 1, 1, True))[1] == {
+        "status": "Workers scaled to 1 for model: m, version: 1.0"
+    }
+    with pytest.raises(ModelVersionNotFoundError, match=r"^Model version: 0\.0 does not exist for model: m$"):
+        run(manager.scale("m", "0.0", 1, 1, True))
+    serve.fail.add("m@1.0")  # the new replicas cannot load: 500 with the reason, not a hang
+    with pytest.raises(ModelLoadError, match=r"Failed to start workers for model m version: 1\.0: .*weights"):
+        run(manager.scale("m", None, 2, 2, True))
+
+
+def test_describe_has_torchserve_fields_and_says_where_our_defaults_differ(
+    manager: ModelManager, serve: FakeServe
+) -> None:
+    register(manager, make_archive(manager.model_store, "m", "1.0"), batch_size=4)
+    described = run(manager.describe("m", None))[0]
+    assert described["jobQueueStatus"] == {"remainingCapacity": 64 - 3, "pendingRequests": 3}
+    assert [w["status"] for w in described["workers"]] == ["READY"]
+    assert (described["runtime"], described["batchSize"], described["maxBatchDelay"]) == ("python", 4, 0)
+    # The batch size came from the request; the worker count and delay from raytorch's defaults.
+    assert described["raytorchDefaults"] == {
+        "minWorkers": {"value": 1, "torchserve": 0},
+        "maxBatchDelay": {"value": 0, "torchserve": 100},
+    }
+    assert "customizedMetadata" not in described
+
+
+def test_customized_describe_asks_a_replica(manager: ModelManager, serve: FakeServe) -> None:
+    register(manager, make_archive(manager.model_store, "m", "1.0"))
+    described = run(manager.describe("m", "1.0", customized=True))[0]
+    assert described["customizedMetadata"] == {"handler": "image_classifier", "app": "m@1.0"}
+    assert "customizedMetadata" not in run(manager.describe("m", "all", customized=True))[0]
+    register(manager, make_archive(manager.model_store, "idle", "1.0"), initial_workers=0)
+    with pytest.raises(ModelNotReadyError, match='Model "idle" has no worker to serve describe request'):
+        run(manager.describe("idle", None, customized=True))
 
 
 def test_racing_registrations_of_one_version_never_mix_files(manager: ModelManager, serve: FakeServe) -> None:

@@ -111,7 +111,8 @@ def test_every_error_maps_to_one_grpc_code() -> None:
         assert grpc_code_name(cls("x")) == code, cls
 
 
-REGISTER = {"url": "m.mar", "batch_size": 4, "initial_workers": 0}
+REGISTER = {"url": "m.mar", "batch_size": 4, "initial_workers": 0, "runtime": "", "startup_timeout": 0}
+REGISTER_ALL = {"url": "m.mar", "runtime": "python4", "startup_timeout": 30, "synchronous": True}
 SCALE = {"model_name": "m", "model_version": "2.0", "min_worker": 2, "synchronous": True}
 M2 = {"model_name": "m", "model_version": "2.0"}
 
@@ -131,7 +132,19 @@ M2 = {"model_name": "m", "model_version": "2.0"}
             "/models",
             "next_page_token=2",
         ),
+        (
+            ManagementCall("RegisterModel", REGISTER_ALL),
+            "POST",
+            "/models",
+            "url=m.mar&runtime=python4&startup_timeout=30&synchronous=true",
+        ),
         (ManagementCall("DescribeModel", {"model_name": "m", "model_version": ""}), "GET", "/models/m", ""),
+        (
+            ManagementCall("DescribeModel", {"model_name": "m", "customized": True}),
+            "GET",
+            "/models/m",
+            "customized=true",
+        ),
         (ManagementCall("ScaleWorker", SCALE), "PUT", "/models/m/2.0", "min_worker=2&synchronous=true"),
         (ManagementCall("SetDefault", M2), "PUT", "/models/m/2.0/set-default", ""),
         (ManagementCall("UnregisterModel", {"model_name": "a/b"}), "DELETE", "/models/a%2Fb", ""),
@@ -150,3 +163,11 @@ def test_grpc_management_calls_missing_names_are_400() -> None:
         as_http(ManagementCall("DescribeModel", {"model_name": ""}))
     with pytest.raises(BadInputError, match="model_version is required"):
         as_http(ManagementCall("SetDefault", {"model_name": "m"}))
+
+
+def test_torchserve_grpc_predictions_carry_text_and_bytes_as_they_are() -> None:
+    from deployments.inference.grpc_torchserve import prediction_bytes
+
+    assert prediction_bytes("7") == b"7"  # as over REST, not the JSON string '"7"'
+    assert prediction_bytes(b"\x00\x01") == b"\x00\x01"
+    assert prediction_bytes({"cat": 0.9}) == b'{"cat": 0.9}'

@@ -12,10 +12,19 @@ import pytest
 
 from deployments.common.model_table import PoolState
 from deployments.common.settings import ManagementArgs
+from deployments.management.describe import DeploymentFacts, ReplicaFacts
 from deployments.management.manager import ModelManager
 from deployments.management.register_params import RegisterParams
 from deployments.management.serve_control import ServeSnapshot
-from handlers.errors import BadInputError, ConflictError, ModelLoadError, ModelNotFoundError
+from handlers.errors import (
+    BadInputError,
+    ConfigError,
+    ConflictError,
+    DefaultVersionError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelVersionNotFoundError,
+)
 from tests.fixtures.management import FakeServe, make_archive
 
 
@@ -24,12 +33,18 @@ def run(coro: Any) -> Any:
 
 
 class PoolServe(FakeServe):
-    """FakeServe plus a running pool named "small"."""
+    """FakeServe plus a running pool named "small" (two replicas, r1 and r2)."""
 
     async def snapshot(self) -> ServeSnapshot:
         snapshot = await super().snapshot()
         snapshot.table.pools["small"] = PoolState("small", "pool-small", "pool:small", "RUNNING", 2)
         return snapshot
+
+    async def deployment_facts(self, app_name: str, deployment_name: str) -> DeploymentFacts | None:
+        if app_name != "pool-small":
+            return await super().deployment_facts(app_name, deployment_name)
+        replicas = [ReplicaFacts(r, "RUNNING", None, 1.7e9) for r in ("r1", "r2")]
+        return DeploymentFacts(replicas, 16, {"max_batch_size": 8, "batch_wait_timeout_s": 0.0}, 0, 5)
 
 
 class FakePoolCalls:
@@ -116,7 +131,8 @@ def test_the_pool_must_run_and_choices_must_agree(
         register(manager, "m", "1.0", pool="nosuch")
     with pytest.raises(BadInputError, match="either pool= or dedicated=true"):
         register(manager, "m", "1.0", pool="small", dedicated=True)
-    assert list((manager.models_dir / ".incoming").iterdir()) == [] and manager.pools.registry.models == {}
+    incoming = manager.models_dir / ".incoming"  # the pool is checked before any unpacking
+    assert not (incoming.exists() and list(incoming.iterdir())) and manager.pools.registry.models == {}
     with_default = make_manager(tmp_path / "second", serve, calls, default_pool="small")
     assert register(with_default, "p", "1.0")[0] == 200 and serve.deployed == []
     assert register(with_default, "d", "1.0", dedicated=True)[0] == 200 and serve.deployed == ["d@1.0"]
@@ -169,6 +185,18 @@ def test_describe_list_and_scale_of_a_pooled_model(manager: ModelManager, calls:
     assert described["pool"] == "small" and described["status"] == "RUNNING" and described["isDefault"]
     assert described["loadedOn"] == ["r1"] and [w["loaded"] for w in described["workers"]] == [True, False]
     assert described["trafficPercent"] == 100.0
+    # TorchServe's fields, from the pool: its queue, workers and batching, and the settings
+    # the registration left to the server (the pool's, beside TorchServe's defaults).
+    assert described["jobQueueStatus"] == {"remainingCapacity": 16 * 2 - 5, "pendingRequests": 5}
+    assert [w["id"] for w in described["workers"]] == ["r1", "r2"]
+    assert (described["runtime"], described["batchSize"], described["responseTimeout"]) == ("python", 8, 120)
+    assert described["raytorchDefaults"] == {
+        "minWorkers": {"value": 2, "torchserve": 0},
+        "batchSize": {"value": 8, "torchserve": 1},
+        "maxBatchDelay": {"value": 0, "torchserve": 100},
+    }
+    customized = run(manager.describe("m", "1.0", customized=True))[0]["customizedMetadata"]
+    assert customized["app"] == "pool-small" and customized["modelId"] == calls.validated[0][0]
     assert run(manager.list_models()) == [{"modelName": "m", "modelUrl": "m-1.0.zip"}]
     with pytest.raises(BadInputError, match="scale the pool in the server's config"):
         run(manager.scale("m", None, 2, 2, synchronous=True))
@@ -206,15 +234,25 @@ def test_set_default_and_a_canary_split_between_pooled_versions(manager: ModelMa
     assert run(manager.traffic.get("m"))["split"] == {"2.0": 100.0}
     stored = json.loads((manager.state_dir / "traffic.json").read_text())
     assert stored == {"defaults": {"m": "2.0"}, "policies": {}}
-    # Unregistering the default falls back to the registries' rule.
-    run(manager.unregister("m", "2.0"))
-    assert manager.routing.state().models["m"].default == "1.0"
+    # As TorchServe, the default goes last (403); so does a version a split sends requests to.
+    with pytest.raises(DefaultVersionError, match=r"^Cannot remove default version for model m$"):
+        run(manager.unregister("m", "2.0"))
+    run(manager.traffic.set("m", "2.0:90,1.0:10", None, 100))
+    with pytest.raises(DefaultVersionError, match=r"split sends it 10% of the requests"):
+        run(manager.unregister("m", "1.0"))
+    run(manager.traffic.set("m", "2.0:1", "1.0", 50))  # 1.0 is only shadowed now: it may go
+    run(manager.unregister("m", "1.0"))
+    assert manager.routing.state().models["m"].traffic is None  # nothing left to control
+    run(manager.unregister("m", None))  # the last version, the default
+    assert "m" not in manager.routing.state().models and manager.traffic.store.defaults == {}
 
 
 def test_traffic_requests_are_checked(manager: ModelManager, serve: PoolServe) -> None:
     serve.add_config_model("cfg", "1.0")
     register(manager, "cfg", "2.0", pool="small")  # a pooled version beside the config's own
-    with pytest.raises(ModelNotFoundError, match=r"cfg version 9\.0 \(known: 1\.0, 2\.0\)"):
+    with pytest.raises(
+        ModelVersionNotFoundError, match=r"^Model version: 9\.0 does not exist for model: cfg$"
+    ):
         run(manager.traffic.set("cfg", "1.0:1,9.0:1", None, 100))
     with pytest.raises(BadInputError, match="not version:weight"):
         run(manager.traffic.set("cfg", "1.0=90", None, 100))
@@ -230,3 +268,26 @@ def test_traffic_requests_are_checked(manager: ModelManager, serve: PoolServe) -
     run(manager.set_default("cfg", "1.0"))  # a config model's default can be chosen too
     assert run(manager.traffic.get("cfg"))["defaultVersion"] == "1.0"
     assert run(manager.traffic.clear("cfg"))["shadow"] is None
+
+
+def test_pooled_registrations_are_parsed_and_checked_as_dedicated_ones(
+    manager: ModelManager, serve: PoolServe, calls: FakePoolCalls
+) -> None:
+    url = make_archive(manager.model_store, "m", "1.0")
+    # TorchServe's shapes: parameters may come as a JSON body too.
+    params = RegisterParams.parse({"url": url}, {"pool": "small", "runtime": "python3"})
+    assert run(manager.register(params))[0] == 200 and serve.deployed == []
+    assert run(manager.describe("m", None))[0]["runtime"] == "python3"
+    with pytest.raises(ModelNotFoundError, match='Model not found at: ""'):
+        run(manager.register(RegisterParams(url="", pool="small")))
+    # issue 16's code policy: a factory outside the trusted modules is refused before any load.
+    bad = make_archive(manager.model_store, "x", "1.0", extra={"source": {"factory": "os:system"}})
+    with pytest.raises(ConfigError, match="'os:system' is not allowed for a registered model"):
+        run(manager.register(RegisterParams(url=bad, pool="small")))
+    assert [model_id for model_id, _ in calls.validated if model_id.startswith("x@")] == []
+    # set-default of a pooled model speaks TorchServe's words.
+    with pytest.raises(ModelVersionNotFoundError, match=r"^Model version 9\.9 does not exist for model m$"):
+        run(manager.set_default("m", "9.9"))
+    assert run(manager.set_default("m", "1.0")) == {
+        "status": 'Default version successfully updated for model "m" to "1.0"'
+    }

@@ -86,5 +86,5 @@ def test_bad_entries_are_left_out_one_by_one_and_unknown_fields_ignored(tmp_path
         store = RegistryStore(path)
     assert store.defaults() == {"m": "1.0", "o": "1.0"}  # m's default went with its bad version
     assert "m 2.0" in caplog.text and "n (not a model record)" in caplog.text
-    assert "m 3.0 (model.source: Field required)" in caplog.text
+    assert "m 3.0 (model: Value error, `source` is required" in caplog.text
     assert json.loads(next(tmp_path.glob("registry.json.bad-*")).read_text()) == document

@@ -1,0 +1,135 @@
+"""TorchServe's read-only management calls: list the models, describe their versions.
+
+Describe joins three sources: the registries (what was registered, dedicated or into a pool,
+with which parameters), Serve's model table (what runs and whether it serves) and Serve's
+replica details (workers, pending requests: a pooled version's are its pool's); with
+``customized=true`` it also asks one replica for its handler's metadata (a pool replica loads
+the model for it). Every version also shows its share of the traffic (traffic.py). No Ray here:
+Serve is reached through :class:`~deployments.management.serve_control.Serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from deployments.common.model_table import ModelTable, ModelVersionState
+from deployments.management.describe import DeploymentFacts, describe_version
+from deployments.management.pools import PoolManager
+from deployments.management.registry import RegistryStore
+from deployments.management.serve_control import Serve
+from deployments.management.traffic import TrafficControl
+from handlers.errors import (
+    ModelNotFoundError,
+    ModelNotReadyError,
+    ModelVersionNotFoundError,
+    RequestTimeoutError,
+)
+
+logger = logging.getLogger("ray.serve")
+# Describe with customized=true asks a replica; it must not wait behind a long queue forever.
+HANDLER_METADATA_TIMEOUT_S = 10.0
+
+
+def not_found(
+    model: str, version: str | None, table: ModelTable, registry: RegistryStore
+) -> ModelNotFoundError:
+    """404 for an unknown model, or for an unknown version of a known one (TorchServe's wording).
+    ``table`` has the routing applied: pooled versions are in it."""
+    if model not in table.versions and model not in registry.state.models:
+        return ModelNotFoundError(f"Model not found: {model}")
+    return ModelVersionNotFoundError.of(model, version)
+
+
+class Catalog:
+    """Answers list and describe from the registries, the traffic policies and Serve's state."""
+
+    def __init__(
+        self,
+        serve: Serve,
+        registry: RegistryStore,
+        startup_timeout_s: float,
+        pools: PoolManager,
+        traffic: TrafficControl,
+    ) -> None:
+        self.serve = serve
+        self.registry = registry
+        self.startup_timeout_s = startup_timeout_s
+        self.pools = pools
+        self.traffic = traffic
+
+    def _registered(self, model: str) -> dict[str, Any]:
+        record = self.registry.state.models.get(model)
+        return record.versions if record else {}
+
+    async def describe(
+        self, table: ModelTable, model: str, version: str | None, customized: bool = False
+    ) -> list[dict[str, Any]]:
+        """TorchServe's describe: one object per version (``version='all'`` for every one).
+
+        With ``customized`` (one version), the handler's own metadata is added from one of the
+        version's replicas as ``customizedMetadata``: 503 when it has none running.
+        """
+        live, registered = table.versions.get(model, {}), self._registered(model)
+        if not live and not registered:
+            raise ModelNotFoundError(f"Model not found: {model}")
+        default = table.default_name(model)
+        versions = sorted(set(live) | set(registered)) if version == "all" else [version or default]
+        for v in versions:
+            if v not in live and v not in registered:
+                raise not_found(model, v, table, self.registry)
+        pooled = self.pools.registry.versions(model)
+        described = []
+        for v in versions:
+            state = live.get(v)
+            facts = await self._facts(state)
+            if v in pooled:
+                item = await self.pools.describe(
+                    model, v, state, table, v == default, facts, self.startup_timeout_s
+                )
+            else:
+                item = describe_version(
+                    model, v, state, registered.get(v), v == default, facts, self.startup_timeout_s
+                )
+            item.update(self.traffic.version_fields(model, v, default))
+            described.append(item)
+        if customized and version != "all":
+            described[0]["customizedMetadata"] = await self._handler_metadata(model, live.get(versions[0]))
+        return described
+
+    async def _facts(self, state: ModelVersionState | None) -> DeploymentFacts | None:
+        if state is None:
+            return None
+        try:
+            return await self.serve.deployment_facts(state.app_name, state.deployment_name)
+        except Exception as exc:  # describe still answers from the registry and the table
+            logger.warning("No replica details for %s: %s", state.app_name, exc)
+            return None
+
+    async def _handler_metadata(self, model: str, state: ModelVersionState | None) -> Any:
+        if state is None or not state.ready:
+            raise ModelNotReadyError(
+                f'Model "{model}" has no worker to serve describe request. '
+                "Please use scale workers API to add workers.",
+                retry_after_s=5,
+            )
+        try:
+            return await self.serve.handler_metadata(
+                state.app_name, state.deployment_name, HANDLER_METADATA_TIMEOUT_S, state.model_id
+            )
+        except asyncio.TimeoutError:
+            raise RequestTimeoutError(
+                f'Model "{model}" did not describe itself within {HANDLER_METADATA_TIMEOUT_S:g}s'
+            ) from None
+
+    def list_models(self, table: ModelTable) -> list[dict[str, str]]:
+        """Every model (registered or from the config), with the URL it came from."""
+        result = []
+        for name in sorted(set(table.versions) | set(self.registry.state.models)):
+            default = table.default_name(name) or ""
+            entry = self._registered(name).get(default) or self.pools.registry.versions(name).get(default)
+            state = table.versions.get(name, {}).get(default)
+            url = entry.url if entry else f"config:{state.app_name if state else name}"
+            result.append({"modelName": name, "modelUrl": url})
+        return result

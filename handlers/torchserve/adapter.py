@@ -1,0 +1,241 @@
+"""Run a TorchServe handler file as a raytorch handler (``handler: torchserve:<file>[:<fn>]``).
+
+Loading follows TorchServe's worker: the archive's folder goes on ``sys.path``, the file's
+function entry point (``handle`` or the one named) is called once with no data, or else its one
+class is built and ``initialize(context)`` loads the model. Requests become TorchServe's request
+dicts (``{"data": ..., "body": ...}``, JSON decoded, text as ``str``, other bodies as
+``bytearray``).
+
+A handler that keeps TorchServe's own ``handle`` gets raytorch's per-request checking: its
+``preprocess`` runs on each request alone before batching, so a bad input gets its own 400
+and its batch-mates still succeed; the batch is the requests' tensors joined, then its
+``inference`` and ``postprocess``. A handler with its own ``handle`` (or a function entry
+point) gets the whole batch at once, as on TorchServe. ``PredictionException(message,
+error_code)`` answers with that status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from handlers.archive import MAR_MANIFEST
+from handlers.base import BaseHandler
+from handlers.errors import (
+    BadInputError,
+    ConfigError,
+    HandlerStatusError,
+    InferenceError,
+    ModelLoadError,
+    RaytorchError,
+)
+from handlers.loading import load_module_file
+from handlers.spec import ModelSpec
+from handlers.torchserve import ts_api
+from handlers.torchserve.names import parse_torchserve_ref
+from handlers.torchserve.ts_api.context import NullMetrics
+from handlers.torchserve.ts_api.util import list_classes_from_module
+
+logger = logging.getLogger("raytorch.handlers")
+SERVER_VERSION = "raytorch"
+
+
+@dataclass
+class TorchServeRequest:
+    """One request as the handler sees it, and its preprocessed tensor (per-request mode)."""
+
+    row: dict[str, Any]
+    headers: dict[str, str]
+    tensor: Any = None
+
+
+def request_row(data: bytes, content_type: str | None) -> dict[str, Any]:
+    """TorchServe's request dict: JSON bodies decoded, text as str, anything else a bytearray
+    (an undecodable JSON or text body stays bytes, as TorchServe forwards it)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    value: Any = bytearray(data)
+    try:
+        if media == "application/json":
+            value = json.loads(data)
+        elif media.startswith("text"):
+            value = data.decode("utf-8")
+    except ValueError:
+        pass
+    # TorchServe names a raw body "body" and a multipart field by its name ("data").
+    return {"data": value, "body": value}
+
+
+def _status_of(exc: BaseException) -> int | None:
+    """The status a handler's PredictionException (TorchServe's or ours) asks for."""
+    code = getattr(exc, "error_code", None)
+    return code if type(exc).__name__ == "PredictionException" and isinstance(code, int) else None
+
+
+class TorchServeHandler(BaseHandler):
+    """A TorchServe handler file behind raytorch's handler lifecycle (see the module docstring)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        self.file, self.function = parse_torchserve_ref(spec.handler)
+        self.api = ""
+        self.service: Any = None
+        self.entry: Callable[..., Any] | None = None
+        self.context: Any = None
+        self.per_request = False
+
+    # -- loading -------------------------------------------------------------------------------
+    def load(self) -> None:
+        started = time.perf_counter()
+        if self.spec.torch_threads:
+            torch.set_num_threads(self.spec.torch_threads)
+        self.api = ts_api.install()
+        folder = Path(self.spec.base_dir or ".").resolve()
+        # As TorchServe's worker: handler and model files import their neighbours by name.
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+        try:
+            module = load_module_file(folder / self.file)
+        except Exception as exc:  # user code may raise anything while importing
+            raise ModelLoadError(
+                f"Handler {self.file} cannot be imported: {type(exc).__name__}: {exc}"
+            ) from exc
+        self.context = self._context(folder)
+        try:
+            self._start(module)
+        except RaytorchError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(
+                f"Handler {self.file} failed to initialize: {type(exc).__name__}: {exc}"
+            ) from exc
+        self.device = getattr(self.service, "device", None) or torch.device("cpu")
+        self.model = getattr(self.service, "model", None)
+        self.load_seconds = time.perf_counter() - started
+        logger.info(
+            "Loaded TorchServe handler %s of model %s version %s on %s in %.2fs (ts API: %s, %s)",
+            self.file,
+            self.spec.name,
+            self.spec.version,
+            self.device,
+            self.load_seconds,
+            self.api,
+            "per-request preprocess" if self.per_request else "whole-batch handle",
+        )
+
+    def _context(self, folder: Path) -> Any:
+        from ts.context import Context  # TorchServe's, or handlers.torchserve.ts_api.context
+
+        manifest_path, config_path = folder / MAR_MANIFEST, folder / "model-config.yaml"
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+        gpu = 0 if self.spec.device != "cpu" and torch.cuda.is_available() else None
+        return Context(
+            self.spec.name, str(folder), manifest, 1, gpu, SERVER_VERSION,
+            metrics=NullMetrics(), model_yaml_config=config or {},
+        )  # fmt: skip
+
+    def _start(self, module: Any) -> None:
+        from ts.torch_handler.base_handler import BaseHandler as TorchServeBase
+
+        name = self.function or "handle"
+        entry = getattr(module, name, None)
+        if inspect.isfunction(entry):  # a function entry point: called once without data to start
+            entry(None, self.context)
+            self.entry = entry
+            return
+        classes = list_classes_from_module(module)
+        if len(classes) != 1:
+            raise ConfigError(
+                f"Handler {self.file} must define one class or a function {name}(data, context); "
+                f"it defines {[c.__name__ for c in classes]}"
+            )
+        self.service = classes[0]()
+        self.service.initialize(self.context)
+        self.entry = getattr(self.service, name, None)
+        if not callable(self.entry):
+            raise ConfigError(f"Handler class {classes[0].__name__} has no method {name}")
+        self.per_request = (
+            name == "handle"
+            and isinstance(self.service, TorchServeBase)
+            and type(self.service).handle is TorchServeBase.handle
+        )
+
+    # -- one request ---------------------------------------------------------------------------
+    def preprocess(self, data: bytes, content_type: str | None = None) -> TorchServeRequest:
+        request = TorchServeRequest(request_row(data, content_type), {"Content-Type": content_type or ""})
+        if self.per_request:
+            self.service.context = self.context
+            try:
+                request.tensor = self.service.preprocess([request.row])
+            except Exception as exc:
+                status = _status_of(exc)
+                if status is not None:
+                    raise HandlerStatusError(str(getattr(exc, "message", exc)), status) from None
+                raise BadInputError(
+                    f"The handler's preprocess refused this input: {type(exc).__name__}: {exc}"
+                ) from None
+        return request
+
+    # -- one batch -----------------------------------------------------------------------------
+    def collate(self, items: list[TorchServeRequest]) -> Any:
+        from ts.context import RequestProcessor
+
+        self.context.request_processor = [RequestProcessor(item.headers) for item in items]
+        rows = [item.row for item in items]
+        if not self.per_request:
+            return rows
+        tensors = [item.tensor for item in items]
+        if all(isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == 1 for t in tensors) and (
+            len({t.shape for t in tensors}) == 1
+        ):
+            return torch.cat(tensors)
+        return self.service.preprocess(rows)  # not a tensor per request: let the handler batch them
+
+    def inference(self, batch: Any) -> Any:
+        if not self.per_request:
+            assert self.entry is not None
+            return self.entry(batch, self.context)
+        return self.service.inference(batch)
+
+    def postprocess(self, output: Any, items: list[Any]) -> list[Any]:
+        results = output if not self.per_request else self.service.postprocess(output)
+        if not isinstance(results, list):
+            raise InferenceError(f"Handler {self.file} returned {type(results).__name__}, not a list")
+        return [bytes(r) if isinstance(r, bytearray) else r for r in results]
+
+    def predict_batch(self, items: list[Any]) -> list[Any]:
+        try:
+            return super().predict_batch(items)
+        except InferenceError as exc:
+            status = _status_of(exc.__cause__) if exc.__cause__ else None
+            if status is None:
+                raise
+            cause = exc.__cause__
+            raise HandlerStatusError(str(getattr(cause, "message", cause)), status) from None
+
+    def describe(self) -> Any:
+        """The handler's own ``describe_handle()`` answer when it has one (TorchServe's
+        customised metadata), else raytorch's description of the model."""
+        custom = self.service.describe_handle() if hasattr(self.service, "describe_handle") else None
+        if isinstance(custom, str | bytes):
+            with contextlib.suppress(ValueError):  # a JSON text is metadata; other text stays text
+                custom = json.loads(custom)
+        if custom is not None:
+            return custom
+        return {
+            **super().describe(),
+            "torchserveHandler": self.file + (f":{self.function}" if self.function else ""),
+            "torchserveApi": self.api,
+            "perRequestPreprocess": self.per_request,
+        }
