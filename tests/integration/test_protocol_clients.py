@@ -70,11 +70,14 @@ def live(
     async def manage(call: ManagementCall) -> ForwardedResponse:
         return await call_asgi(app, as_http(call), root_path=MOUNT_PATH)
 
-    settings = IngressArgs(
-        access_log="json", log_dir=str(tmp_path_factory.mktemp("logs")), max_body_bytes=1_000_000
-    )
-    with live_servers(router, settings, manage=manage) as servers:
-        yield servers
+    # The session-wide RAYTORCH_LOG_DIR (tests/conftest.py) would win over log_dir and mix this
+    # module's JSON lines with other tests' text lines; this module reads its own file.
+    logs = str(tmp_path_factory.mktemp("logs"))
+    settings = IngressArgs(access_log="json", log_dir=logs, max_body_bytes=1_000_000)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAYTORCH_LOG_DIR", logs)
+        with live_servers(router, settings, manage=manage) as servers:
+            yield servers
 
 
 def client(live: LiveServers, transport: str):  # -> tritonclient InferenceServerClient
