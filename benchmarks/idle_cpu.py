@@ -2,6 +2,7 @@
 
     python benchmarks/idle_cpu.py                       # quickstart, then with 10 idle models
     python benchmarks/idle_cpu.py --torchserve          # and TorchServe (2 resnet18 workers)
+    python benchmarks/idle_cpu.py --pool                # and the 10 idle models in a pool
     python benchmarks/idle_cpu.py --seconds 60 --env RAY_SERVE_CONTROL_LOOP_INTERVAL_S=0.1
 
 Each server is started the way users start it (`make serve`'s launcher for ours), left to
@@ -28,7 +29,13 @@ import httpx  # noqa: E402
 import torchserve_runner as ts  # noqa: E402
 from cpu_usage import cpu_snapshot  # noqa: E402
 
-from tests.e2e.serve_cluster import ServeCluster, free_port, load_config, serve_run  # noqa: E402
+from tests.e2e.serve_cluster import (  # noqa: E402
+    ServeCluster,
+    free_port,
+    load_config,
+    serve_run,
+    trust_test_fixtures,
+)
 from tests.fixtures.specs import photo_path  # noqa: E402
 
 BOUND_PERCENT = 5.0
@@ -52,24 +59,32 @@ def idle_percent(marker: str, seconds: float) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def our_server(env: dict[str, str]) -> Iterator[ServeCluster]:
-    """The quickstart, started by the launcher as `make serve` does, with its own state."""
+def our_server(env: dict[str, str], config_name: str = "quickstart.yaml") -> Iterator[ServeCluster]:
+    """A shipped config (the quickstart by default), started by the launcher as `make serve`
+    does, with its own state; ready once it answers (a prediction, or /ping without models)."""
     launcher = ["--metrics-port", str(free_port()), "--dashboard-port", str(free_port())]
-    with serve_run(load_config("quickstart.yaml"), extra_env=env, launcher_args=launcher) as cluster:
+    # The idle models are the tests' tiny CNN: the operator trusts tests.fixtures, as the e2e suite does.
+    config = trust_test_fixtures(load_config(config_name))
+    model = next(
+        (a["name"] for a in config["applications"] if a["import_path"].endswith(":build_model")), None
+    )
+    with serve_run(config, extra_env=env, launcher_args=launcher) as cluster:
         image = photo_path("chelsea.png").read_bytes()
 
         def answers() -> bool:
-            return (
-                httpx.put(f"{cluster.base_url}/predictions/efficientnet_lite0", content=image).status_code
-                == 200
-            )
+            with contextlib.suppress(httpx.HTTPError):
+                if model is None:
+                    return httpx.get(f"{cluster.base_url}/ping").status_code == 200
+                return httpx.put(f"{cluster.base_url}/predictions/{model}", content=image).status_code == 200
+            return False
 
-        cluster.first_prediction_s = cluster.wait_for(answers, timeout=300, what="the first prediction")  # type: ignore[attr-defined]
+        cluster.first_prediction_s = cluster.wait_for(answers, timeout=300, what="the first answer")  # type: ignore[attr-defined]
         yield cluster
 
 
-def register_idle_models(cluster: ServeCluster, store: Path, count: int) -> None:
-    """``count`` tiny models registered over the management API (one replica each, idle)."""
+def register_idle_models(cluster: ServeCluster, store: Path, count: int, pool: str | None = None) -> None:
+    """``count`` tiny models registered over the management API: one replica each, or into
+    ``pool`` (loaded once by a pool replica before the 200, then idle)."""
     import torch
 
     from handlers.archive import write_archive
@@ -85,7 +100,8 @@ def register_idle_models(cluster: ServeCluster, store: Path, count: int) -> None
             "warmup": False,
         }
         write_archive(spec, [store / "tiny.pth"], store / f"idle{i}.zip")
-        reply = httpx.post(f"{cluster.base_url}/models?url=idle{i}.zip&num_cpus=0", headers=auth, timeout=300)
+        where = f"pool={pool}" if pool else "num_cpus=0&dedicated=true"
+        reply = httpx.post(f"{cluster.base_url}/models?url=idle{i}.zip&{where}", headers=auth, timeout=300)
         if reply.status_code != 200:
             raise RuntimeError(f"registering idle{i}: {reply.status_code} {reply.text}")
 
@@ -107,6 +123,27 @@ def measure_ours(args: argparse.Namespace, env: dict[str, str], work: Path) -> d
             name = f"ours: + {args.models} idle models"
             results[name] = idle_percent(marker, args.seconds)
             print_row(name, results[name])
+    return results
+
+
+def measure_pool(args: argparse.Namespace, env: dict[str, str], work: Path) -> dict[str, dict[str, float]]:
+    """configs/model_pool.yaml alone, then with ``--models`` idle models registered into its pool."""
+    store = work / "pool-store"
+    store.mkdir(parents=True, exist_ok=True)
+    env = {**env, "RAYTORCH_TOKEN": TOKEN, "RAYTORCH_MODEL_STORE": str(store),
+           "RAYTORCH_STATE_DIR": str(work / "pool-state"),
+           "RAYTORCH_LOG_DIR": str(work / "pool-logs")}  # fmt: skip
+    results = {}
+    with our_server(env, "model_pool.yaml") as cluster:
+        marker = f"RAY_TMPDIR={cluster.workdir}"
+        time.sleep(args.settle)
+        results["ours: model_pool.yaml"] = idle_percent(marker, args.seconds)
+        print_row("ours: model_pool.yaml", results["ours: model_pool.yaml"])
+        register_idle_models(cluster, store, args.models, pool="small")
+        time.sleep(args.settle)
+        name = f"ours: model_pool.yaml + {args.models} idle pooled models"
+        results[name] = idle_percent(marker, args.seconds)
+        print_row(name, results[name])
     return results
 
 
@@ -135,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="measuring window")
     parser.add_argument("--settle", type=float, default=20.0, help="idle time before measuring")
     parser.add_argument("--models", type=int, default=10, help="idle models to register (0: skip)")
+    parser.add_argument(
+        "--pool", action="store_true", help="also configs/model_pool.yaml, idle models pooled"
+    )
     parser.add_argument("--torchserve", action="store_true", help="also measure TorchServe")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for our server's processes")
     args = parser.parse_args(argv)
@@ -143,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="rt-idle-", dir="/tmp"))
     results = measure_ours(args, env, work)
+    if args.pool and args.models:
+        results.update(measure_pool(args, env, work))
     if args.torchserve:
         results.update(measure_torchserve(args, work))
     print(f"\nIdle CPU, % of one core ({args.seconds:g} s after {args.settle:g} s of settling; "
