@@ -75,6 +75,16 @@ class ResourcesConfig(StrictModel):
         return self
 
 
+def _check_batches_can_fill(resources: ResourcesConfig, batching: BatchingConfig) -> None:
+    """A replica that accepts fewer requests than a batch holds could never fill one."""
+    limit = resources.max_ongoing_requests
+    if limit is not None and limit < batching.max_batch_size:
+        raise ValueError(
+            f"resources.max_ongoing_requests ({limit}) is below batching.max_batch_size "
+            f"({batching.max_batch_size}): batches could never fill"
+        )
+
+
 class ModelAppArgs(StrictModel):
     """``args`` of one model application (``deployments.app:build_model``)."""
 
@@ -94,12 +104,7 @@ class ModelAppArgs(StrictModel):
 
     @model_validator(mode="after")
     def _enough_concurrency(self) -> ModelAppArgs:
-        limit = self.resources.max_ongoing_requests
-        if limit is not None and limit < self.batching.max_batch_size:
-            raise ValueError(
-                f"resources.max_ongoing_requests ({limit}) is below batching.max_batch_size "
-                f"({self.batching.max_batch_size}): batches could never fill"
-            )
+        _check_batches_can_fill(self.resources, self.batching)
         return self
 
 
@@ -156,12 +161,7 @@ class PoolArgs(StrictModel):
             raise ValueError(
                 "a pool needs resources.num_replicas >= 1: its models have no replica of their own"
             )
-        limit = self.resources.max_ongoing_requests
-        if limit is not None and limit < self.batching.max_batch_size:
-            raise ValueError(
-                f"resources.max_ongoing_requests ({limit}) is below batching.max_batch_size "
-                f"({self.batching.max_batch_size}): batches could never fill"
-            )
+        _check_batches_can_fill(self.resources, self.batching)
         return self
 
 

@@ -32,15 +32,19 @@ from handlers.tensor_data import TensorRequest
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(
+# Serve options of every replica that runs models (dedicated and pooled).
+REPLICA_OPTIONS: dict[str, Any] = {
     # A model that cannot load should fail its application quickly, not retry 20 times.
-    max_constructor_retry_count=3,
+    "max_constructor_retry_count": 3,
     # A crashed replica is noticed (and replaced) at the next health check; until then the
     # ingress may still route to it, so check often: the check is one cheap actor call.
-    health_check_period_s=2,
-    health_check_timeout_s=15,
-    graceful_shutdown_timeout_s=10,
-)
+    "health_check_period_s": 2,
+    "health_check_timeout_s": 15,
+    "graceful_shutdown_timeout_s": 10,
+}
+
+
+@serve.deployment(**REPLICA_OPTIONS)
 class ModelDeployment:
     """Loads the handler once, decodes each request alone, runs the model per batch."""
 

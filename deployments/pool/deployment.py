@@ -20,6 +20,7 @@ from ray import serve
 from deployments.common.messages import Answer, PoolEvent, Rejected
 from deployments.common.naming import MANAGEMENT_APP, MANAGEMENT_DEPLOYMENT, parse_pooled_model_id
 from deployments.common.settings import BatchingConfig, PoolArgs
+from deployments.model.deployment import REPLICA_OPTIONS
 from deployments.model.executor import InferenceExecutor, decode_pool, machine_cores
 from deployments.pool.cache import MIB, LoadedModel, LoadOutcome, ModelCache
 from deployments.pool.loader import PooledLoader
@@ -38,12 +39,7 @@ LOAD_FAILED_RETRY_AFTER_S = 5.0
 _PLAIN_ERRORS = (ModelNotFoundError, ModelNotReadyError, InsufficientResourcesError)
 
 
-@serve.deployment(
-    max_constructor_retry_count=3,
-    health_check_period_s=2,
-    health_check_timeout_s=15,
-    graceful_shutdown_timeout_s=10,
-)
+@serve.deployment(**REPLICA_OPTIONS)
 class PoolDeployment:
     """Loads pooled models on demand, decodes each request alone, runs one model per batch."""
 
