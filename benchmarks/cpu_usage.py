@@ -20,6 +20,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # First match wins; patterns are looked for in the process's command line (Ray workers rename
 # themselves "ray::<actor>", so the command line names the actor).
 ROLES: list[tuple[str, str]] = [
+    # Our own processes first: their command lines carry flags such as --dashboard-port.
+    ("raytorch.server", "serve run driver"),
+    ("raytorch.launch", "launcher"),
     ("ServeReplica:ingress:", "ingress"),
     ("ServeReplica:management:", "management"),
     ("ServeReplica:", "model replicas"),
@@ -30,11 +33,10 @@ ROLES: list[tuple[str, str]] = [
     ("dashboard", "dashboard + agents"),
     ("runtime_env", "dashboard + agents"),
     ("multiprocessing.resource_tracker", "dashboard + agents"),
+    ("multiprocessing.forkserver", "dashboard + agents"),  # the dashboard's subprocess modules
     ("log_monitor", "Ray log/monitor"),
     ("monitor.py", "Ray log/monitor"),
     ("serve run", "serve run driver"),
-    ("raytorch.server", "serve run driver"),
-    ("raytorch.launch", "launcher"),
     ("ray.serve.scripts", "serve run driver"),
     ("model_service_worker", "TorchServe workers"),
     ("org.pytorch.serve", "TorchServe frontend"),

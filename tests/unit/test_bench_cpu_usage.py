@@ -25,6 +25,9 @@ from report import cpu_table
         ("ray::ProxyActor.receive_asgi_messages", "HTTP proxy"),
         ("/venv/site-packages/ray/core/src/ray/raylet/raylet --raylet_socket_name=x", "raylet"),
         ("java -cp ts.jar org.pytorch.serve.ModelServer", "TorchServe frontend"),
+        # Our processes' flags name the dashboard: they are not the dashboard's.
+        ("python -m raytorch.server c.yaml --metrics-port 8080 --dashboard-port 8265", "serve run driver"),
+        ("python -m raytorch.launch c.yaml --metrics-port 8080 --dashboard-port 8265", "launcher"),
         ("/usr/bin/python3 something_else.py", "other"),
     ],
 )
