@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from handlers.archive_imports import archive_modules
 from handlers.errors import ModelLoadError
 from handlers.onnx_model import OnnxModel
 from handlers.spec import ModelSource
@@ -68,10 +69,16 @@ def package_dir(package: str, ref: str) -> Path:
     return Path(locations[0])
 
 
-def _module_from_file(path: Path) -> object:
-    # A stable, unique module name per file: two archives' model.py files never collide,
-    # and every process derives the same name (pickles of user classes stay loadable).
-    name = f"raytorch_user_{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]}"
+def _module_from_file(path: Path, base_dir: str | Path | None = None) -> object:
+    """A file of an archive (``base_dir``) as one of its archive's modules, which import
+    their neighbours by name; any other file as a module of its own. Both are named after
+    their contents, so changed code is always imported anew."""
+    path = path.resolve()
+    if base_dir is not None and path.is_relative_to(Path(base_dir).resolve()):
+        return archive_modules(base_dir).load_file(path)
+    source = path.read_bytes()
+    digest = hashlib.sha256(str(path).encode() + b"\0" + source).hexdigest()
+    name = f"raytorch_user_{digest[:20]}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
@@ -80,16 +87,16 @@ def _module_from_file(path: Path) -> object:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(compile(source, str(path), "exec", dont_inherit=True), module.__dict__)
     except BaseException:
         del sys.modules[name]
         raise
     return module
 
 
-def load_module_file(path: str | Path) -> object:
-    """Import a Python file as a module named after its path (cached: imported once)."""
-    return _module_from_file(Path(path))
+def load_module_file(path: str | Path, base_dir: str | Path | None = None) -> object:
+    """Import a Python file (of the archive in ``base_dir``, when given) once per contents."""
+    return _module_from_file(Path(path), base_dir)
 
 
 def import_object(import_path: str, base_dir: str | None = None) -> object:
@@ -97,7 +104,7 @@ def import_object(import_path: str, base_dir: str | None = None) -> object:
     module_name, _, attribute = import_path.rpartition(":")
     try:
         if module_name.endswith(".py"):
-            obj: object = _module_from_file(resolve_path(module_name, base_dir))
+            obj: object = _module_from_file(resolve_path(module_name, base_dir), base_dir)
         else:
             obj = importlib.import_module(module_name)
         for part in attribute.split("."):

@@ -1,6 +1,7 @@
 """Run a TorchServe handler file as a raytorch handler (``handler: torchserve:<file>[:<fn>]``).
 
-Loading follows TorchServe's worker: the archive's folder goes on ``sys.path``, the file's
+Loading follows TorchServe's worker: the file and its neighbours import each other by name
+(each archive's own modules, see :mod:`handlers.archive_imports`), the file's
 function entry point (``handle`` or the one named) is called once with no data, or else its one
 class is built and ``initialize(context)`` loads the model. Requests become TorchServe's request
 dicts (``{"data": ..., "body": ...}``, JSON decoded, text as ``str``, other bodies as
@@ -20,7 +21,6 @@ import contextlib
 import inspect
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ import torch
 import yaml
 
 from handlers.archive import MAR_MANIFEST
+from handlers.archive_imports import archive_modules
 from handlers.base import BaseHandler
 from handlers.errors import (
     BadInputError,
@@ -40,7 +41,6 @@ from handlers.errors import (
     ModelLoadError,
     RaytorchError,
 )
-from handlers.loading import load_module_file
 from handlers.spec import ModelSpec
 from handlers.torchserve import ts_api
 from handlers.torchserve.names import parse_torchserve_ref
@@ -101,24 +101,25 @@ class TorchServeHandler(BaseHandler):
             torch.set_num_threads(self.spec.torch_threads)
         self.api = ts_api.install()
         folder = Path(self.spec.base_dir or ".").resolve()
-        # As TorchServe's worker: handler and model files import their neighbours by name.
-        if str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
-        try:
-            module = load_module_file(folder / self.file)
-        except Exception as exc:  # user code may raise anything while importing
-            raise ModelLoadError(
-                f"Handler {self.file} cannot be imported: {type(exc).__name__}: {exc}"
-            ) from exc
-        self.context = self._context(folder)
-        try:
-            self._start(module)
-        except RaytorchError:
-            raise
-        except Exception as exc:
-            raise ModelLoadError(
-                f"Handler {self.file} failed to initialize: {type(exc).__name__}: {exc}"
-            ) from exc
+        # As on TorchServe's worker, handler and model files import their neighbours by name,
+        # but each archive gets its own (handlers.archive_imports): a pool runs many archives.
+        archive = archive_modules(folder)
+        with archive.plain_names():
+            try:
+                module = archive.load_file(folder / self.file)
+            except Exception as exc:  # user code may raise anything while importing
+                raise ModelLoadError(
+                    f"Handler {self.file} cannot be imported: {type(exc).__name__}: {exc}"
+                ) from exc
+            self.context = self._context(folder)
+            try:
+                self._start(module)
+            except RaytorchError:
+                raise
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"Handler {self.file} failed to initialize: {type(exc).__name__}: {exc}"
+                ) from exc
         self.device = getattr(self.service, "device", None) or torch.device("cpu")
         self.model = getattr(self.service, "model", None)
         self.load_seconds = time.perf_counter() - started

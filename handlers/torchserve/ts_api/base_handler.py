@@ -76,7 +76,7 @@ class BaseHandler(abc.ABC):  # noqa: B024 - abstract in name only, as TorchServe
         path = os.path.join(model_dir, model_file)
         if not os.path.isfile(path):
             raise RuntimeError(f"Missing the model file {model_file}")
-        classes = list_classes_from_module(load_module_file(path))
+        classes = list_classes_from_module(load_module_file(path, model_dir))
         if len(classes) != 1:
             raise ValueError(f"Expected only one class as model definition. {classes}")
         model = classes[0]()
