@@ -118,7 +118,7 @@ class ModelManager:
         (see :class:`deployments.management.restore.Restorer`)."""
         restorer = Restorer(
             self.registry, self.serve, self.models_dir, self.settings, self._table,
-            self._watch_until_ready, self.announce,
+            self._watch_until_ready, self.announce, self.pools,
         )  # fmt: skip
         return await restorer.run()
 

@@ -20,15 +20,19 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from deployments.common.model_table import ModelTable, ModelVersionState, PoolState
 from deployments.common.naming import pooled_model_id
 from deployments.common.routing import PooledEntry
 from deployments.common.settings import ManagementArgs
+from deployments.management.code_policy import check_registered_code
 from deployments.management.describe import DEFAULT_RESPONSE_TIMEOUT_S, DeploymentFacts, describe_version
 from deployments.management.intake import Intake, record_fields
 from deployments.management.pool_registry import PooledVersion, PoolRegistry
 from deployments.management.register_params import TORCHSERVE_DEFAULTS, RegisterParams
-from handlers.errors import BadInputError, RaytorchError
+from handlers.errors import BadInputError, ConfigError, RaytorchError, validation_message
+from handlers.spec import ModelSpec
 
 logger = logging.getLogger("ray.serve")
 # Registrations check conflicts and pools against a Serve snapshot this recent: a
@@ -75,6 +79,7 @@ class PoolManager:
         self.draining: set[tuple[str, str]] = set()
         self.failed: dict[tuple[str, str], str] = {}  # asynchronous registrations that did not load
         self.checking: set[tuple[str, str]] = set()  # asynchronous registrations being loaded once
+        self.refused: dict[tuple[str, str], str] = {}  # code the server's policy no longer allows
         self._checks: set[asyncio.Task[None]] = set()
 
     async def _table(self) -> ModelTable:
@@ -106,9 +111,36 @@ class PoolManager:
         return {v: PooledEntry(r.pool, r.model_id) for v, r in self.registry.versions(model).items()}
 
     def spec(self, model_id: str) -> dict[str, Any] | None:
-        """The spec a pool replica loads for ``model_id`` (None: not registered)."""
+        """The spec a pool replica loads for ``model_id`` (None: not registered; ConfigError:
+        its code is no longer allowed, see :meth:`refuse_disallowed_code`)."""
         found = self.registry.by_model_id(model_id)
-        return found[1].spec if found else None
+        if found is None:
+            return None
+        refused = self.refused.get((found[0], found[1].version))
+        if refused is not None:
+            raise ConfigError(refused)
+        return found[1].spec
+
+    def refuse_disallowed_code(self) -> list[tuple[str, str, str]]:
+        """Check every pooled version against the code policy as it is now (the server may have
+        restarted with ``allow_archive_code: false`` or fewer ``trusted_modules``): those it
+        refuses are never handed to a pool replica again and describe says why. Returns
+        (model, version, reason) of each."""
+        refused = []
+        for model, versions in list(self.registry.models.items()):
+            for version, record in list(versions.items()):
+                try:
+                    spec = ModelSpec.model_validate(record.spec)
+                    check_registered_code(
+                        spec, self.settings.trusted_modules, self.settings.allow_archive_code
+                    )
+                except (RaytorchError, ValidationError) as exc:
+                    reason = (
+                        exc.message if isinstance(exc, RaytorchError) else validation_message(exc.errors())
+                    )
+                    self.refused[(model, version)] = reason
+                    refused.append((model, version, reason))
+        return refused
 
     def _pool(self, name: str, table: ModelTable) -> PoolState:
         pool = table.pools.get(name)
@@ -191,6 +223,7 @@ class PoolManager:
     async def _forget(self, model: str, version: str) -> None:
         await asyncio.to_thread(self.registry.remove, model, version)
         self.failed.pop((model, version), None)
+        self.refused.pop((model, version), None)
         shutil.rmtree(self.models_dir / model / version, ignore_errors=True)
         self._changed([model])
 
@@ -213,7 +246,7 @@ class PoolManager:
         if pool is not None:
             with contextlib.suppress(Exception):
                 reports = await self.calls.reports(pool)
-        failure = self.failed.get((model, version))
+        failure = self.failed.get((model, version)) or self.refused.get((model, version))
         status = "LOAD_FAILED" if failure else (state.app_status if state else "NO_POOL")
         if (model, version) in self.checking:
             status = "LOADING"  # an asynchronous registration's first load is running

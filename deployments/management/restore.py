@@ -9,7 +9,9 @@ Rules, each with a log line that says what happened:
   registry, so the two can never both start and compete for the cluster;
 - each version is restored on its own: one that cannot be (its record no longer validates, its
   code is no longer allowed) is logged and skipped, and one whose deploy fails for a passing
-  reason (Serve busy) is retried :data:`ATTEMPTS` times with a growing pause.
+  reason (Serve busy) is retried :data:`ATTEMPTS` times with a growing pause;
+- pooled versions are checked against the code policy too: one whose code is no longer
+  allowed is refused (pool replicas are not given it, describe says why).
 
 No Ray here: Serve is reached through the manager's ``Serve`` protocol.
 """
@@ -29,6 +31,7 @@ from pydantic import ValidationError
 from deployments.common.model_table import ModelTable
 from deployments.common.settings import ManagementArgs, ModelAppArgs
 from deployments.management.code_policy import check_registered_code
+from deployments.management.pools import PoolManager
 from deployments.management.registry import RegistryStore
 from handlers.errors import RaytorchError, validation_message
 
@@ -52,12 +55,17 @@ class Restorer:
         table: Callable[[], Awaitable[tuple[dict[str, str], ModelTable]]],
         watch: Callable[[str, str], None],
         announce: Callable[[], None],
+        pools: PoolManager | None = None,
     ) -> None:
         self.registry, self.serve, self.models_dir, self.settings = registry, serve, models_dir, settings
-        self._table, self._watch, self._announce = table, watch, announce
+        self._table, self._watch, self._announce, self.pools = table, watch, announce, pools
 
     async def run(self) -> list[str]:
         """Restore what is missing; returns ``model/version`` of each version deployed."""
+        # Pooled versions have no application to start, but the same code policy: checked
+        # first, before a pool replica can ask for one of them.
+        for model, version, reason in self.pools.refuse_disallowed_code() if self.pools else []:
+            logger.error("Registered model %s version %s cannot be restored: %s", model, version, reason)
         await self._wait_for_config_apps()
         pending = [(m, v) for m, record in self.registry.state.models.items() for v in record.versions]
         restored: list[str] = []

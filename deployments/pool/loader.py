@@ -61,6 +61,9 @@ class PooledLoader:
         except RaytorchError:
             raise
         except Exception as exc:  # the management part is restarting, or unreachable
+            cause = getattr(exc, "cause", None)  # its own refusals arrive wrapped by Ray
+            if isinstance(cause, RaytorchError):
+                raise cause from None
             raise ModelNotReadyError(
                 f"Pool {self.pool} cannot look up model {model_id} now ({type(exc).__name__}); retry",
                 retry_after_s=SPEC_RETRY_AFTER_S,

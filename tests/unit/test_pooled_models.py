@@ -291,3 +291,39 @@ def test_pooled_registrations_are_parsed_and_checked_as_dedicated_ones(
     assert run(manager.set_default("m", "1.0")) == {
         "status": 'Default version successfully updated for model "m" to "1.0"'
     }
+
+
+def test_a_pooled_archive_whose_code_is_no_longer_allowed_is_not_served_after_a_restart(
+    tmp_path: Path,
+    manager: ModelManager,
+    serve: PoolServe,
+    calls: FakePoolCalls,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import zipfile
+
+    url = make_archive(
+        manager.model_store,
+        "coded",
+        "1.0",
+        extra={"source": {"factory": "net.py:build", "state_dict": "tiny.pth"}},
+    )
+    with zipfile.ZipFile(manager.model_store / url, "a") as archive:
+        archive.writestr("net.py", "from tests.fixtures.models import tiny_classifier as build\n")
+    assert register(manager, "m", "1.0", pool="small")[0] == 200  # trusted code only
+    assert run(manager.register(RegisterParams(url=url, pool="small")))[0] == 200
+    coded_id = manager.pools.registry.versions("coded")["1.0"].model_id
+    plain_id = manager.pools.registry.versions("m")["1.0"].model_id
+
+    # The operator turns archive code off and restarts the server.
+    restarted = make_manager(tmp_path, serve, calls, allow_archive_code=False)
+    with caplog.at_level("ERROR", logger="ray.serve"):
+        run(restarted.restore())
+    assert "model coded version 1.0 cannot be restored" in caplog.text
+    with pytest.raises(
+        ConfigError, match=r"'net.py:build' is Python code from the archive.*allow_archive_code: false"
+    ):
+        restarted.pools.spec(coded_id)  # what a pool replica asks before a cold load: refused
+    assert restarted.pools.spec(plain_id) is not None  # models without archive code still load
+    described = run(restarted.describe("coded", None))[0]
+    assert described["status"] == "LOAD_FAILED" and "allow_archive_code: false" in described["message"]
