@@ -133,6 +133,24 @@ class PoolArgs(StrictModel):
     max_models_per_replica: int | None = Field(
         None, ge=1, description="Also evict once a replica holds this many models (None: memory only)."
     )
+    cold_loads_per_s: float = Field(
+        4.0,
+        gt=0,
+        description=(
+            "Per replica: cold loads (loading a model it does not hold) started per second on "
+            "average, after cold_load_burst at once. A cold load runs on the inference thread "
+            "that every model of the replica shares; a request that would exceed this gets 503 "
+            "with Retry-After at once, and the models the replica holds keep answering."
+        ),
+    )
+    cold_load_burst: int = Field(
+        8,
+        ge=1,
+        description=(
+            "Per replica: cold loads that may start at once after a quiet spell, and the most "
+            "that may wait for the inference thread (more: 503 with Retry-After)."
+        ),
+    )
     torch_threads: int | None = Field(
         1,
         ge=1,

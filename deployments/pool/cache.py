@@ -5,8 +5,13 @@ Serve's ``@serve.multiplexed`` keeps a fixed number of models per replica; a poo
 different sizes needs a memory budget instead, so the replica keeps its models here. Concurrent
 requests for a model that is loading share one load, and a load is never abandoned because the
 request that started it was cancelled. A model that failed to load is not retried for a few
-seconds, so a broken archive cannot make every request reload it. No Ray, no torch: the loader
-is a function.
+seconds, so a broken archive cannot make every request reload it.
+
+Before a cold load, the replica's ration of cold loads is checked (admission.ColdLoadGate: a
+request over it gets 503 at once and evicts nothing), then room is made for the model's
+estimated size (its size measured at its last load here, else its weight files), so the replica
+stays within its budget while loading; a model measured bigger than the budget is refused
+without loading it again. No Ray, no torch: the loader is a function.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from deployments.common.naming import parse_pooled_model_id
+from deployments.pool.admission import ColdLoadGate
 from handlers.errors import InsufficientResourcesError
 
 MIB = 1024 * 1024
@@ -62,15 +68,22 @@ class ModelCache:
         load: Callable[[str], Awaitable[LoadedModel]],
         on_change: Callable[[list[str]], None] | None = None,
         failure_ttl_s: float = FAILURE_TTL_S,
+        *,
+        estimate: Callable[[str], Awaitable[int]] | None = None,
+        gate: ColdLoadGate | None = None,
     ) -> None:
         self.budget_bytes = budget_bytes
         self.max_models = max_models
         self._load = load
         self._on_change = on_change
         self._failure_ttl_s = failure_ttl_s
+        self._estimate = estimate
+        self._gate = gate
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, asyncio.Task[tuple[LoadedModel, tuple[str, ...]]]] = {}
         self._failed: dict[str, tuple[float, Exception]] = {}
+        self._sizes: dict[str, int] = {}  # measured at each model's last load here
+        self._reserved = 0  # room promised to the loads under way
         self.used_bytes = 0
         self.loads = 0
         self.evictions = 0
@@ -88,6 +101,8 @@ class ModelCache:
         failure = self._failed.get(model_id)
         if failure is not None and failure[0] > time.monotonic():
             raise failure[1]
+        if self._gate is not None:  # before anything is evicted or loaded
+            self._gate.admit(_label(model_id), len(self._loading))
         started = time.monotonic()
         task = asyncio.get_running_loop().create_task(self._load_and_admit(model_id))
         # Read its outcome even when every request waiting for it was cancelled (no warning).
@@ -98,9 +113,25 @@ class ModelCache:
         return entry, LoadOutcome(time.monotonic() - started, evicted)
 
     async def _load_and_admit(self, model_id: str) -> tuple[LoadedModel, tuple[str, ...]]:
+        reserved = 0
         try:
-            entry = await self._load(model_id)
-            evicted = self._admit(entry)
+            size = self._sizes.get(model_id)
+            if size is not None and size > self.budget_bytes:  # known too big: do not load it again
+                raise self._too_big(model_id, size)
+            if size is None and self._estimate is not None:
+                size = min(await self._estimate(model_id), self.budget_bytes)
+            # Room first, so that the replica never holds more than its budget while loading.
+            reserved = size or 0
+            evicted = self._make_room(reserved)
+            if evicted:
+                self._changed()
+            self._reserved += reserved
+            try:
+                entry = await self._load(model_id)
+            finally:
+                self._reserved -= reserved
+            self._sizes[model_id] = entry.size_bytes
+            evicted += self._admit(entry)
         except Exception as exc:
             now = time.monotonic()
             self._failed = {k: v for k, v in self._failed.items() if v[0] > now}
@@ -112,31 +143,40 @@ class ModelCache:
         self._failed.pop(model_id, None)
         return entry, evicted
 
-    def _admit(self, entry: LoadedModel) -> tuple[str, ...]:
-        if entry.size_bytes > self.budget_bytes:
-            raise InsufficientResourcesError(
-                f"{_label(entry.model_id)} needs about {entry.size_bytes / MIB:.1f} MB, more than the "
-                f"pool's memory budget per replica ({self.budget_bytes / MIB:.1f} MB): raise the pool's "
-                "memory_budget_mb or register the model as a dedicated deployment (dedicated=true)"
-            )
+    def _too_big(self, model_id: str, size: int) -> InsufficientResourcesError:
+        return InsufficientResourcesError(
+            f"{_label(model_id)} needs about {size / MIB:.1f} MB, more than the "
+            f"pool's memory budget per replica ({self.budget_bytes / MIB:.1f} MB): raise the pool's "
+            "memory_budget_mb or register the model as a dedicated deployment (dedicated=true)"
+        )
+
+    def _make_room(self, size: int) -> tuple[str, ...]:
+        """Evict least recently used models until ``size`` more bytes and one more model fit."""
         evicted = []
         while self._models and (
-            self.used_bytes + entry.size_bytes > self.budget_bytes
+            self.used_bytes + self._reserved + size > self.budget_bytes
             or (self.max_models is not None and len(self._models) >= self.max_models)
         ):
             old_id, old = self._models.popitem(last=False)
             self.used_bytes -= old.size_bytes
             evicted.append(old_id)
+        self.evictions += len(evicted)
+        return tuple(evicted)
+
+    def _admit(self, entry: LoadedModel) -> tuple[str, ...]:
+        if entry.size_bytes > self.budget_bytes:
+            raise self._too_big(entry.model_id, entry.size_bytes)
+        evicted = self._make_room(entry.size_bytes)
         self._models[entry.model_id] = entry
         self.used_bytes += entry.size_bytes
         self.loads += 1
-        self.evictions += len(evicted)
-        return tuple(evicted)
+        return evicted
 
     def evict(self, model_id: str) -> bool:
         """Drop a model now (it was unregistered); False when it was not loaded. A batch that
         is running keeps its own reference and finishes."""
         self._failed.pop(model_id, None)
+        self._sizes.pop(model_id, None)
         entry = self._models.pop(model_id, None)
         if entry is None:
             return False

@@ -22,6 +22,7 @@ from deployments.common.naming import MANAGEMENT_APP, MANAGEMENT_DEPLOYMENT, par
 from deployments.common.settings import BatchingConfig, PoolArgs
 from deployments.model.deployment import REPLICA_OPTIONS
 from deployments.model.executor import InferenceExecutor, decode_pool, machine_cores
+from deployments.pool.admission import ColdLoadGate
 from deployments.pool.cache import MIB, LoadedModel, LoadOutcome, ModelCache
 from deployments.pool.loader import PooledLoader
 from deployments.pool.serve_routing import LoadedModelsReport
@@ -58,6 +59,8 @@ class PoolDeployment:
             args.max_models_per_replica,
             self._loader,
             LoadedModelsReport(context.replica_id).changed,
+            estimate=self._loader.estimate,
+            gate=ColdLoadGate(args.name, args.cold_loads_per_s, args.cold_load_burst),
         )
         self._idle = asyncio.Event()  # set while no batch runs; see BatchingConfig.wait_for_idle_model
         self._idle.set()

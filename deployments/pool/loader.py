@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deployments.model.executor import InferenceExecutor
+from deployments.pool.admission import weights_bytes
 from deployments.pool.cache import MIB, LoadedModel
 from handlers.errors import ModelNotFoundError, ModelNotReadyError, RaytorchError
 from handlers.registry import create_handler
@@ -53,9 +54,21 @@ class PooledLoader:
         self._specs = specs
         self._executor = executor
         self._overhead_bytes = int(overhead_mb * MIB)
+        self._fetched: dict[str, dict[str, Any]] = {}
+
+    async def estimate(self, model_id: str) -> int:
+        """Bytes the model will need before it loads (the cache asks before a cold load): its
+        weight files plus the overhead. Keeps the spec it fetched for the load that follows."""
+        spec = self._fetched[model_id] = await self._spec(model_id)
+        return await asyncio.to_thread(weights_bytes, spec.get("base_dir")) + self._overhead_bytes
 
     async def __call__(self, model_id: str) -> LoadedModel:
-        """Fetch the spec and load the model (the cache calls this on a miss)."""
+        """Fetch the spec (unless :meth:`estimate` just did) and load the model (the cache
+        calls this on a miss)."""
+        spec = self._fetched.pop(model_id, None)
+        return await self.load(model_id, spec if spec is not None else await self._spec(model_id))
+
+    async def _spec(self, model_id: str) -> dict[str, Any]:
         try:
             spec = await asyncio.wait_for(self._specs(model_id), SPEC_TIMEOUT_S)
         except RaytorchError:
@@ -70,7 +83,7 @@ class PooledLoader:
             ) from None
         if spec is None:
             raise ModelNotFoundError(f"Model {model_id} is not registered in pool {self.pool}")
-        return await self.load(model_id, spec)
+        return spec
 
     async def load(self, model_id: str, spec: dict[str, Any]) -> LoadedModel:
         """Build and load the handler of ``spec`` on the inference thread."""

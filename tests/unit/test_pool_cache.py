@@ -126,3 +126,123 @@ def test_an_unregistered_model_is_evicted_on_request() -> None:
     run(cache.get("a"))
     assert cache.evict("a") and not cache.evict("a")
     assert cache.loaded_ids() == [] and cache.used_bytes == 0
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_cold_loads_beyond_the_pools_rate_are_refused_at_once_and_loaded_models_keep_answering() -> None:
+    from deployments.pool.admission import ColdLoadGate
+    from handlers.errors import ModelNotReadyError
+
+    clock = Clock()
+    loader = Loader({})
+    gate = ColdLoadGate("small", per_s=0.5, burst=2, clock=clock)
+    cache = ModelCache(10 * MIB, 2, loader, gate=gate)
+
+    async def scenario() -> ModelNotReadyError:
+        await cache.get("a")
+        await cache.get("b")  # the burst is spent
+        with pytest.raises(ModelNotReadyError) as refused:
+            await cache.get("c")
+        for _ in range(5):  # the models the replica holds answer as before
+            assert (await cache.get("a"))[1] is None and (await cache.get("b"))[1] is None
+        clock.now += 2.0  # one more load per 2 s
+        await cache.get("c")
+        return refused.value
+
+    refused = run(scenario())
+    assert loader.loads == ["a", "b", "c"]  # c was not loaded while the pool was saturated
+    assert refused.status == 503 and refused.headers() == {"Retry-After": "2"}
+    assert "Pool small is saturated" in refused.message and "cold_loads_per_s" in refused.message
+    assert cache.loaded_ids() == ["b", "c"]  # a refused request evicted nothing
+
+
+def test_loads_waiting_for_the_inference_thread_are_bounded() -> None:
+    from deployments.pool.admission import ColdLoadGate
+    from handlers.errors import ModelNotReadyError
+
+    loader = Loader({}, delay_s=0.05)
+    cache = ModelCache(100 * MIB, None, loader, gate=ColdLoadGate("small", per_s=1000, burst=2))
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(*(cache.get(m) for m in ("a", "b", "c")), return_exceptions=True)
+
+    results = run(scenario())
+    assert isinstance(results[2], ModelNotReadyError)
+    assert "2 cold loads are already waiting" in results[2].message
+    assert loader.loads == ["a", "b"]
+
+
+def test_a_model_measured_bigger_than_the_budget_is_not_loaded_again() -> None:
+    loader = Loader({"huge": 12})
+    cache = ModelCache(10 * MIB, None, loader, failure_ttl_s=0.0)
+
+    async def scenario() -> None:
+        for _ in range(3):
+            with pytest.raises(InsufficientResourcesError, match=r"needs about 12\.0 MB"):
+                await cache.get("huge")
+
+    run(scenario())
+    assert loader.loads == ["huge"]  # refused from its recorded size, before loading
+
+
+def test_room_is_made_before_a_cold_load_from_its_estimate() -> None:
+    used_while_loading: dict[str, int] = {}
+
+    class Watching(Loader):
+        async def __call__(self, model_id: str) -> LoadedModel:
+            used_while_loading[model_id] = cache.used_bytes
+            return await super().__call__(model_id)
+
+    async def estimate(model_id: str) -> int:
+        return 6 * MIB  # e.g. its weights file
+
+    loader = Watching({"a": 4, "b": 4, "c": 6})
+    cache = ModelCache(10 * MIB, None, loader, estimate=estimate)
+
+    async def scenario() -> tuple[str, ...]:
+        await cache.get("a")
+        await cache.get("b")
+        return (await cache.get("c"))[1].evicted
+
+    assert run(scenario()) == ("a",)
+    # While c loaded, the replica held no more than the budget minus c's estimate.
+    assert used_while_loading["c"] == 4 * MIB
+    assert cache.loaded_ids() == ["b", "c"] and cache.used_bytes == 10 * MIB
+
+
+def test_a_models_estimate_is_its_weight_files_and_the_load_reuses_the_fetched_spec(tmp_path: Any) -> None:
+    from deployments.pool.loader import PooledLoader
+
+    (tmp_path / "weights.pth").write_bytes(b"w" * 3000)
+    (tmp_path / "notes.txt").write_bytes(b"n" * 100_000)  # not weights: not counted
+    asked: list[str] = []
+
+    async def specs(model_id: str) -> dict[str, Any]:
+        asked.append(model_id)
+        return {"base_dir": str(tmp_path)}
+
+    loader = PooledLoader("small", specs, executor=None, overhead_mb=1.0)  # type: ignore[arg-type]
+    loaded: list[dict[str, Any]] = []
+
+    async def load(model_id: str, spec: dict[str, Any]) -> LoadedModel:
+        loaded.append(spec)
+        return LoadedModel(model_id, object(), 1, 0.0)
+
+    loader.load = load  # type: ignore[method-assign]
+
+    async def scenario() -> int:
+        estimate = await loader.estimate("m")
+        await loader("m")
+        return estimate
+
+    assert run(scenario()) == 3000 + MIB
+    assert asked == ["m"] and loaded == [{"base_dir": str(tmp_path)}]  # one look-up for both
