@@ -5,7 +5,9 @@ One server with a pool that holds at most two models per replica:
   evicted when a third one is needed, and reloaded, and the metrics count it per model;
 - a 90/10 canary split lands within 5 points of its weights over 400 requests, and a shadow
   version gets its copies while clients only see the default's answers;
-- switching the default version while requests flow fails none of them.
+- switching the default version while requests flow fails none of them;
+- requests alternating over more models than a replica holds get 503 with Retry-After at once
+  past the pool's cold-load ration, while the models the replica holds keep answering.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeCluster]:
     config = load_config("model_pool.yaml")
     pool = next(a for a in config["applications"] if a["name"] == "pool-small")
     pool["args"]["max_models_per_replica"] = 2
+    # A small cold-load ration, so that the thrash test reaches it quickly; the other tests'
+    # cold loads (five in a row at most) fit in the burst.
+    pool["args"].update(cold_loads_per_s=1.0, cold_load_burst=6)
     pool["args"]["resources"] = {"num_replicas": 1, "num_cpus": 0.5}
     management = next(a for a in config["applications"] if a["name"] == "management")
     management["args"]["default_pool"] = None  # registrations below name their pool
@@ -206,3 +211,28 @@ def test_switching_the_default_under_load_fails_no_request(cluster: ServeCluster
     assert {v for sent, _, v in outcomes if sent > switched_at[0]} == {
         "2.0"
     }  # answered once set-default returns
+
+
+def test_a_pool_thrashed_by_cold_loads_refuses_them_at_once_and_keeps_serving_its_models(
+    cluster: ServeCluster,
+) -> None:
+    with cluster.client() as client:
+        for name in ("a", "b", "c"):  # three models, two per replica
+            if client.get(f"/models/{name}", headers=AUTH).status_code == 404:
+                register(client, name, "1.0")
+        refused: list[tuple[httpx.Response, float]] = []
+        for index in range(150):
+            sent = time.monotonic()
+            answer = predict(client, f"/predictions/{'abc'[index % 3]}")
+            assert answer.status_code in (200, 503), answer.text
+            if answer.status_code == 503:
+                refused.append((answer, time.monotonic() - sent))
+        assert refused, "alternating over 3 models with room for 2 never reached the cold-load ration"
+        answer, seconds = refused[-1]
+        assert seconds < 1.0  # answered at once, not after a load
+        assert int(answer.headers["Retry-After"]) >= 1
+        assert "Pool small is saturated" in answer.json()["message"], answer.text
+        # Meanwhile the models the replica holds answer every request.
+        held = [n for n in "abc" if client.get(f"/models/{n}", headers=AUTH).json()[0]["loadedOn"]]
+        assert len(held) == 2, held
+        assert {predict(client, f"/predictions/{n}").status_code for n in held * 10} == {200}
