@@ -15,7 +15,9 @@ files and folders, except names of the standard library) inside the archive, at 
 later: each module's builtins carry an ``__import__`` that knows its archive; other names
 (torch, installed packages) import as usual. While a handler loads, :meth:`ArchiveModules.
 plain_names` also lets code outside the archive import them by their plain names (TorchServe's
-own BaseHandler calls ``importlib.import_module("model")``).
+own BaseHandler calls ``importlib.import_module("model")``). Importing this module adds one
+finder to ``sys.meta_path``; it answers only for archive packages and, inside
+:meth:`ArchiveModules.plain_names`, for that archive's names.
 """
 
 from __future__ import annotations
