@@ -102,12 +102,12 @@ MODEL_API_OFF = (
 def create_management_app(
     manager: Manager,
     token: str | Callable[[str | None], None],
-    model_api: bool = True,
+    enable_model_api: bool = True,
     register_defaults: dict[str, int] | None = None,
 ) -> FastAPI:
     """The /models routes bound to ``manager``, protected by ``token`` (the bearer token, or a
-    function that raises UnauthorizedError for a header without the right key). ``model_api``
-    False answers 405 to register and unregister (TorchServe's enable_model_api=false);
+    function that raises UnauthorizedError for a header without the right key).
+    ``enable_model_api`` False answers 405 to register and unregister (TorchServe's enable_model_api=false);
     ``register_defaults`` fills register parameters a request leaves out."""
 
     async def authorized(request: Request) -> None:
@@ -117,7 +117,7 @@ def create_management_app(
             check_bearer(request.headers.get("authorization"), token)
 
     def model_api_enabled() -> None:
-        if not model_api:
+        if not enable_model_api:
             raise MethodNotAllowedError(MODEL_API_OFF)
 
     app = FastAPI(

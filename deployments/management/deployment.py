@@ -65,7 +65,7 @@ class ManagementDeployment:
             self._app = create_management_app(
                 self._manager,
                 (lambda header: keys.check(header, "management")) if keys else (lambda header: None),
-                model_api=ts.model_api,
+                enable_model_api=ts.model_api,
                 register_defaults={k: v for k, v in defaults.items() if v is not None},
             )
         # Bring registered models back as soon as the server (or this replica) starts.
@@ -76,11 +76,14 @@ class ManagementDeployment:
                 load_startup_models(self._manager, ts.startup_models, ts.default_workers, self._restore)
             )
             self._startup.add_done_callback(_log_failure)
+        key_file = self._manager.state_dir / "key_file.json"
+        if ts is not None:
+            key_file = ts.key_file or "none (token authorization is off)"
         logger.info(
-            "Management API ready: state dir %s, model store %s, key file %s/key_file.json",
+            "Management API ready: state dir %s, model store %s, key file %s",
             self._manager.state_dir,
             self._manager.model_store,
-            self._manager.state_dir,
+            key_file,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -1,0 +1,101 @@
+"""The /models API as `raytorch torchserve` runs it: TorchServe's management key from its key
+file, enable_model_api, default_workers_per_model, and the startup models of load_models."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from deployments.common.torchserve_args import StartupModel
+from deployments.common.ts_keys import KeyFile, write_new_key_file
+from deployments.management.api import create_management_app
+from deployments.management.register_params import RegisterParams
+from deployments.management.startup_models import load_startup_models
+from handlers.errors import ConflictError, ModelNotFoundError
+from tests.integration.test_management_api import RecordingManager
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, str]:
+    content = write_new_key_file(tmp_path / "key_file.json")
+    return {kind: content[kind]["key"] for kind in content} | {"path": str(tmp_path / "key_file.json")}
+
+
+def _client(manager: RecordingManager, keys: dict[str, str], model_api: bool, defaults=None) -> TestClient:
+    key_file = KeyFile(keys["path"])
+    app = create_management_app(
+        manager, lambda header: key_file.check(header, "management"), model_api, defaults
+    )
+    return TestClient(app, root_path="/models")
+
+
+def test_management_key_of_the_key_file(keys: dict[str, str]) -> None:
+    client = _client(RecordingManager(), keys, model_api=True)
+    assert client.get("/models", headers={"Authorization": f"Bearer {keys['management']}"}).status_code == 200
+    for wrong in (keys["inference"], keys["API"]):
+        refused = client.get("/models", headers={"Authorization": f"Bearer {wrong}"})
+        assert refused.status_code == 401 and refused.json()["type"] == "UnauthorizedException"
+
+
+def test_model_api_off_refuses_register_and_unregister_only(keys: dict[str, str]) -> None:
+    manager = RecordingManager()
+    client = _client(manager, keys, model_api=False)
+    auth = {"Authorization": f"Bearer {keys['management']}"}
+    for method, path in [
+        ("POST", "/models?url=x.mar"),
+        ("DELETE", "/models/m0"),
+        ("DELETE", "/models/m0/1.0"),
+    ]:
+        refused = client.request(method, path, headers=auth)
+        assert refused.status_code == 405, (method, path)
+        assert "enable_model_api=true" in refused.json()["message"]
+    assert client.get("/models/m0", headers=auth).status_code == 200
+    assert client.put("/models/m0?min_worker=2", headers=auth).status_code == 202
+    assert not any(call[0] in ("register", "unregister") for call in manager.calls)
+
+
+def test_registration_defaults_fill_only_what_the_request_leaves_out(keys: dict[str, str]) -> None:
+    manager = RecordingManager()
+    client = _client(manager, keys, True, {"initial_workers": 2, "response_timeout": 30})
+    auth = {"Authorization": f"Bearer {keys['management']}"}
+    client.post("/models?url=a.mar", headers=auth)
+    client.post("/models?url=b.mar&initial_workers=0", headers=auth)
+    first, second = (call[1] for call in manager.calls)
+    assert (first.initial_workers, first.response_timeout) == (2, 30)
+    assert second.initial_workers == 0
+
+
+class StartupManager:
+    def __init__(self) -> None:
+        self.registered: list[RegisterParams] = []
+
+    async def register(self, params: RegisterParams) -> tuple[int, dict[str, str]]:
+        if params.url == "restored.mar":
+            raise ConflictError("Model version 1.0 is already registered for model restored")
+        if params.url == "missing.mar":
+            raise ModelNotFoundError("Model not found at: missing.mar")
+        self.registered.append(params)
+        return 202, {"status": "Processing worker updates..."}
+
+
+def test_startup_models_load_and_failures_are_named() -> None:
+    manager = StartupManager()
+    models = [
+        StartupModel(url="a.mar", model_name="first", initial_workers=3, batch_size=4),
+        StartupModel(url="restored.mar"),
+        StartupModel(url="missing.mar"),
+        StartupModel(url="b.mar"),
+    ]
+    failed = asyncio.run(load_startup_models(manager, models, default_workers=2))
+    assert failed == ["missing.mar"]
+    first, second = manager.registered
+    assert (first.model_name, first.initial_workers, first.batch_size, first.synchronous) == (
+        "first",
+        3,
+        4,
+        False,
+    )
+    assert (second.url, second.initial_workers) == ("b.mar", 2)
