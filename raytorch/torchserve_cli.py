@@ -31,7 +31,7 @@ import yaml
 from deployments.common.ts_keys import write_new_key_file
 from raytorch.ts_config import KEYS, ConfigRefused, TsConfig, resolve
 from raytorch.ts_properties import PropertiesError, parse_properties, resolve_env_references
-from raytorch.ts_serve_config import serve_config
+from raytorch.ts_serve_config import listen_ports, serve_config
 
 PID_FILE = "torchserve.pid"
 KEY_FILE = "key_file.json"
@@ -171,6 +171,11 @@ def start(args: argparse.Namespace) -> int:
         log_dir = Path(os.environ.get("LOG_LOCATION") or "logs").resolve()
         key_file = None if config.flag("disable_token_authorization") else Path(KEY_FILE).resolve()
         serve, warnings = serve_config(config, model_store, state_dir, log_dir, key_file)
+        from raytorch.launch import taken_ports
+
+        taken = taken_ports([*listen_ports(serve), args.dashboard_port])
+        if taken:
+            raise ConfigRefused([*taken, "stop that process or choose other addresses"])
     except (ConfigRefused, PropertiesError) as exc:
         problems = exc.problems if isinstance(exc, ConfigRefused) else [str(exc)]
         print("Cannot start: " + "\n  ".join(["", *problems]), file=sys.stderr)

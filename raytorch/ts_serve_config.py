@@ -227,7 +227,29 @@ def serve_config(
         "http_options": {"host": inference["host"], "port": inference["port"]},
         "applications": [{**ingress, "args": ingress_args}, {**management, "args": management_args}],
     }
+    check_args(serve)
     return serve, warnings + url_warnings
+
+
+def check_args(serve: dict[str, Any]) -> None:
+    """Validate both applications' args now, as Serve would at deploy: ConfigRefused naming the
+    field, before anything starts (e.g. default_response_timeout over an hour)."""
+    from pydantic import ValidationError
+
+    from deployments.common.settings import IngressArgs, ManagementArgs
+    from handlers.errors import validation_message
+
+    for app, model in zip(serve["applications"], (IngressArgs, ManagementArgs), strict=True):
+        try:
+            model.model_validate(app["args"])
+        except ValidationError as exc:
+            raise ConfigRefused([f"{app['name']} settings: {validation_message(exc.errors())}"]) from None
+
+
+def listen_ports(serve: dict[str, Any]) -> list[int]:
+    """Every port the ingress will listen on (HTTP and gRPC)."""
+    front = serve["applications"][0]["args"]["torchserve"]
+    return [listener["port"] for listener in front["listeners"] + front["grpc_listeners"]]
 
 
 def _cors(config: TsConfig) -> dict[str, list[str]] | None:

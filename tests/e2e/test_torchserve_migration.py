@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -56,7 +57,8 @@ class Deployment:
         return f"{scheme}://127.0.0.1:{self.ports[api]}"
 
     def client(self, api: str) -> httpx.Client:
-        return httpx.Client(base_url=self.url(api), verify=str(self.ca), timeout=REGISTER_S)
+        verify = ssl.create_default_context(cafile=str(self.ca))
+        return httpx.Client(base_url=self.url(api), verify=verify, timeout=REGISTER_S)
 
     def keys(self) -> dict[str, str]:
         content = json.loads((self.workdir / "key_file.json").read_text())

@@ -263,3 +263,26 @@ def test_stop_without_a_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.delenv("RAYTORCH_STATE_DIR", raising=False)
     assert torchserve_cli.main(["--stop"]) == 0
     assert "not currently running" in capsys.readouterr().out
+
+
+def test_out_of_range_values_are_refused_before_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigRefused, match=r"ingress settings.*request_timeout_s"):
+        _build(tmp_path, {"default_response_timeout": "7200"})
+    with pytest.raises(ConfigRefused, match="default_workers_per_model='many'"):
+        _build(tmp_path, {"default_workers_per_model": "many"})
+
+
+def test_cli_names_a_taken_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import socket
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RAYTORCH_STATE_DIR", raising=False)
+    (tmp_path / "store").mkdir()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        (tmp_path / "config.properties").write_text(f"management_address=http://127.0.0.1:{port}\n")
+        assert torchserve_cli.main(["--start", "--model-store", "store"]) == 2
+    assert f"port {port} is taken by" in capsys.readouterr().err
+    assert not (tmp_path / "key_file.json").exists()
