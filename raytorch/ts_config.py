@@ -80,6 +80,7 @@ KEYS: dict[str, Key] = {
     "default_response_timeout": Key("mapped", "ingress request_timeout_s; describe's responseTimeout", "120"),
     "default_startup_timeout": Key("mapped", "management register_timeout_s", "120"),
     "max_request_size": Key("mapped", "ingress max_body_bytes (413 above)", "6553500"),
+    "job_queue_size": Key("mapped", "max_queued_requests of each registered model (503 above)", "100"),
     "allowed_urls": Key("mapped", "management allowed_urls (http/https patterns; file:// ones dropped)"),
     "use_env_allowed_urls": Key("mapped", "lets TS_ALLOWED_URLS count", "false", env=False),
     "enable_envvars_config": Key("mapped", "lets TS_* variables count", "false", env=False),
@@ -97,7 +98,6 @@ KEYS: dict[str, Key] = {
     "cpu_launcher_args": Key("ignored", "TorchServe's CPU launcher is not used"),
     "decode_input_request": Key("ignored", "handler files get JSON decoded and text as str, as its default"),
     # Harmless tuning of TorchServe's Java frontend and backends
-    "job_queue_size": Key("ignored", "requests wait in Serve's router (describe shows the capacity)", "100"),
     "max_response_size": Key("ignored", "answers are not capped", "6553500"),
     "unregister_model_timeout": Key("ignored", "unregister waits for Serve's own drain", "120"),
     "number_of_gpu": Key("ignored", "Ray sees the GPUs; num_gpus= per registration"),

@@ -215,6 +215,7 @@ def serve_config(
             "model_api": config.flag("enable_model_api"),
             "startup_models": models,
             "default_workers": default_workers,
+            "job_queue_size": config.number("job_queue_size"),
             "default_response_timeout": config.number("default_response_timeout"),
         },
     }

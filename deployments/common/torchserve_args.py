@@ -105,6 +105,9 @@ class TorchServeManagement(StrictModel):
     default_workers: int | None = Field(
         None, ge=0, description="default_workers_per_model: workers of a registration that names none."
     )
+    job_queue_size: int | None = Field(
+        None, ge=1, description="Requests waiting for a model's replicas before 503 (max_queued_requests)."
+    )
     default_response_timeout: int | None = Field(
         None, ge=1, description="Seconds (describe's responseTimeout)."
     )

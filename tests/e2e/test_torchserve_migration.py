@@ -97,7 +97,7 @@ def write_config(workdir: Path, ports: dict[str, int], ca: trustme.CA) -> None:
         "metrics_mode=prometheus\n"
         "number_of_netty_threads=4\n"
         "models={\\\n"
-        '  "mnist": {"1.0": {"minWorkers": 1, "batchSize": 1}}\\\n'
+        '  "noop": {"1.0": {"minWorkers": 1, "batchSize": 2}}\\\n'
         "}\n"
     )
 
@@ -109,6 +109,7 @@ def deployment() -> Iterator[Deployment]:
     store = workdir / "model_store"
     store.mkdir()
     ts.build_mnist(store, workdir / "build")
+    ts.build_handler_only(store, workdir / "noop", "noop", "1.0", ts.NOOP_CLASS, "service.py")
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
     names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
@@ -120,7 +121,7 @@ def deployment() -> Iterator[Deployment]:
     started = subprocess.run(
         [
             sys.executable, "-m", "raytorch.cli", "torchserve", "--start", "--ncs",
-            "--model-store", "model_store", "--ts-config", "config.properties",
+            "--model-store", "model_store", "--models", "noop=noop.mar", "--ts-config", "config.properties",
             "--dashboard-port", str(free_port()),
         ],
         cwd=workdir, env=env, capture_output=True, text=True, timeout=180,
@@ -152,10 +153,26 @@ def test_start_says_what_took_effect_and_writes_torchserves_key_file(deployment:
     )
     assert inference in out
     assert "model_store = model_store  [flag --model-store]" in out
+    assert "load_models = noop=noop.mar  [flag --models]" in out
     assert "number_of_netty_threads (file config.properties) is ignored" in out
     content = json.loads((deployment.workdir / "key_file.json").read_text())
     assert set(content) == {"management", "inference", "API"}
     assert "expiration time" in content["inference"]
+
+
+def test_startup_model_of_models_flag_with_its_config_settings(deployment: Deployment) -> None:
+    keys = deployment.keys()
+    with deployment.client("management") as management, deployment.client("inference") as inference:
+        deadline = time.monotonic() + REGISTER_S
+        while True:
+            answer = inference.post("/predictions/noop", content=b"x", headers=bearer(keys["inference"]))
+            if answer.status_code == 200:
+                break
+            assert time.monotonic() < deadline, answer.text + deployment.log()
+            time.sleep(1)
+        assert answer.text == "OK"
+        (described,) = management.get("/models/noop", headers=bearer(keys["management"])).json()
+        assert (described["batchSize"], described["minWorkers"]) == (2, 1)  # models={...}
 
 
 def test_register_and_predict_over_https_with_two_keys(deployment: Deployment) -> None:

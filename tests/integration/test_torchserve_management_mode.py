@@ -99,3 +99,14 @@ def test_startup_models_load_and_failures_are_named() -> None:
         False,
     )
     assert (second.url, second.initial_workers) == ("b.mar", 2)
+
+
+def test_job_queue_size_bounds_each_registered_models_queue(tmp_path: Path) -> None:
+    from deployments.management.register_params import app_args
+    from handlers.archive import extract, read_extracted
+    from tests.unit.test_archives import make_mar
+
+    found = read_extracted(extract(make_mar(tmp_path / "tiny.mar"), tmp_path / "out"))
+    params = RegisterParams(url="tiny.mar")
+    assert app_args(found, params, max_queued_requests=10).resources.max_queued_requests == 10
+    assert app_args(found, params).resources.max_queued_requests == -1  # our configs: unbounded

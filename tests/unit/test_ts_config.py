@@ -203,6 +203,7 @@ def test_serve_config_mapped_settings(tmp_path: Path) -> None:
         "cors_allowed_origin": "https://a.example, https://b.example",
         "cors_allowed_methods": "GET, POST",
         "max_request_size": "1000",
+        "job_queue_size": "10",
         "default_response_timeout": "30",
         "default_workers_per_model": "2",
         "allowed_urls": "file://.*,https://models\\.example/.*",
@@ -219,7 +220,7 @@ def test_serve_config_mapped_settings(tmp_path: Path) -> None:
     assert (ingress["max_body_bytes"], ingress["request_timeout_s"]) == (1000, 30)
     assert management["allowed_urls"] == ["https://models\\.example/.*"]
     ts = management["torchserve"]
-    assert ts["model_api"] is True and ts["default_workers"] == 2
+    assert ts["model_api"] is True and ts["default_workers"] == 2 and ts["job_queue_size"] == 10
     assert ts["startup_models"] == [
         {"url": "noop.mar", "model_name": None, "initial_workers": 3, "batch_size": 4, "max_batch_delay": 50}
     ]
