@@ -139,13 +139,15 @@ def free_port() -> int:
 
 
 def running_pid(pid_file: Path) -> int | None:
-    """The pid in ``pid_file`` when that process still runs (and is not a zombie)."""
+    """The pid in ``pid_file`` when that process still runs, is not a zombie, and is ours (a
+    raytorch command line: a pid reused by another program after a crash is never signalled)."""
     try:
         pid = int(pid_file.read_text().split()[0])
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError, IndexError):
         return None
-    return None if state == "Z" else pid
+    return None if state == "Z" or b"raytorch" not in command else pid
 
 
 def start(args: argparse.Namespace) -> int:

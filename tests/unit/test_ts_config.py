@@ -5,6 +5,7 @@ ignored or refused, and the Serve config built from them. No Ray."""
 from __future__ import annotations
 
 import json
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -287,3 +288,29 @@ def test_cli_names_a_taken_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         assert torchserve_cli.main(["--start", "--model-store", "store"]) == 2
     assert f"port {port} is taken by" in capsys.readouterr().err
     assert not (tmp_path / "key_file.json").exists()
+
+
+def test_a_pid_file_naming_another_program_is_not_ours(tmp_path: Path) -> None:
+    pid_file = tmp_path / "torchserve.pid"
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        pid_file.write_text(str(sleeper.pid))
+        assert torchserve_cli.running_pid(pid_file) is None  # alive, but not raytorch: never signalled
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    pid_file.write_text("not a pid")
+    assert torchserve_cli.running_pid(pid_file) is None
+
+
+def test_config_file_order_is_torchserves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TS_CONFIG_FILE", raising=False)
+    args = torchserve_cli.build_parser().parse_args(["--start"])
+    assert torchserve_cli.config_file(args) is None  # none: TorchServe's built-in defaults
+    (tmp_path / "config.properties").write_text("")
+    assert torchserve_cli.config_file(args) == Path("config.properties")
+    args = torchserve_cli.build_parser().parse_args(["--start", "--ts-config", "flag.properties"])
+    assert torchserve_cli.config_file(args) == Path("flag.properties")
+    monkeypatch.setenv("TS_CONFIG_FILE", "env.properties")
+    assert torchserve_cli.config_file(args) == Path("env.properties")
