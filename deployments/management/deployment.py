@@ -13,12 +13,11 @@ from deployments.common.auth import load_or_create_token
 from deployments.common.forwarding import ForwardedRequest, ForwardedResponse, ManagementCall, call_asgi
 from deployments.common.routing import RoutingUpdate
 from deployments.common.settings import ManagementArgs
-from deployments.common.ts_keys import KeyFile
 from deployments.management.api import MOUNT_PATH, create_management_app
 from deployments.management.grpc_calls import as_http
 from deployments.management.manager import ModelManager
 from deployments.management.serve_control import ServeControl
-from deployments.management.startup_models import load_startup_models
+from deployments.management.torchserve_mode import load_startup_models, torchserve_management_app
 
 logger = logging.getLogger("ray.serve")
 # The handle call every ingress keeps open (a long poll of routing changes).
@@ -55,19 +54,8 @@ class ManagementDeployment:
         if ts is None:
             self._token = load_or_create_token(self._manager.state_dir)
             self._app = create_management_app(self._manager, self._token)
-        else:  # `raytorch torchserve`: TorchServe's key file (or no token), enable_model_api
-            self._token = ""
-            keys = KeyFile(ts.key_file, ts.token_expiration_min) if ts.key_file else None
-            defaults = {
-                "initial_workers": ts.default_workers,
-                "response_timeout": ts.default_response_timeout,
-            }
-            self._app = create_management_app(
-                self._manager,
-                (lambda header: keys.check(header, "management")) if keys else (lambda header: None),
-                enable_model_api=ts.model_api,
-                register_defaults={k: v for k, v in defaults.items() if v is not None},
-            )
+        else:  # `raytorch torchserve`: TorchServe's keys, enable_model_api, startup models
+            self._token, self._app = "", torchserve_management_app(self._manager, ts)
         # Bring registered models back as soon as the server (or this replica) starts.
         self._restore = asyncio.get_running_loop().create_task(self._manager.restore())
         self._restore.add_done_callback(_log_failure)
@@ -76,9 +64,7 @@ class ManagementDeployment:
                 load_startup_models(self._manager, ts.startup_models, ts.default_workers, self._restore)
             )
             self._startup.add_done_callback(_log_failure)
-        key_file = self._manager.state_dir / "key_file.json"
-        if ts is not None:
-            key_file = ts.key_file or "none (token authorization is off)"
+        key_file = ts.key_file if ts is not None else self._manager.state_dir / "key_file.json"
         logger.info(
             "Management API ready: state dir %s, model store %s, key file %s",
             self._manager.state_dir,

@@ -9,11 +9,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from deployments.common.torchserve_args import StartupModel
-from deployments.common.ts_keys import KeyFile, write_new_key_file
-from deployments.management.api import create_management_app
+from deployments.common.torchserve_args import StartupModel, TorchServeManagement
+from deployments.common.ts_keys import write_new_key_file
 from deployments.management.register_params import RegisterParams
-from deployments.management.startup_models import load_startup_models
+from deployments.management.torchserve_mode import load_startup_models, torchserve_management_app
 from handlers.errors import ConflictError, ModelNotFoundError
 from tests.integration.test_management_api import RecordingManager
 
@@ -24,12 +23,11 @@ def keys(tmp_path: Path) -> dict[str, str]:
     return {kind: content[kind]["key"] for kind in content} | {"path": str(tmp_path / "key_file.json")}
 
 
-def _client(manager: RecordingManager, keys: dict[str, str], model_api: bool, defaults=None) -> TestClient:
-    key_file = KeyFile(keys["path"])
-    app = create_management_app(
-        manager, lambda header: key_file.check(header, "management"), model_api, defaults
-    )
-    return TestClient(app, root_path="/models")
+def _client(
+    manager: RecordingManager, keys: dict[str, str] | None, model_api: bool, **defaults
+) -> TestClient:
+    settings = TorchServeManagement(key_file=keys["path"] if keys else None, model_api=model_api, **defaults)
+    return TestClient(torchserve_management_app(manager, settings), root_path="/models")
 
 
 def test_management_key_of_the_key_file(keys: dict[str, str]) -> None:
@@ -38,6 +36,10 @@ def test_management_key_of_the_key_file(keys: dict[str, str]) -> None:
     for wrong in (keys["inference"], keys["API"]):
         refused = client.get("/models", headers={"Authorization": f"Bearer {wrong}"})
         assert refused.status_code == 401 and refused.json()["type"] == "UnauthorizedException"
+
+
+def test_no_key_asked_with_token_authorization_off() -> None:
+    assert _client(RecordingManager(), None, model_api=True).get("/models").status_code == 200
 
 
 def test_model_api_off_refuses_register_and_unregister_only(keys: dict[str, str]) -> None:
@@ -59,7 +61,7 @@ def test_model_api_off_refuses_register_and_unregister_only(keys: dict[str, str]
 
 def test_registration_defaults_fill_only_what_the_request_leaves_out(keys: dict[str, str]) -> None:
     manager = RecordingManager()
-    client = _client(manager, keys, True, {"initial_workers": 2, "response_timeout": 30})
+    client = _client(manager, keys, True, default_workers=2, default_response_timeout=30)
     auth = {"Authorization": f"Bearer {keys['management']}"}
     client.post("/models?url=a.mar", headers=auth)
     client.post("/models?url=b.mar&initial_workers=0", headers=auth)

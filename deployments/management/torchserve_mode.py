@@ -1,4 +1,6 @@
-"""TorchServe's ``load_models`` (``--models``): models registered when the server starts.
+"""The management API as ``raytorch torchserve`` runs it: TorchServe's key file, enable_model_api
+and registration defaults (:func:`torchserve_management_app`), and its ``load_models``
+(``--models``): models registered when the server starts (:func:`load_startup_models`).
 
 Registered by the management app itself, after it restored what its registry holds, so they
 load whether or not ``enable_model_api`` lets clients register (TorchServe does the same). A
@@ -12,7 +14,11 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
-from deployments.common.torchserve_args import StartupModel
+from fastapi import FastAPI
+
+from deployments.common.torchserve_args import StartupModel, TorchServeManagement
+from deployments.common.ts_keys import KeyFile
+from deployments.management.api import Manager, create_management_app
 from deployments.management.register_params import RegisterParams
 from handlers.errors import ConflictError, RaytorchError
 
@@ -23,6 +29,24 @@ class Registers(Protocol):
     """What loading needs of the manager (deployments.management.manager.ModelManager)."""
 
     async def register(self, params: RegisterParams) -> tuple[int, dict[str, str]]: ...
+
+
+def torchserve_management_app(manager: Manager, ts: TorchServeManagement) -> FastAPI:
+    """The /models app with TorchServe's management key (None: no key asked), its
+    enable_model_api and default_workers_per_model / default_response_timeout."""
+    keys = KeyFile(ts.key_file, ts.token_expiration_min) if ts.key_file else None
+
+    def authorize(header: str | None) -> None:
+        if keys is not None:
+            keys.check(header, "management")
+
+    defaults = {"initial_workers": ts.default_workers, "response_timeout": ts.default_response_timeout}
+    return create_management_app(
+        manager,
+        authorize,
+        enable_model_api=ts.model_api,
+        register_defaults={k: v for k, v in defaults.items() if v is not None},
+    )
 
 
 def startup_params(model: StartupModel, default_workers: int | None) -> RegisterParams:
