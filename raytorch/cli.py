@@ -9,6 +9,8 @@ Examples::
     raytorch set-default resnet18 2.0 | unregister resnet18 1.0
     raytorch traffic resnet18 --split 1.0=90,2.0=10      # a canary; --shadow 3.0, --clear
     raytorch archive --name tiny --factory pkg.mod:make --state-dict w.pth -o tiny.zip
+    raytorch serve configs/quickstart.yaml                # what `make serve` runs
+    raytorch torchserve --start --ncs --model-store model_store --ts-config config.properties
 """
 
 from __future__ import annotations
@@ -202,11 +204,24 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag)
     p.add_argument("--extra-files", nargs="*", default=[])
     p.add_argument("--output", "-o")
+
+    # Both take the rest of the command line as their own (see main()).
+    sub.add_parser("serve", help="run a Serve config as `make serve` does (raytorch serve CONFIG -h)")
+    sub.add_parser("torchserve", help="TorchServe's command line: --start, --stop, config.properties")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``raytorch`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:  # the server itself: its own flags, no client options
+        from raytorch import launch
+
+        return launch.main(argv[1:])
+    if argv[:1] == ["torchserve"]:
+        from raytorch import torchserve_cli
+
+        return torchserve_cli.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "archive":
         return cmd_archive(args)

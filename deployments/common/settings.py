@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from deployments.common.torchserve_args import TorchServeFront, TorchServeManagement
 from handlers.errors import ConfigError
 from handlers.options import validate_options
 from handlers.spec import NAME_PATTERN, ModelSpec, StrictModel
@@ -259,6 +260,13 @@ class ManagementArgs(StrictModel):
             "its own application); None: models get their own application unless `pool=` says otherwise."
         ),
     )
+    torchserve: TorchServeManagement | None = Field(
+        None,
+        description=(
+            "Set by `raytorch torchserve`: TorchServe's key file, enable_model_api, load_models and "
+            "registration defaults (deployments/common/torchserve_args.py). None: our own behaviour."
+        ),
+    )
     wait_for_resources: bool = Field(
         False,
         description=(
@@ -354,3 +362,10 @@ class IngressArgs(StrictModel):
         ),
     )
     log_dir: str = Field(".raytorch/logs", description="Where access.log goes (env RAYTORCH_LOG_DIR wins).")
+    torchserve: TorchServeFront | None = Field(
+        None,
+        description=(
+            "Set by `raytorch torchserve`: listen as TorchServe does (separate inference, management "
+            "and metrics addresses, TLS, its three keys, CORS) instead of on http_options alone."
+        ),
+    )

@@ -126,8 +126,10 @@ class GrpcServer:
         port: int,
         max_body_bytes: int,
         reuse_port: bool,
+        tls: tuple[bytes, bytes] | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self._tls = tls  # (private key, certificate chain), PEM: serve over TLS
         self._handlers = handlers
         self._options = [
             ("grpc.max_receive_message_length", max_body_bytes + MESSAGE_OVERHEAD_BYTES),
@@ -143,7 +145,10 @@ class GrpcServer:
         server.add_generic_rpc_handlers(self._handlers)
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         try:
-            bound = server.add_insecure_port(address)
+            if self._tls is not None:
+                bound = server.add_secure_port(address, grpc.ssl_server_credentials([self._tls]))
+            else:
+                bound = server.add_insecure_port(address)
         except RuntimeError:
             bound = 0
         if bound == 0:

@@ -62,9 +62,12 @@ class _Uvicorn(uvicorn.Server):
 
 
 class HttpServer:
-    """uvicorn serving an ASGI app on one socket, inside the running event loop."""
+    """uvicorn serving an ASGI app on one socket, inside the running event loop; HTTPS when
+    ``ssl_certfile`` and ``ssl_keyfile`` (PEM) are given."""
 
-    def __init__(self, app: Any, sock: socket.socket) -> None:
+    def __init__(
+        self, app: Any, sock: socket.socket, ssl_certfile: str | None = None, ssl_keyfile: str | None = None
+    ) -> None:
         config = uvicorn.Config(
             app,
             http="httptools",
@@ -74,7 +77,10 @@ class HttpServer:
             log_level="warning",
             timeout_keep_alive=KEEP_ALIVE_S,
             server_header=False,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
         )
+        self.scheme = "https" if ssl_certfile else "http"
         self.address = sock.getsockname()
         self._sock = sock
         self._server = _Uvicorn(config)
@@ -87,7 +93,7 @@ class HttpServer:
             if self._task.done():
                 self._task.result()  # raises what went wrong
             await asyncio.sleep(0.01)
-        logger.info("raytorch ingress listening on http://%s:%d", *self.address[:2])
+        logger.info("raytorch ingress listening on %s://%s:%d", self.scheme, *self.address[:2])
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Stop accepting, let requests in progress finish (up to ``timeout_s``), close."""

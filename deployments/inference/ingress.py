@@ -29,6 +29,7 @@ from deployments.inference.predictions import Predictor
 from deployments.inference.router import ServeRouter
 from deployments.inference.routes import create_routes
 from deployments.inference.telemetry import Telemetry
+from deployments.inference.ts_listeners import TorchServeListeners
 
 logger = logging.getLogger("ray.serve")
 
@@ -66,6 +67,7 @@ class Ingress:
         self._args = args
         self._server: HttpServer | None = None
         self._grpc: GrpcServer | None = None
+        self._listeners: TorchServeListeners | None = None
         self._telemetry = Telemetry(args.access_log, args.log_dir, args.access_log_console)
         self._router = ServeRouter(args, on_shadow=self._telemetry.metrics.pools.observe_shadow)
         predictor = Predictor(self._router, self._telemetry.metrics.in_flight)
@@ -82,6 +84,10 @@ class Ingress:
         )
         # Follow Serve now, so /ping is truthful before the first prediction.
         await self._router.start()
+        if args.torchserve is not None:  # `raytorch torchserve`: TorchServe's listeners instead
+            self._listeners = TorchServeListeners(args, self._router, predictor, self._telemetry)
+            await self._listeners.start()
+            return
         if plan.http:
             self._server = HttpServer(
                 self._entry, bind(plan.host, plan.port, reuse_port=args.num_replicas > 1)
@@ -100,6 +106,8 @@ class Ingress:
 
     async def __del__(self) -> None:
         # Serve calls this on a graceful stop: finish requests in progress, free the ports.
+        if getattr(self, "_listeners", None) is not None:
+            await self._listeners.stop()
         if getattr(self, "_grpc", None) is not None:
             await self._grpc.stop()
         if getattr(self, "_server", None) is not None:

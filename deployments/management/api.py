@@ -9,6 +9,7 @@ a trailing slash is ignored, and registration parameters may come as a JSON body
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Path, Query, Request
@@ -19,7 +20,7 @@ from deployments.common.auth import check_bearer
 from deployments.common.http_errors import install_error_handlers
 from deployments.management.register_params import RegisterParams
 from deployments.management.request_shape import TorchServeRequestShape, json_object, query_parameters
-from handlers.errors import BadInputError
+from handlers.errors import METHOD_NOT_ALLOWED, BadInputError, MethodNotAllowedError
 from handlers.spec import NAME_PATTERN, VERSION_PATTERN
 
 MAX_PAGE = 1000
@@ -91,11 +92,33 @@ def page_bounds(limit: int, next_page_token: int) -> tuple[int, int]:
     return limit, max(0, next_page_token)
 
 
-def create_management_app(manager: Manager, token: str) -> FastAPI:
-    """The /models routes bound to ``manager``, protected by ``token``."""
+# TorchServe answers 405 with its fixed sentence when enable_model_api is off; we add what to do.
+MODEL_API_OFF = (
+    f"{METHOD_NOT_ALLOWED} Registering and unregistering models is disabled: start with "
+    "--enable-model-api or set enable_model_api=true."
+)
+
+
+def create_management_app(
+    manager: Manager,
+    token: str | Callable[[str | None], None],
+    enable_model_api: bool = True,
+    register_defaults: dict[str, int] | None = None,
+) -> FastAPI:
+    """The /models routes bound to ``manager``, protected by ``token`` (the bearer token, or a
+    function that raises UnauthorizedError for a header without the right key).
+    ``enable_model_api`` False answers 405 to register and unregister (TorchServe's enable_model_api=false);
+    ``register_defaults`` fills register parameters a request leaves out."""
 
     async def authorized(request: Request) -> None:
-        check_bearer(request.headers.get("authorization"), token)
+        if callable(token):
+            token(request.headers.get("authorization"))
+        else:
+            check_bearer(request.headers.get("authorization"), token)
+
+    def model_api_enabled() -> None:
+        if not enable_model_api:
+            raise MethodNotAllowedError(MODEL_API_OFF)
 
     app = FastAPI(
         title="raytorch management API",
@@ -115,10 +138,13 @@ def create_management_app(manager: Manager, token: str) -> FastAPI:
         openapi_extra={"parameters": query_parameters(RegisterParams)},
     )
     async def register(request: Request) -> JSONResponse:
+        model_api_enabled()
         body = None
         if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/json":
             body = json_object(await request.body())
         params = RegisterParams.parse(dict(request.query_params), body)
+        unset = {k: v for k, v in (register_defaults or {}).items() if getattr(params, k) is None}
+        params = params.model_copy(update=unset)
         status, answer = await manager.register(params)
         return JSONResponse(answer, status_code=status)
 
@@ -180,10 +206,12 @@ def create_management_app(manager: Manager, token: str) -> FastAPI:
 
     @app.delete("/{model_name}", summary="Unregister the default version (its last one)")
     async def unregister(model_name: ModelName) -> JSONResponse:
+        model_api_enabled()
         return JSONResponse(await manager.unregister(model_name, None))
 
     @app.delete("/{model_name}/{model_version}", summary="Unregister one version")
     async def unregister_version(model_name: ModelName, model_version: Version) -> JSONResponse:
+        model_api_enabled()
         return JSONResponse(await manager.unregister(model_name, model_version))
 
     async def _model_api(model: str, version: str | None) -> JSONResponse:

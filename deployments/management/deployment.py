@@ -17,6 +17,7 @@ from deployments.management.api import MOUNT_PATH, create_management_app
 from deployments.management.grpc_calls import as_http
 from deployments.management.manager import ModelManager
 from deployments.management.serve_control import ServeControl
+from deployments.management.torchserve_mode import load_startup_models, torchserve_management_app
 
 logger = logging.getLogger("ray.serve")
 # The handle call every ingress keeps open (a long poll of routing changes).
@@ -49,16 +50,26 @@ class ManagementDeployment:
         if not any(isinstance(f, QuietPolling) for f in serve_logger.filters):
             serve_logger.addFilter(QuietPolling())
         self._manager = ModelManager(args, ServeControl())
-        self._token = load_or_create_token(self._manager.state_dir)
-        self._app = create_management_app(self._manager, self._token)
+        ts = args.torchserve
+        if ts is None:
+            self._token = load_or_create_token(self._manager.state_dir)
+            self._app = create_management_app(self._manager, self._token)
+        else:  # `raytorch torchserve`: TorchServe's keys, enable_model_api, startup models
+            self._token, self._app = "", torchserve_management_app(self._manager, ts)
         # Bring registered models back as soon as the server (or this replica) starts.
         self._restore = asyncio.get_running_loop().create_task(self._manager.restore())
         self._restore.add_done_callback(_log_failure)
+        if ts is not None and ts.startup_models:
+            self._startup = asyncio.get_running_loop().create_task(
+                load_startup_models(self._manager, ts.startup_models, ts.default_workers, self._restore)
+            )
+            self._startup.add_done_callback(_log_failure)
+        key_file = ts.key_file if ts is not None else self._manager.state_dir / "key_file.json"
         logger.info(
-            "Management API ready: state dir %s, model store %s, key file %s/key_file.json",
+            "Management API ready: state dir %s, model store %s, key file %s",
             self._manager.state_dir,
             self._manager.model_store,
-            self._manager.state_dir,
+            key_file,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

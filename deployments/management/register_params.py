@@ -101,6 +101,7 @@ def app_args(
     default_num_cpus: float = 0.0,
     trusted_modules: Sequence[str] = (),
     allow_archive_code: bool = True,
+    max_queued_requests: int | None = None,
 ) -> ModelAppArgs:
     """Combine what the archive says with the request's overrides; 400 naming bad fields, or
     code the server does not let a registration run (deployments.management.code_policy)."""
@@ -115,6 +116,8 @@ def app_args(
     if params.max_batch_delay is not None:
         batching["batch_wait_timeout_s"] = ms_to_s(params.max_batch_delay)
     resources = {"num_cpus": default_num_cpus, **found.resources}
+    if max_queued_requests is not None:  # TorchServe's job_queue_size (raytorch torchserve)
+        resources.setdefault("max_queued_requests", max_queued_requests)
     if params.initial_workers is not None:
         resources["num_replicas"] = params.initial_workers
     if params.num_cpus is not None:
