@@ -28,20 +28,11 @@ import torch
 from PIL import Image
 
 from handlers.errors import BadInputError
+from handlers.explain_request import ExplainRequest
 from handlers.spec import ExplainSettings
 
 Steps = Generator[None, None, Any]  # yields between chunks, returns the explanation
-
-
-@dataclass(frozen=True)
-class ExplainRequest:
-    """What a client asked of one explanation: the class to explain (index or label; None:
-    the model's top class), the IG steps (None: the model's default) and a PNG heat map
-    instead of the attribution lists."""
-
-    target: str | None = None
-    n_steps: int | None = None
-    heatmap: bool = False
+__all__ = ["ExplainRequest", "Steps", "TextItem", "heatmap_png", "integrated_gradients", "word_ablation"]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from deployments.inference.predictions import INPUT_ERRORS
 from deployments.inference.request_body import RequestInput, read_body, split_inputs
 from deployments.inference.telemetry import RequestRecord, record_of
 from handlers.errors import BadInputError
-from handlers.explain import ExplainRequest
+from handlers.explain_request import ExplainRequest
 from handlers.spec import NAME_PATTERN, VERSION_PATTERN
 
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN)]

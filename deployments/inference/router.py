@@ -38,7 +38,7 @@ from handlers.errors import (
     RequestTimeoutError,
     ResourceNotFoundError,
 )
-from handlers.explain import ExplainRequest
+from handlers.explain_request import ExplainRequest
 from handlers.tensor_data import TensorRequest
 
 logger = logging.getLogger("ray.serve")

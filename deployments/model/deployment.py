@@ -29,7 +29,7 @@ from deployments.common.settings import BatchingConfig, ModelAppArgs
 from deployments.model.executor import InferenceExecutor, decode_pool, machine_cores
 from deployments.model.stepwise import run_steps, stream_parts
 from handlers.errors import InferenceError, RaytorchError
-from handlers.explain import ExplainRequest
+from handlers.explain_request import ExplainRequest
 from handlers.registry import create_handler
 from handlers.tensor_data import TensorRequest
 

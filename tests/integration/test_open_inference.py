@@ -99,7 +99,9 @@ def test_v1_list_ready_and_explain(client: TestClient, router: LocalRouter, cat_
     assert len(maps) == 2 and len(maps[0]) == 3 and len(maps[0][0]) == 56 and len(maps[0][0][0]) == 56
     not_an_image = client.post("/v1/models/tiny:explain", json={"instances": [{"b64": "aGk="}]})
     assert_error(not_an_image, 400, "BadRequestException", "instances[0]")
-    assert_error(client.post("/v1/models/echo:explain", json=instances), 501, "NotImplementedException", "echo")
+    assert_error(
+        client.post("/v1/models/echo:explain", json=instances), 501, "NotImplementedException", "echo"
+    )
     assert_error(client.post("/v1/models/nosuch:explain", json={}), 404, "ModelNotFoundException", "nosuch")
     router.down["tiny"] = "weights missing"
     assert client.get("/v1/models/tiny").status_code == 503
