@@ -170,3 +170,19 @@ def test_torchserve_handler_without_get_insights_is_501(tmp_path: Path, ts_api: 
     handler.load()
     with pytest.raises(NotImplementedFeatureError, match="no explanations"):
         handler.explain(handler.explain_input(b"1", "text/plain"), ExplainRequest())
+
+
+def test_a_handle_function_sees_torchserves_explain_header(tmp_path: Path, ts_api: str) -> None:  # noqa: F811
+    (tmp_path / "entry.py").write_text(
+        "def handle(data, context):\n"
+        "    if data is None:\n"
+        "        return None\n"
+        "    explain = context.get_request_header(0, 'explain') == 'True'\n"
+        "    return [{'explained': explain, 'target': data[0].get('target')}]\n"
+    )
+    spec = {"name": "entry", "handler": "torchserve:entry.py", "base_dir": str(tmp_path)}
+    handler = create_handler(ModelSpec.model_validate(spec))
+    handler.load()
+    item = handler.explain_input(b"x", "text/plain")
+    assert handler.explain(item, ExplainRequest(target="7")) == {"explained": True, "target": 7}
+    assert handler.predict(b"x", "text/plain") == {"explained": False, "target": None}
