@@ -231,3 +231,11 @@ def test_executor_thread_is_the_one_that_streams() -> None:
 
     asyncio.run(main())
     assert threads[0].startswith("inference-t")
+
+
+def test_both_import_paths_of_send_intermediate_predict_response_are_provided(tmp_path: Path) -> None:
+    from handlers.torchserve.names import check_handler_file
+
+    for module in ("ts.handler_utils.utils", "ts.protocol.otf_message_handler"):
+        (tmp_path / "old.py").write_text(STREAMING_HANDLER.replace("ts.handler_utils.utils", module))
+        check_handler_file("torchserve:old.py", str(tmp_path))  # raises when a module is missing
