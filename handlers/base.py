@@ -10,12 +10,20 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from handlers.errors import BadInputError, ConfigError, InferenceError, RaytorchError
+from handlers.errors import (
+    BadInputError,
+    ConfigError,
+    InferenceError,
+    NotImplementedFeatureError,
+    RaytorchError,
+)
+from handlers.explain import ExplainRequest, Steps
 from handlers.labels import resolve_labels
 from handlers.loading import build_model
 from handlers.options import NoOptions, parse_options
@@ -201,3 +209,39 @@ class BaseHandler(ABC):
     def predict(self, data: bytes, content_type: str | None = None) -> Any:
         """One request end to end, without batching (CLI, tests, debugging)."""
         return self.predict_batch([self.preprocess(data, content_type)])[0]
+
+    # -- explanations and partial answers ----------------------------------------------------
+    def explain_input(self, data: bytes, content_type: str | None = None) -> Any:
+        """Decode one input for :meth:`explain` (what ``preprocess`` makes of it by default);
+        501 before decoding for a handler that has no explanations."""
+        if type(self).explain is BaseHandler.explain:
+            self.explain(data, ExplainRequest())
+        return self.preprocess(data, content_type)
+
+    def explain(self, item: Any, request: ExplainRequest) -> Steps:
+        """Attributions of one decoded input (:mod:`handlers.explain`): a generator that yields
+        between chunks of model work and returns the explanation. Without one: 501."""
+        raise NotImplementedFeatureError(
+            f"Model {self.spec.name} (handler {self.spec.handler}) has no explanations"
+        )
+
+    def predict_stream(self, item: Any) -> Iterator[Any]:
+        """Partial answers of one decoded input, yielded as they are ready (streamed to the
+        client). By default the whole answer is the one part; a handler that finds its answer
+        piece by piece (speech segments, generated tokens) yields each piece."""
+        yield self.predict_batch([item])[0]
+
+    def stream_into(self, item: Any, emit: Callable[[Any], None]) -> None:
+        """Run :meth:`predict_stream`, handing each part to ``emit`` as soon as it exists.
+
+        ``emit`` raises :class:`StreamCancelled` once the client is gone; the generator is
+        closed then, so its ``finally`` blocks run and it produces nothing more.
+        """
+        parts = self.predict_stream(item)
+        try:
+            for part in parts:
+                emit(part)
+        finally:
+            close = getattr(parts, "close", None)
+            if close is not None:
+                close()

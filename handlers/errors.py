@@ -192,6 +192,11 @@ def _rebuild_with_status(message: str, status: int, retry_after_s: float | None)
     return HandlerStatusError(message, status, retry_after_s=retry_after_s)
 
 
+class StreamCancelled(Exception):
+    """Raised into a handler that is streaming when its client has gone: the handler stops
+    producing parts (it is not an answer: nobody is left to receive one)."""
+
+
 # TorchServe's wording of its routing errors: scripts compare these strings.
 RESOURCE_NOT_FOUND = "Requested resource is not found, please refer to API document."
 METHOD_NOT_ALLOWED = "Requested method is not allowed, please refer to API document."

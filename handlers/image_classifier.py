@@ -9,6 +9,14 @@ import torch
 from PIL import Image
 
 from handlers.classification import TopKClassifier
+from handlers.explain import (
+    ExplainRequest,
+    Steps,
+    heatmap_png,
+    integrated_gradients,
+    resolve_target,
+    steps_for,
+)
 from handlers.image_io import check_media_type, decode_image
 from handlers.image_ops import center_crop, resize_shorter_side, to_uint8_tensor
 
@@ -73,3 +81,20 @@ class ImageClassifier(TopKClassifier):
         buffer = io.BytesIO()
         Image.new("RGB", (side, side)).save(buffer, format="PNG")
         return self.preprocess(buffer.getvalue(), "image/png")
+
+    def explain(self, item: torch.Tensor, request: ExplainRequest) -> Steps:
+        """Integrated Gradients of the target class (default: the top one) per channel and
+        pixel of the model's input, ``[C][H][W]`` as TorchServe answers, or a PNG heat map."""
+        assert self.model is not None, "load() must run before explain()"
+        settings = self.spec.explain
+        n_steps = steps_for(request, settings)
+        inputs = self.collate([item]).to(self.device)
+        with torch.inference_mode():
+            logits = self.model(inputs)
+        target = resolve_target(request.target, self.labels, logits)
+        chunk = settings.internal_batch_size
+        attributions = yield from integrated_gradients(self.model, inputs, target, n_steps, chunk)
+        attributions = attributions[0].float().cpu()
+        if request.heatmap:
+            return heatmap_png(attributions, item if item.dtype == torch.uint8 else None)
+        return attributions.tolist()

@@ -123,6 +123,31 @@ class ImagePreprocess(StrictModel):
         return v
 
 
+class ExplainSettings(StrictModel):
+    """How explanations (``/explanations``, KServe ``:explain``) are computed for a model.
+
+    Integrated Gradients costs ``n_steps`` forward and backward passes per input; they run in
+    chunks of ``internal_batch_size`` on the replica's inference thread, so a prediction batch
+    waits for at most one chunk (docs/explanations.md).
+    """
+
+    n_steps: int = Field(
+        50, ge=1, le=1000, description="Integrated Gradients steps when the request names none."
+    )
+    max_steps: int = Field(
+        200, ge=1, le=1000, description="The most steps a request may ask for (`?n_steps=`); above: 400."
+    )
+    internal_batch_size: int = Field(
+        8, ge=1, le=256, description="Steps run together: one chunk of work between prediction batches."
+    )
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> ExplainSettings:
+        if self.n_steps > self.max_steps:
+            raise ValueError(f"n_steps ({self.n_steps}) must not exceed max_steps ({self.max_steps})")
+        return self
+
+
 class ModelSpec(StrictModel):
     """Everything a handler needs to load a model and answer requests for it."""
 
@@ -184,6 +209,9 @@ class ModelSpec(StrictModel):
     options: dict[str, object] = Field(
         default_factory=dict,
         description="Handler-specific settings, validated by the handler's own `Options` model.",
+    )
+    explain: ExplainSettings = Field(
+        default_factory=ExplainSettings, description="Explanations: Integrated Gradients steps and chunking."
     )
 
     @field_validator("handler")

@@ -21,6 +21,7 @@ its batch-mates.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -75,17 +76,9 @@ class VoiceActivity(BaseHandler):
 
     def answer(self, probabilities: list[float], samples: int) -> dict[str, Any]:
         """One clip's answer from its frame probabilities and its length in samples."""
-        rate, frame = self.options.sample_rate, self.options.frame_samples
-        segments = []
-        for start, end in self.speech_segments(probabilities, samples):
-            inside = probabilities[start // frame : max(-(-end // frame), start // frame + 1)]
-            segments.append(
-                {
-                    "start": round(start / rate, 3),
-                    "end": round(end / rate, 3),
-                    "probability": round(sum(inside) / len(inside), 4),
-                }
-            )
+        rate = self.options.sample_rate
+        found = self.speech_segments(probabilities, samples)
+        segments = [self.segment(probabilities, start, end) for start, end in found]
         return {
             "label": "speech" if segments else "non_speech",
             "speech_seconds": round(sum((s["end"] - s["start"] for s in segments), 0.0), 3),
@@ -93,15 +86,32 @@ class VoiceActivity(BaseHandler):
             "segments": segments,
         }
 
+    def segment(self, probabilities: list[float], start: int, end: int) -> dict[str, Any]:
+        """``{"start", "end", "probability"}`` of the speech between two sample positions."""
+        rate, frame = self.options.sample_rate, self.options.frame_samples
+        inside = probabilities[start // frame : max(-(-end // frame), start // frame + 1)]
+        return {
+            "start": round(start / rate, 3),
+            "end": round(end / rate, 3),
+            "probability": round(sum(inside) / len(inside), 4),
+        }
+
     def speech_segments(self, probabilities: list[float], samples: int) -> list[list[int]]:
         """``[start, end]`` sample positions of speech, as Silero's ``get_speech_timestamps``.
 
         (Without its ``max_speech_duration_s`` splitting, which is off by default there too.)
         """
+        closed, open_start = self.closed_segments(probabilities)
+        min_speech = self.options.sample_rate * self.options.min_speech_ms / 1000
+        if open_start is not None and samples - open_start > min_speech:
+            closed.append([open_start, samples])
+        return self.padded(closed, samples)
+
+    def closed_segments(self, probabilities: list[float]) -> tuple[list[list[int]], int | None]:
+        """Speech segments that have ended (unpadded), and where speech still going on began."""
         o, frame = self.options, self.options.frame_samples
         min_speech = o.sample_rate * o.min_speech_ms / 1000
         min_silence = o.sample_rate * o.min_silence_ms / 1000
-        pad = int(o.sample_rate * o.speech_pad_ms / 1000)
         segments: list[list[int]] = []
         start: int | None = None
         silence_from: int | None = None  # where a pause began inside speech
@@ -120,9 +130,13 @@ class VoiceActivity(BaseHandler):
                 if silence_from - start > min_speech:
                     segments.append([start, silence_from])
                 start = silence_from = None
-        if start is not None and samples - start > min_speech:
-            segments.append([start, samples])
-        # Widen each segment by `pad`, sharing a gap shorter than two pads between neighbours.
+        return segments, start
+
+    def padded(self, segments: list[list[int]], samples: int) -> list[list[int]]:
+        """Each segment widened by ``speech_pad_ms``, neighbours closer than two pads sharing
+        the gap."""
+        pad = int(self.options.sample_rate * self.options.speech_pad_ms / 1000)
+        segments = [list(s) for s in segments]
         for i, segment in enumerate(segments):
             if i == 0:
                 segment[0] = max(0, segment[0] - pad)
@@ -135,3 +149,40 @@ class VoiceActivity(BaseHandler):
             else:
                 segment[1] = min(samples, segment[1] + pad)
         return segments
+
+    def predict_stream(self, item: torch.Tensor) -> Iterator[dict[str, Any]]:
+        """Each speech segment as soon as it can no longer change, then the summary
+        ``{"label", "speech_seconds", "duration_seconds"}``: with the segments in order, the
+        same answer as :meth:`postprocess` gives for the clip.
+
+        The clip runs about a second of frames at a time; a segment is final once the speech
+        after it (which decides its padding) has begun or cannot begin close to it.
+        """
+        assert self.model is not None, "load() must run before predict_stream()"
+        o, frame, samples = self.options, self.options.frame_samples, len(item)
+        frames = self.collate([item])[0].to(self.device)
+        pad = int(o.sample_rate * o.speech_pad_ms / 1000)
+        block = max(1, o.sample_rate // frame)
+        reset = getattr(self.model, "reset_states", None)
+        if reset is not None:
+            reset()
+        probabilities: list[float] = []
+        sent = 0
+        for first in range(0, len(frames), block):
+            with torch.inference_mode():
+                for t in range(first, min(first + block, len(frames))):
+                    probabilities.append(float(self.model(frames[t : t + 1], o.sample_rate)[0, 0]))
+            seen = min(samples, len(probabilities) * frame)
+            closed, open_start = self.closed_segments(probabilities)
+            final = self.padded(closed, samples)
+            while sent < len(closed):
+                end = closed[sent][1]
+                followed = sent + 1 < len(closed)
+                far = (open_start is None or open_start >= end + 2 * pad) and seen >= end + 2 * pad
+                if not (followed or far):
+                    break
+                yield self.segment(probabilities, *final[sent])
+                sent += 1
+        whole = self.answer(probabilities[: -(-samples // frame)], samples)
+        yield from whole["segments"][sent:]
+        yield {key: value for key, value in whole.items() if key != "segments"}

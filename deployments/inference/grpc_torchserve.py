@@ -6,8 +6,9 @@ gRPC port (TorchServe uses 7070 and 7071; here both services share ``grpc_option
 - ``Predictions``: the request's ``input`` map holds the model input under ``data`` (or
   ``body``, or as its only entry), as TorchServe's handlers read it; the answer's
   ``prediction`` is what the REST API would send (a handler's text or bytes as they are,
-  anything else as JSON). ``StreamPredictions`` streams that one
-  answer (no handler here produces partial answers); ``StreamPredictions2`` answers each
+  anything else as JSON). ``StreamPredictions`` sends each partial answer of the handler as
+  its own message as soon as it exists (:mod:`deployments.inference.streaming`; a handler
+  that does not stream sends one); ``StreamPredictions2`` answers each
   message of a bidirectional stream in order, echoing its ``sequence_id`` and reporting a
   failed message in its ``status`` without ending the stream, as TorchServe does.
 - Management calls go to the management deployment, which answers them with the REST API's
@@ -16,6 +17,7 @@ gRPC port (TorchServe uses 7070 and 7071; here both services share ``grpc_option
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -24,12 +26,20 @@ import grpc
 
 from deployments.common.forwarding import ForwardedResponse, ManagementCall
 from deployments.common.http_errors import grpc_code_name
-from deployments.inference.grpc_server import as_error, generic_handler, handle_call, metadata_of, open_record
+from deployments.common.messages import Rejected
+from deployments.inference.grpc_server import (
+    abort_with,
+    as_error,
+    generic_handler,
+    handle_call,
+    metadata_of,
+    open_record,
+)
 from deployments.inference.oip_infer import as_bytes
 from deployments.inference.predictions import Predictor
 from deployments.inference.request_body import RequestInput
 from deployments.inference.routes import Directory
-from deployments.inference.telemetry import Telemetry
+from deployments.inference.telemetry import REQUEST_ID_HEADER, Telemetry
 from deployments.protos import TORCHSERVE_INFERENCE, TORCHSERVE_MANAGEMENT, message, service_methods
 from handlers.errors import BadInputError, RaytorchError, UnauthorizedError
 
@@ -130,7 +140,38 @@ class TorchServeInferenceServicer:
         return await self._predict(request, context, "Predictions")
 
     async def StreamPredictions(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        yield await self._predict(request, context, "StreamPredictions")
+        record = open_record(context, f"/{TORCHSERVE_INFERENCE}/StreamPredictions", "grpc_torchserve")
+        response_class = self.methods["StreamPredictions"].response
+        router = self._predictor.router
+        status = 500
+        try:
+            await context.send_initial_metadata(((REQUEST_ID_HEADER, record.request_id),))
+            await self._authorize(metadata_of(context).get("authorization"))
+            data = model_input(dict(request.input))
+            version = request.model_version or None
+            try:
+                state = await router.resolve(request.model_name, version)
+            finally:
+                record.model, record.version = router.labels(request.model_name, version)
+            record.version = state.version
+            parts = router.stream(state, data, None)  # type: ignore[attr-defined]
+            try:
+                async for part in parts:
+                    if isinstance(part, Rejected):  # failed midway: the stream ends with its status
+                        raise part.error
+                    yield response_class(prediction=prediction_bytes(part))
+            finally:
+                await parts.aclose()
+            status = 200
+        except asyncio.CancelledError:
+            status = 499  # the client went away: closing the parts stopped the handler
+            raise
+        except Exception as exc:
+            error = as_error(exc, record)
+            status = error.status
+            await abort_with(context, error)
+        finally:
+            self._telemetry.finish(record, status)
 
     async def StreamPredictions2(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         response_class = self.methods["StreamPredictions2"].response

@@ -30,6 +30,7 @@ from deployments.inference.request_body import (
     read_body,
     split_inputs,
 )
+from deployments.inference.streaming import PredictionStreams, stream_mode
 from deployments.inference.telemetry import (
     RECORD_KEY,
     REQUEST_ID_HEADER,
@@ -99,6 +100,7 @@ class HttpEntry:
         self.max_body_bytes = max_body_bytes
         self.management = management
         self.echo_request_id = echo_request_id
+        self.streams = PredictionStreams(predictor.router)  # type: ignore[arg-type]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -170,6 +172,10 @@ class HttpEntry:
             content_type = headers.get("content-type")
             body = await read_body(receive, headers.get("content-length"), self.max_body_bytes)
             inputs = split_inputs(body, content_type)
+        mode = stream_mode(headers, scope.get("query_string", b""))
+        if mode is not None:  # partial answers as they come (deployments/inference/streaming.py)
+            await self.streams.respond(send, receive, record, model, version, inputs, mode)
+            return
         answers = await self.predictor.predict(record, model, version, inputs)
         # Several multipart 'data' fields are answered as a list, one result per field.
         content = answers[0].result if len(answers) == 1 else [a.result for a in answers]

@@ -5,8 +5,10 @@
 ``/predictions`` (so the instances of a request may share a batch). An instance is
 ``{"b64": "<base64>"}`` or ``{"data": "<base64>"}`` (an image, audio...), a string (text), or
 any other JSON value (numbers, nested lists, an object of named inputs), which goes to the
-model as JSON: what the ``tensor`` handler reads. ``:explain`` answers 501 until explanations
-exist. Errors keep TorchServe's ``{"code", "type", "message"}`` shape, like the rest of the API.
+model as JSON: what the ``tensor`` handler reads. ``:explain`` takes the same instances and
+answers ``{"explanations": [...]}``, one per instance (:mod:`deployments.inference.explanations`;
+query parameters ``target``, ``n_steps``, ``format=png``: each heat map as ``{"b64": ...}``).
+Errors keep TorchServe's ``{"code", "type", "message"}`` shape, like the rest of the API.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 
+from deployments.inference.explanations import Explainer, explain_request
 from deployments.inference.predictions import MAX_INPUTS, Predictor
 from deployments.inference.request_body import RequestInput, read_body
 from deployments.inference.telemetry import record_of
-from handlers.errors import BadInputError, NotImplementedFeatureError
+from handlers.errors import BadInputError
 from handlers.spec import NAME_PATTERN, VERSION_PATTERN
 
 if TYPE_CHECKING:
@@ -77,11 +80,11 @@ def add_kserve_v1_routes(
     predictor: Predictor,
     authorize: Callable[[str | None], Awaitable[None]],
     max_body_bytes: int,
+    explainer: Explainer,
 ) -> None:
     """Add the v1 routes to the inference ``app``."""
 
-    async def predict(request: Request, model: str, version: str | None) -> JSONResponse:
-        await authorize(request.headers.get("authorization"))
+    async def read_instances(request: Request) -> list[RequestInput]:
         instances = (await read_json(request, max_body_bytes)).get("instances")
         if not isinstance(instances, list):
             raise BadInputError("'instances' must be a list")
@@ -91,7 +94,11 @@ def add_kserve_v1_routes(
             raise BadInputError(
                 f"'instances' holds {len(instances)} inputs; at most {MAX_INPUTS} per request"
             )
-        inputs = [instance_input(instance, i) for i, instance in enumerate(instances)]
+        return [instance_input(instance, i) for i, instance in enumerate(instances)]
+
+    async def predict(request: Request, model: str, version: str | None) -> JSONResponse:
+        await authorize(request.headers.get("authorization"))
+        inputs = await read_instances(request)
         record = record_of(request.scope)
         answers = await predictor.predict(record, model, version, inputs, where="instances")
         body = {"predictions": [a.result for a in answers]}
@@ -99,10 +106,16 @@ def add_kserve_v1_routes(
 
     async def explain(request: Request, model: str, version: str | None) -> JSONResponse:
         await authorize(request.headers.get("authorization"))
-        state, _ = await directory.readiness(model, version)  # 404 for unknown models first
-        raise NotImplementedFeatureError(
-            f"Explanations are not available: model {model} version {state.version} serves predictions only"
-        )
+        await directory.readiness(model, version)  # 404 for an unknown model before the body
+        wanted = explain_request(dict(request.query_params), None)  # JSON answers; PNG only if asked
+        inputs = await read_instances(request)
+        record = record_of(request.scope)
+        answers = await explainer.explain(record, model, version, inputs, wanted, where="instances")
+        explanations = [
+            {"b64": base64.b64encode(a.result).decode()} if isinstance(a.result, bytes) else a.result
+            for a in answers
+        ]
+        return JSONResponse({"explanations": explanations}, headers={"x-model-version": answers[0].version})
 
     async def model_ready(request: Request, model: str) -> JSONResponse:
         await authorize(request.headers.get("authorization"))
@@ -132,7 +145,7 @@ def add_kserve_v1_routes(
     ) -> JSONResponse:
         return await predict(request, model_name, model_version)
 
-    @app.post("/v1/models/{model_name}:explain", summary="KServe v1: explain (501: not available)")
+    @app.post("/v1/models/{model_name}:explain", summary="KServe v1: explain (Captum attributions)")
     async def explain_default(model_name: ModelName, request: Request) -> JSONResponse:
         return await explain(request, model_name, None)
 

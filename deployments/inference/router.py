@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ray import serve
@@ -33,10 +33,12 @@ from deployments.pool.calls import PoolCalls
 from handlers.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
+    NotImplementedFeatureError,
     RaytorchError,
     RequestTimeoutError,
     ResourceNotFoundError,
 )
+from handlers.explain_request import ExplainRequest
 from handlers.tensor_data import TensorRequest
 
 logger = logging.getLogger("ray.serve")
@@ -247,6 +249,39 @@ class ServeRouter:
         if isinstance(result, Rejected):
             raise result.error
         return dataclasses.replace(result, version=state.version)
+
+    async def explain(
+        self, state: ModelVersionState, items: list[tuple[bytes, str | None]], request: ExplainRequest
+    ) -> list[Answer | Rejected]:
+        """Explanations of ``items`` from one of ``state``'s replicas, within the deadline."""
+        self._dedicated_only(state, "Explanations")
+        return await self._await(state, self._handle(state).explain_many.remote(items, request))
+
+    async def stream(
+        self, state: ModelVersionState, body: bytes, content_type: str | None
+    ) -> AsyncIterator[Any]:
+        """One input's partial answers as its replica produces them (a Serve streaming call),
+        each within the deadline of the one before; closing this iterator cancels the call,
+        which stops the handler."""
+        self._dedicated_only(state, "Streamed answers")
+        parts = self._handle(state).options(stream=True).predict_stream.remote(body, content_type)
+        try:
+            while True:
+                try:
+                    part = await self._await(state, asyncio.ensure_future(parts.__anext__()))
+                except StopAsyncIteration:
+                    return
+                yield part
+        finally:
+            parts.cancel()
+
+    @staticmethod
+    def _dedicated_only(state: ModelVersionState, what: str) -> None:
+        if state.model_id:
+            raise NotImplementedFeatureError(
+                f"{what} are not available for pooled models: model {state.model} version "
+                f"{state.version} is served by pool replicas"
+            )
 
     async def _send_group(
         self, state: ModelVersionState, items: list[tuple[Any, str | None]], request_id: str

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from deployments.common.auth import may_see_details
 from deployments.common.http_errors import install_error_handlers
 from deployments.common.model_table import ModelTable, ModelVersionState
+from deployments.inference.explanations import Explainer, add_explanation_routes
 from deployments.inference.kserve_v1 import add_kserve_v1_routes
 from deployments.inference.open_inference import create_open_inference_app
 from deployments.inference.predictions import Predictor
@@ -123,7 +124,9 @@ def create_routes(
             raise ModelVersionNotFoundError.of(model_name, model_version)
         return JSONResponse(model_openapi(app, model_name, [model_version]))
 
-    add_kserve_v1_routes(app, directory, predictor, authorize, max_body_bytes)
+    explainer = Explainer(predictor.router)  # type: ignore[arg-type]
+    add_explanation_routes(app, explainer, authorize, max_body_bytes)
+    add_kserve_v1_routes(app, directory, predictor, authorize, max_body_bytes, explainer)
     open_inference = create_open_inference_app(directory, predictor, authorize, max_body_bytes)
     describe_predictions(app, open_inference)
     return OpenInferenceSplit(app, open_inference)

@@ -12,6 +12,8 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 # OpenMP threads that wait at a barrier sleep instead of spinning: a replica's threads share
@@ -25,12 +27,18 @@ from ray import serve
 from deployments.common.messages import Answer, Rejected
 from deployments.common.settings import BatchingConfig, ModelAppArgs
 from deployments.model.executor import InferenceExecutor, decode_pool, machine_cores
-from handlers.errors import RaytorchError
+from deployments.model.stepwise import run_steps, stream_parts
+from handlers.errors import InferenceError, RaytorchError
+from handlers.explain_request import ExplainRequest
 from handlers.registry import create_handler
 from handlers.tensor_data import TensorRequest
 
 logger = logging.getLogger("ray.serve")
 
+
+# Explanations a replica computes at once (each holds its activations for a chunk of steps);
+# more wait their turn.
+EXPLANATIONS_AT_ONCE = 2
 
 # Serve options of every replica that runs models (dedicated and pooled).
 REPLICA_OPTIONS: dict[str, Any] = {
@@ -67,6 +75,7 @@ class ModelDeployment:
         self._idle = asyncio.Event()
         self._idle.set()
         self._wait_for_idle = True
+        self._explaining = asyncio.Semaphore(EXPLANATIONS_AT_ONCE)
         logger.info(
             "Model %s version %s ready on %s (handler %s, torch threads %s)",
             spec.name,
@@ -114,6 +123,46 @@ class ModelDeployment:
     async def predict_many(self, inputs: list[tuple[bytes, str | None]]) -> list[Answer | Rejected]:
         """Answer a group of inputs sent in one call; each is decoded and batched on its own."""
         return await asyncio.gather(*(self.predict(body, content_type) for body, content_type in inputs))
+
+    async def explain_many(
+        self, inputs: list[tuple[bytes, str | None]], request: ExplainRequest
+    ) -> list[Answer | Rejected]:
+        """Explain each input (``/explanations``, KServe ``:explain``): decoded on its own,
+        then computed chunk by chunk between prediction batches (:mod:`.stepwise`)."""
+        return await asyncio.gather(
+            *(self._explain(body, content_type, request) for body, content_type in inputs)
+        )
+
+    async def _explain(
+        self, body: bytes, content_type: str | None, request: ExplainRequest
+    ) -> Answer | Rejected:
+        started = time.perf_counter()
+        handler = self._handler
+        try:
+            loop = asyncio.get_running_loop()
+            item = await loop.run_in_executor(self._decoders, handler.explain_input, body, content_type)
+            async with self._explaining:
+                queued = time.perf_counter()
+                result = await run_steps(self._executor, partial(handler.explain, item, request))
+        except RaytorchError as exc:
+            return Rejected(exc)
+        except Exception as exc:
+            logger.exception("Explanation of model %s failed", self._spec.name)
+            return Rejected(InferenceError(f"Model {self._spec.name} failed to explain: {exc}"))
+        timings = {"preprocess_s": queued - started, "inference_s": time.perf_counter() - queued}
+        return Answer(result, 1, timings=timings, load_seconds=handler.load_seconds)
+
+    async def predict_stream(self, body: bytes, content_type: str | None = None) -> AsyncIterator[Any]:
+        """The handler's partial answers to one input as they come (a Serve streaming call:
+        ``handle.options(stream=True)``). Bad input or a failure midway ends the stream with a
+        :class:`Rejected` part; a cancelled call stops the handler at its next part."""
+        try:
+            loop = asyncio.get_running_loop()
+            item = await loop.run_in_executor(self._decoders, self._handler.preprocess, body, content_type)
+            async for part in stream_parts(self._executor, partial(self._handler.stream_into, item)):
+                yield part
+        except RaytorchError as exc:
+            yield Rejected(exc)
 
     async def describe_handler(self) -> Any:
         """The handler's description of itself (describe with ``customized=true``; handle call)."""

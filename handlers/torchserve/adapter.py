@@ -39,8 +39,11 @@ from handlers.errors import (
     HandlerStatusError,
     InferenceError,
     ModelLoadError,
+    NotImplementedFeatureError,
     RaytorchError,
+    StreamCancelled,
 )
+from handlers.explain import ExplainRequest, heatmap_png
 from handlers.spec import ModelSpec
 from handlers.torchserve import ts_api
 from handlers.torchserve.names import parse_torchserve_ref
@@ -193,6 +196,8 @@ class TorchServeHandler(BaseHandler):
         from ts.context import RequestProcessor
 
         self.context.request_processor = [RequestProcessor(item.headers) for item in items]
+        self.context.request_ids = {i: str(i) for i in range(len(items))}
+        self.context.intermediate = {}
         rows = [item.row for item in items]
         if not self.per_request:
             return rows
@@ -213,7 +218,13 @@ class TorchServeHandler(BaseHandler):
         results = output if not self.per_request else self.service.postprocess(output)
         if not isinstance(results, list):
             raise InferenceError(f"Handler {self.file} returned {type(results).__name__}, not a list")
-        return [bytes(r) if isinstance(r, bytearray) else r for r in results]
+        results = [bytes(r) if isinstance(r, bytearray) else r for r in results]
+        # Partial answers a client did not stream come first in its one answer, as a
+        # TorchServe client reading the whole chunked body gets them.
+        for index, parts in self.context.intermediate.items():
+            if 0 <= index < len(results):
+                results[index] = joined([*parts, results[index]])
+        return results
 
     def predict_batch(self, items: list[Any]) -> list[Any]:
         try:
@@ -224,6 +235,59 @@ class TorchServeHandler(BaseHandler):
                 raise
             cause = exc.__cause__
             raise HandlerStatusError(str(getattr(cause, "message", cause)), status) from None
+
+    def stream_into(self, item: TorchServeRequest, emit: Callable[[Any], None]) -> None:
+        """Each ``send_intermediate_predict_response`` value to ``emit`` as the handler sends
+        it, then its final answer."""
+        self.context.stream_to = lambda value: emit(bytes(value) if isinstance(value, bytearray) else value)
+        try:
+            final = self.predict_batch([item])[0]
+        except InferenceError as exc:
+            if isinstance(exc.__cause__, StreamCancelled):
+                raise exc.__cause__ from None
+            raise
+        finally:
+            self.context.stream_to = None
+        emit(final)
+
+    def explain(self, item: TorchServeRequest, request: ExplainRequest) -> Any:
+        """The handler's ``explain_handle`` (``get_insights``) answer for one input, as
+        TorchServe's ``/explanations`` gets it: the request carries the ``explain`` header
+        and its ``target``. A heat map needs a ``[C][H][W]`` attribution map."""
+        from ts.context import RequestProcessor
+
+        row = dict(item.row)
+        if request.target is not None:
+            row["target"] = int(request.target) if request.target.lstrip("-").isdigit() else request.target
+        self.context.request_processor = [RequestProcessor({**item.headers, "explain": "True"})]
+        self.context.request_ids, self.context.intermediate = {0: "0"}, {}
+        if self.per_request and not _explains(self.service):
+            # TorchServe's own BaseHandler.explain_handle calls get_insights unchecked (an
+            # AttributeError there); both ts APIs answer the same: the model cannot explain.
+            raise NotImplementedFeatureError(f"Model {self.spec.name} has no explanations: no get_insights")
+        try:
+            if self.per_request:
+                self.service.context = self.context
+                results = self.service.explain_handle(item.tensor, [row])
+            else:
+                assert self.entry is not None
+                results = self.entry([row], self.context)
+        except NotImplementedError as exc:
+            raise NotImplementedFeatureError(f"Model {self.spec.name} has no explanations: {exc}") from None
+        except Exception as exc:
+            status = _status_of(exc)
+            if status is not None:
+                raise HandlerStatusError(str(getattr(exc, "message", exc)), status) from None
+            reason = f"{type(exc).__name__}: {exc}"
+            raise InferenceError(f"Handler {self.file} failed to explain: {reason}") from exc
+        if not isinstance(results, list) or not results:
+            raise InferenceError(f"Handler {self.file} explained with {type(results).__name__}, not a list")
+        if not request.heatmap:
+            return results[0]
+        attributions = torch.as_tensor(results[0], dtype=torch.float32)
+        if attributions.dim() != 3:
+            raise BadInputError("A heat map needs an attribution map [C][H][W]; ask for JSON instead")
+        return heatmap_png(attributions)
 
     def describe(self) -> Any:
         """The handler's own ``describe_handle()`` answer when it has one (TorchServe's
@@ -240,3 +304,22 @@ class TorchServeHandler(BaseHandler):
             "torchserveApi": self.api,
             "perRequestPreprocess": self.per_request,
         }
+
+
+def joined(parts: list[Any]) -> Any:
+    """Partial answers and the final one as one answer: text or bytes concatenated (what a
+    TorchServe client reads from the chunked body), anything else as a list."""
+    if all(isinstance(p, str) for p in parts):
+        return "".join(parts)
+    if all(isinstance(p, bytes | bytearray) for p in parts):
+        return b"".join(parts)
+    return parts
+
+
+def _explains(service: Any) -> bool:
+    """Whether a TorchServe handler object can explain: it has ``get_insights``, or a class of
+    its own (not TorchServe's base handler) overrides ``explain_handle``."""
+    if hasattr(service, "get_insights"):
+        return True
+    owner = next((cls for cls in type(service).__mro__ if "explain_handle" in vars(cls)), None)
+    return owner is not None and not owner.__module__.startswith(("ts.", "handlers.torchserve."))

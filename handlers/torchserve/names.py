@@ -32,8 +32,10 @@ TS_API_MODULES = {
     "ts.torch_handler.object_detector": "handlers.torchserve.ts_api.vision",
     "ts.utils.util": "handlers.torchserve.ts_api.util",
     "ts.handler_utils.timer": "handlers.torchserve.ts_api.util",
+    "ts.handler_utils.utils": "handlers.torchserve.ts_api.streaming",
+    "ts.protocol.otf_message_handler": "handlers.torchserve.ts_api.streaming",
 }
-TS_API_PACKAGES = ("ts", "ts.torch_handler", "ts.utils", "ts.handler_utils")
+TS_API_PACKAGES = ("ts", "ts.torch_handler", "ts.utils", "ts.handler_utils", "ts.protocol")
 _FUNCTION = re.compile(r"[A-Za-z_]\w*")
 
 

@@ -1,18 +1,27 @@
 """One server with the real model of every example config, plus a custom handler registered
-at runtime: the answers a user would check, over real HTTP."""
+at runtime and a TorchServe handler file that streams: the answers a user would check, over
+real HTTP (and gRPC): explanations of the text model, streamed speech segments, a stream that
+stops when its client leaves and one that fails midway."""
 
 from __future__ import annotations
 
+import io
+import json
 import shutil
+import time
+import wave
+from pathlib import Path
 
+import grpc
 import pytest
 import torch
 
 from handlers.archive import write_archive
-from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run, trust_test_fixtures
+from tests.e2e.serve_cluster import ROOT, ServeCluster, load_config, serve_run, trust_test_fixtures
 from tests.fixtures import real_models as real
 from tests.fixtures.models import tiny_classifier
 from tests.fixtures.specs import photo_path
+from tests.fixtures.torchserve_stubs import torchserve_stubs
 
 pytestmark = pytest.mark.e2e
 TOKEN = "e2e-handlers-token"
@@ -24,6 +33,19 @@ def _model_app(config_name: str) -> dict:
         a for a in load_config(config_name)["applications"] if a["name"] not in ("ingress", "management")
     )
     app["args"]["resources"]["num_cpus"] = 0.25  # five models on two CPUs
+    return app
+
+
+def ticker_app() -> dict:
+    """The streaming TorchServe handler file of tests/fixtures/custom_handlers as a model."""
+    app = _model_app("audio_classifier.yaml")
+    app["name"] = "ticker"
+    app["args"]["model"] = {
+        "name": "ticker",
+        "handler": "torchserve:ticker_handler.py",
+        "base_dir": str(ROOT / "tests" / "fixtures" / "custom_handlers"),
+    }
+    app["args"]["resources"]["num_cpus"] = 0.1
     return app
 
 
@@ -49,6 +71,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> ServeCluster:
         _model_app("image_segmenter.yaml"),
         _model_app("text_classifier.yaml"),
         _model_app("audio_classifier.yaml"),
+        ticker_app(),  # a TorchServe handler file that streams
     ]
     base["applications"] = apps
     env = {
@@ -109,3 +132,111 @@ def test_custom_handler_archive_registers_and_answers(server: ServeCluster, cat_
         assert registered.status_code == 200, registered.text
         result = client.put("/predictions/shouting", content=cat_png).json()
         assert len(result) == 5 and all(label.startswith("LABEL-") for label in result)
+
+
+def long_recording(copies: int) -> bytes:
+    """The speech clip ``copies`` times in a row: a long recording with several segments."""
+    with wave.open(io.BytesIO(real.speech_wav())) as clip:
+        params, frames = clip.getparams(), clip.readframes(clip.getnframes())
+    out = io.BytesIO()
+    with wave.open(out, "wb") as joined:
+        joined.setparams(params)
+        joined.writeframes(frames * copies)
+    return out.getvalue()
+
+
+def sse_events(response) -> list[tuple[float, str, dict]]:  # type: ignore[no-untyped-def]
+    """(arrival time, event name, data) of each Server-Sent Event, as it arrives."""
+    events, name = [], "message"
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            events.append((time.monotonic(), name, json.loads(line.removeprefix("data: "))))
+            name = "message"
+    return events
+
+
+def test_text_explanation_is_per_word(server: ServeCluster) -> None:
+    text = "The cat is on the table, c'est la vie."
+    with server.client() as client:
+        answer = client.post(
+            "/explanations/language?target=fr", content=text, headers={"content-type": "text/plain"}
+        )
+        assert answer.status_code == 200, answer.text
+        explained = answer.json()
+        assert explained["words"] == text.split() and explained["target"] == "fr"
+        best = max(zip(explained["importances"], explained["words"], strict=True))
+        assert best[1] == "c'est"
+        v1 = client.post("/v1/models/language:explain", json={"instances": [text]}).json()
+        assert v1["explanations"][0]["words"] == text.split()
+
+
+def test_speech_segments_stream_as_they_are_found(server: ServeCluster) -> None:
+    recording = long_recording(6)  # about 24 s
+    with server.client(timeout=120) as client:
+        whole = client.post("/predictions/speech", content=recording)
+        assert whole.status_code == 200, whole.text
+        sse = {"accept": "text/event-stream"}
+        with client.stream("POST", "/predictions/speech", content=recording, headers=sse) as streamed:
+            assert streamed.status_code == 200
+            events = sse_events(streamed)
+    segments = [data for _, _, data in events[:-1]]
+    assert len(segments) >= 6 and all(name == "message" for _, name, _ in events)
+    assert {**events[-1][2], "segments": segments} == whole.json()  # the parts are the answer
+    assert events[0][0] < events[-1][0]  # the first segment arrived before the stream ended
+
+
+def test_torchserve_handler_streams_over_http_and_grpc(server: ServeCluster) -> None:
+    request = {"ticks": 4}
+    with server.client() as client:
+        chunked = client.post("/predictions/ticker?stream=true", json=request)
+        assert chunked.status_code == 200, chunked.text
+        lines = [json.loads(line) for line in chunked.text.splitlines()]
+        assert lines == [{"tick": 0}, {"tick": 1}, {"tick": 2}, {"tick": 3}, {"ticks": 4}]
+        whole = client.post("/predictions/ticker", json=request)
+        assert whole.json() == lines  # asked whole: TorchServe's parts, then its final answer
+    stubs = torchserve_stubs()
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        inference = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
+        message = stubs.inference_pb2.PredictionsRequest(
+            model_name="ticker", input={"data": json.dumps(request).encode()}
+        )
+        assert [json.loads(m.prediction) for m in inference.StreamPredictions(message)] == lines
+        failing = stubs.inference_pb2.PredictionsRequest(
+            model_name="ticker", input={"data": json.dumps({"ticks": 4, "fail_at": 2}).encode()}
+        )
+        received = []
+        with pytest.raises(grpc.RpcError) as caught:
+            for m in inference.StreamPredictions(failing):
+                received.append(json.loads(m.prediction))
+        assert received == [{"tick": 0}, {"tick": 1}]
+        assert caught.value.code() == grpc.StatusCode.INTERNAL and "tick 2 failed" in caught.value.details()
+
+
+def test_a_stream_stops_when_its_client_leaves(server: ServeCluster, tmp_path: Path) -> None:
+    counter = tmp_path / "ticks"
+    request = {"ticks": 2000, "interval": 0.02, "count_file": str(counter)}  # 40 s if left alone
+    with (
+        server.client() as client,
+        client.stream("POST", "/predictions/ticker?stream=true", json=request) as r,
+    ):
+        for number, _ in enumerate(r.iter_lines()):
+            if number == 5:
+                break  # leaving the block closes the connection
+    time.sleep(3)  # the cancel travels ingress -> replica -> handler's next tick
+    stopped = int(counter.read_text())
+    time.sleep(2)
+    assert int(counter.read_text()) == stopped < 2000
+
+
+def test_a_failure_midway_ends_the_stream_with_an_error_event(server: ServeCluster) -> None:
+    sse = {"accept": "text/event-stream"}
+    with server.client() as client:
+        with client.stream("POST", "/predictions/ticker", json={"ticks": 5, "fail_at": 3}, headers=sse) as r:
+            assert r.status_code == 200
+            events = sse_events(r)
+        assert [data for _, _, data in events[:3]] == [{"tick": 0}, {"tick": 1}, {"tick": 2}]
+        name, error = events[3][1:]
+        assert name == "error" and error["code"] == 500 and "tick 3 failed" in error["message"]
+        assert client.get("/ping").status_code == 200  # the replica is fine

@@ -121,8 +121,9 @@ def test_kserve_v1_over_plain_http(cluster: ServeCluster, cat_png: bytes) -> Non
         assert client.post("/v1/models/scorer:predict", json={"instances": rows}).json() == {
             "predictions": [{"scores": expected_scores(rows)[0]}]
         }
-        explained = client.post("/v1/models/tiny:explain", json=instances)
-        assert explained.status_code == 501 and explained.json()["type"] == "NotImplementedException"
+        explained = client.post("/v1/models/tiny:explain?n_steps=2", json=instances)
+        assert explained.status_code == 200, explained.text
+        assert len(explained.json()["explanations"][0]) == 3  # [C][H][W] (tests/e2e/test_explanations.py)
 
 
 @pytest.mark.parametrize(("transport", "binary"), [("http", False), ("http", True), ("grpc", True)])

@@ -89,11 +89,19 @@ def test_v1_tensor_instances_are_rows(client: TestClient) -> None:
     assert named.json() == {"predictions": [{"scores": expected_scores(rows[:1])[0]}]}
 
 
-def test_v1_list_ready_and_explain(client: TestClient, router: LocalRouter) -> None:
+def test_v1_list_ready_and_explain(client: TestClient, router: LocalRouter, cat_png: bytes) -> None:
     assert client.get("/v1/models").json() == {"models": ["echo", "scorer", "tiny"]}
     assert client.get("/v1/models/tiny").json() == {"name": "tiny", "ready": True}
-    explained = client.post("/v1/models/tiny:explain", json={"instances": [{"b64": "aGk="}]})
-    assert_error(explained, 501, "NotImplementedException", "Explanations are not available")
+    instances = {"instances": [{"b64": b64(cat_png)}, {"b64": b64(cat_png)}]}
+    explained = client.post("/v1/models/tiny:explain?n_steps=4", json=instances)
+    assert explained.status_code == 200, explained.text
+    maps = explained.json()["explanations"]
+    assert len(maps) == 2 and len(maps[0]) == 3 and len(maps[0][0]) == 56 and len(maps[0][0][0]) == 56
+    not_an_image = client.post("/v1/models/tiny:explain", json={"instances": [{"b64": "aGk="}]})
+    assert_error(not_an_image, 400, "BadRequestException", "instances[0]")
+    assert_error(
+        client.post("/v1/models/echo:explain", json=instances), 501, "NotImplementedException", "echo"
+    )
     assert_error(client.post("/v1/models/nosuch:explain", json={}), 404, "ModelNotFoundException", "nosuch")
     router.down["tiny"] = "weights missing"
     assert client.get("/v1/models/tiny").status_code == 503

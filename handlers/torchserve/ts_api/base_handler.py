@@ -121,7 +121,17 @@ class BaseHandler(abc.ABC):  # noqa: B024 - abstract in name only, as TorchServe
         return None
 
     def explain_handle(self, data_preprocess: Any, raw_data: Any) -> Any:
-        raise NotImplementedError("Explanations (Captum) are not served by raytorch")
+        """Captum explanations: the first request's ``target`` (0 when absent, as TorchServe)
+        and its input go to ``get_insights`` with the preprocessed batch."""
+        row = raw_data[0] if raw_data else None
+        inputs, target = None, 0
+        if isinstance(row, dict):
+            inputs = row.get("data") or row.get("body")
+            target = row.get("target") or 0
+        get_insights = getattr(self, "get_insights", None)
+        if get_insights is None:
+            raise NotImplementedError(f"{type(self).__name__} has no get_insights: no explanations")
+        return get_insights(data_preprocess, inputs, target)
 
     def get_device(self) -> torch.device | None:
         return self.device

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -82,6 +83,17 @@ class Context:
         self.request_processor: list[RequestProcessor] = []
         self.metrics = metrics if metrics is not None else NullMetrics()
         self.model_yaml_config = model_yaml_config or {}
+        # Where send_intermediate_predict_response's values go: straight to a streaming
+        # client (stream_to), else kept per request to be joined with the final answer.
+        self.stream_to: Callable[[Any], None] | None = None
+        self.intermediate: dict[int, list[Any]] = {}
+
+    def send_intermediate(self, idx: int, value: Any) -> None:
+        """One partial answer for request ``idx`` of the batch (see ``stream_to``)."""
+        if self.stream_to is not None:
+            self.stream_to(value)
+        else:
+            self.intermediate.setdefault(idx, []).append(value)
 
     @property
     def system_properties(self) -> dict[str, Any]:
