@@ -25,7 +25,7 @@ from ray import serve
 from deployments.common.messages import Answer, Rejected
 from deployments.common.settings import BatchingConfig, ModelAppArgs
 from deployments.model.executor import InferenceExecutor, decode_pool, machine_cores
-from handlers.errors import RaytorchError
+from deployments.model.input_failures import rejection
 from handlers.registry import create_handler
 from handlers.tensor_data import TensorRequest
 
@@ -102,8 +102,8 @@ class ModelDeployment:
                 # Everyone held here enters the batch queue together when the model frees up.
                 await self._idle.wait()
             answer = await self._run_batch((item, queued))
-        except RaytorchError as exc:
-            return Rejected(exc)
+        except Exception as exc:  # this input's own answer, never its batch-mates' failure
+            return rejection(exc, self._spec.name)
         answer.timings["preprocess_s"] = queued - started
         return answer
 
