@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from deployments.inference.grpc_server import generic_handler, handle_call, metadata_of, open_record
+from deployments.inference.off_loop import parse_off_loop
 from deployments.inference.oip_codec import checked_shape, tensor_from_raw, tensor_to_raw
 from deployments.inference.oip_infer import (
     InferRequest,
@@ -178,7 +179,7 @@ class OpenInferenceServicer:
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def work(record: Any) -> Any:
-            parsed = request_from_proto(request)
+            parsed = await parse_off_loop(request.ByteSize(), request_from_proto, request)
             result = await infer(
                 self._predictor,
                 self._directory,

@@ -22,11 +22,13 @@ from urllib.parse import parse_qsl
 
 from deployments.common.forwarding import ForwardedRequest, ForwardedResponse
 from deployments.common.http_errors import as_raytorch_error, error_json, internal_error
+from deployments.inference.off_loop import parse_off_loop
 from deployments.inference.predictions import Predictor
 from deployments.inference.request_body import (
     MAX_PARTS,
     ClientDisconnected,
     RequestInput,
+    is_multipart,
     read_body,
     split_inputs,
 )
@@ -169,7 +171,8 @@ class HttpEntry:
         else:
             content_type = headers.get("content-type")
             body = await read_body(receive, headers.get("content-length"), self.max_body_bytes)
-            inputs = split_inputs(body, content_type)
+            size = len(body) if is_multipart(content_type) else 0  # a raw body is not parsed
+            inputs = await parse_off_loop(size, split_inputs, body, content_type)
         answers = await self.predictor.predict(record, model, version, inputs)
         # Several multipart 'data' fields are answered as a list, one result per field.
         content = answers[0].result if len(answers) == 1 else [a.result for a in answers]

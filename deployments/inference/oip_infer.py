@@ -134,13 +134,14 @@ async def infer(
         outputs = answers[0].result
         if not isinstance(outputs, list) or not all(isinstance(t, Tensor) for t in outputs):
             raise InferenceError(f"Model {model} answered numeric tensors with something else than tensors")
+    version = answers[0].version
     if not request.outputs:
-        return InferResult(model, answers[0].version, request.id, outputs, [request.binary_outputs] * len(outputs))
+        return InferResult(model, version, request.id, outputs, [request.binary_outputs] * len(outputs))
     by_name = {t.name: t for t in outputs}
     _known(request.outputs, list(by_name))  # again: the version that answered may differ
     chosen = [by_name[r.name] for r in request.outputs]
     binary = [request.binary_outputs if r.binary is None else r.binary for r in request.outputs]
-    return InferResult(model, answers[0].version, request.id, chosen, binary)
+    return InferResult(model, version, request.id, chosen, binary)
 
 
 def _known(requested: list[RequestedOutput], names: list[str]) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from deployments.common.messages import Answer, Rejected
-from deployments.common.settings import ModelAppArgs, PoolArgs
+from deployments.common.settings import PoolArgs
 from deployments.model.deployment import ModelDeployment
 from deployments.pool.deployment import PoolDeployment
 from handlers.errors import BadInputError
@@ -19,7 +19,7 @@ from handlers.torchserve.adapter import request_row
 from tests.fixtures.specs import scorer_spec
 
 DEEP_JSON = b"[" * 100_000 + b"]" * 100_000
-HUGE_INT_JSON = b'{"features": [[' + b"9" * 5000 + b', 0, 0, 0]]}'
+HUGE_INT_JSON = b'{"features": [[' + b"9" * 5000 + b", 0, 0, 0]]}"
 
 
 class RaisingHandler:

@@ -78,9 +78,8 @@ def test_header_lengths_that_are_not_plain_digits_are_400(value: str) -> None:
     ids=["product-overflows-int64", "zero-times-huge", "dimension-over-int64", "rank-100"],
 )
 def test_impossible_shapes_are_400(shape: list[int], tail: bytes) -> None:
-    body, length = binary_request(
-        [{"name": "x", "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": len(tail)}}], tail
-    )
+    tensor = {"name": "x", "shape": shape, "datatype": "FP32", "parameters": {"binary_data_size": len(tail)}}
+    body, length = binary_request([tensor], tail)
     with pytest.raises(BadInputError, match="shape"):
         parse_request(body, length)
 
@@ -94,7 +93,8 @@ def test_grpc_shape_whose_product_overflows_is_400() -> None:
 
 
 def test_a_5000_digit_integer_in_a_shape_is_400() -> None:
-    body = ('{"inputs": [{"name": "x", "datatype": "FP32", "shape": [' + "9" * 5000 + '], "data": [1]}]}').encode()
+    shape = "[" + "9" * 5000 + "]"
+    body = ('{"inputs": [{"name": "x", "datatype": "FP32", "shape": ' + shape + ', "data": [1]}]}').encode()
     with pytest.raises(BadInputError, match="digits"):
         parse_request(body, None)
 
