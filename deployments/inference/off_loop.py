@@ -7,7 +7,7 @@ Bigger ones go to a small thread pool, whose size also bounds how many are parse
 parsers written in Python (splitting binary tensors, multipart, per-element checks) give the
 loop the interpreter every few milliseconds there. A JSON parse does not (``json.loads`` runs
 in C holding the interpreter throughout), so JSON bodies from :data:`PROCESS_BYTES` on are
-parsed in a child process (:mod:`deployments.inference.parse_worker`).
+parsed in a child process (:mod:`deployments.inference.parse_worker`) once it runs.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 from deployments.inference.parse_worker import PARSERS, worker
 
 OFF_LOOP_BYTES = 64 * 1024
-# About 50 ms of json.loads of numbers on a loaded 2-core machine: below it a parse in place
-# (on a thread) costs the loop less than the trip to the child.
-PROCESS_BYTES = 1024 * 1024
+# About 30 ms of json.loads of numbers on a loaded 2-core machine: below it a parse on a thread
+# holds the loop less than that.
+PROCESS_BYTES = 512 * 1024
 PARSE_THREADS = 2
 T = TypeVar("T")
 logger = logging.getLogger("raytorch.ingress")
@@ -38,9 +38,9 @@ async def parse_off_loop(size: int, parse: Callable[..., T], *args: Any) -> T:
     if size < OFF_LOOP_BYTES:
         return parse(*args)
     name = f"{parse.__module__}:{parse.__qualname__}"
-    if size >= PROCESS_BYTES and name in PARSERS:
+    if size >= PROCESS_BYTES and name in PARSERS and worker().ready():
         try:
             return await worker().parse(name, *args)
-        except (OSError, EOFError, asyncio.IncompleteReadError) as exc:  # the child could not run
+        except (OSError, EOFError) as exc:  # the child died (IncompleteReadError is an EOFError)
             logger.warning("The parser process failed (%s); parsing on a thread instead", exc)
     return await asyncio.get_running_loop().run_in_executor(_parsers, parse, *args)

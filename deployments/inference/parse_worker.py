@@ -3,23 +3,28 @@
 A thread does not help a JSON parse: ``json.loads`` (and numpy turning the lists into an
 array) run in C without ever releasing Python's interpreter lock, so 20 MB of numbers would
 hold the event loop, ``/ping`` included, for a second. The parsers named in :data:`PARSERS`
-therefore run here, in one child process started on first use (``python -m`` this module) and
-again after it dies, one parse at a time. The request goes over the child's stdin and the
-parsed request comes back on its stdout, both pickled: what comes back is compact (numeric
-tensors as raw bytes, at most 64 ``BYTES`` elements), so reading it costs the loop
-microseconds. Errors come back as the same exceptions (a :class:`BadInputError` stays a 400).
+therefore run here, in one child process, one parse at a time. The child starts (``python -m``
+this module) when the first big body arrives, and again after it dies; until it has imported
+its parsers, big bodies are parsed on a thread, so no request waits for it to start. The
+request goes over the child's stdin and the parsed request comes back on its stdout, both
+pickled: what comes back is compact (numeric tensors as raw bytes; media requests hold at
+most 64 ``BYTES`` elements), so reading it costs the loop little. Errors come back as the same
+exceptions (a :class:`BadInputError` stays a 400).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import os
 import pickle
 import struct
 import sys
 import weakref
 from typing import Any
+
+logger = logging.getLogger("raytorch.ingress")
 
 # "module:function" of each parser the child may run (nothing else is ever called there).
 PARSERS = frozenset(
@@ -29,6 +34,7 @@ PARSERS = frozenset(
     }
 )
 _FRAME = struct.Struct("<Q")
+_READY = b"ready"
 
 
 class ParseWorker:
@@ -36,13 +42,48 @@ class ParseWorker:
 
     def __init__(self) -> None:
         self._process: asyncio.subprocess.Process | None = None
+        self._starting: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
+    def ready(self) -> bool:
+        """True when the child runs and has its parsers loaded; else start it (in the background)."""
+        if self._process is not None and self._process.returncode is None and self._starting is None:
+            return True
+        if self._starting is None:
+            self._process = None
+            self._starting = asyncio.get_running_loop().create_task(self._start_in_background())
+        return False
+
+    async def _start_in_background(self) -> None:
+        try:
+            await self.start()
+        except Exception as exc:  # big bodies keep being parsed on a thread; tried again later
+            logger.warning("The JSON parser process did not start: %s", exc)
+
+    async def start(self) -> None:
+        """Start the child and wait until it has imported its parsers."""
+        # The child imports what this process imports (Ray workers extend sys.path).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", __name__, env=env,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            assert process.stdout is not None
+            if await process.stdout.readexactly(len(_READY)) != _READY:
+                process.kill()
+                raise EOFError("the parser process did not start")
+            self._process = process
+        finally:
+            self._starting = None
+
     async def parse(self, parser: str, *args: Any) -> Any:
-        """``parser(*args)`` in the child; raises what it raised."""
+        """``parser(*args)`` in the child (which :meth:`ready` said is up); raises what it raised."""
         payload = pickle.dumps((parser, args), protocol=pickle.HIGHEST_PROTOCOL)
         async with self._lock:
-            process = await self._started()
+            process = self._process
+            if process is None or process.returncode is not None:
+                raise EOFError("the parser process is not running")
             assert process.stdin is not None and process.stdout is not None
             try:
                 process.stdin.write(_FRAME.pack(len(payload)) + payload)
@@ -57,25 +98,18 @@ class ParseWorker:
             return value
         raise value
 
-    async def _started(self) -> asyncio.subprocess.Process:
-        if self._process is None or self._process.returncode is not None:
-            # The child imports what this process imports (Ray workers extend sys.path).
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-            self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                __name__,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                env=env,
-            )
-        return self._process
-
     def stop(self) -> None:
         """End the child (the next parse starts another)."""
         if self._process is not None and self._process.returncode is None:
             self._process.kill()
         self._process = None
+
+    async def close(self) -> None:
+        """End the child and wait for it (before its event loop closes)."""
+        process = self._process
+        self.stop()
+        if process is not None:
+            await process.wait()
 
 
 _workers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ParseWorker] = weakref.WeakKeyDictionary()
@@ -104,6 +138,10 @@ def main() -> None:
     source = sys.stdin.buffer
     sink = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print (an import's warning) must not corrupt the answers
+    for parser in sorted(PARSERS):
+        importlib.import_module(parser.split(":")[0])
+    sink.write(_READY)
+    sink.flush()
     while True:
         head = source.read(_FRAME.size)
         if len(head) < _FRAME.size:  # the ingress closed the pipe: it is gone

@@ -17,6 +17,7 @@ import io
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -66,6 +67,13 @@ def empty_bytes_elements() -> tuple[bytes, dict[str, str]]:
     return header + tail, headers
 
 
+def numbers_json() -> tuple[bytes, dict[str, str]]:
+    count = (BODY_LIMIT - 1000) // 4  # "0.5," per element: about 0.9 MB of JSON numbers
+    data = ",".join(["0.5"] * count)
+    tensor = f'{{"name": "data", "datatype": "FP32", "shape": [{count}], "data": [{data}]}}'
+    return ('{"inputs": [' + tensor + "]}").encode(), {"content-type": "application/json"}
+
+
 def huge_shape_integer() -> tuple[bytes, dict[str, str]]:
     body = (
         '{"inputs": [{"name": "data", "datatype": "BYTES", "shape": [' + "9" * 5000 + '], "data": ["aGk="]}]}'
@@ -96,7 +104,38 @@ CASES = {
         "preprocess.max_pixels",
     ),
     "5000-digit shape": ("POST", f"/v2/models/{MODEL}/infer", huge_shape_integer, 400, "digits"),
+    # Not in the issue's table: the JSON parse that holds the interpreter (a child process's job).
+    "0.9 MB of JSON numbers": ("POST", f"/v2/models/{MODEL}/infer", numbers_json, 400, "BYTES"),
 }
+
+
+def parser_processes(cluster: ServeCluster) -> list[int]:
+    """PIDs of the ingress's JSON parser process (found by this cluster's RAY_TMPDIR)."""
+    marker = f"RAY_TMPDIR={cluster.workdir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (
+                entry.name.isdigit()
+                and b"deployments.inference.parse_worker" in (entry / "cmdline").read_bytes()
+                and marker in (entry / "environ").read_bytes().split(b"\0")
+            ):
+                found.append(int(entry.name))
+        except OSError:  # exited meanwhile, or not ours to read
+            continue
+    return found
+
+
+def idle(pid: int) -> bool:
+    """True when ``pid`` used no CPU for a second (the parser process waits for work)."""
+
+    def cpu_ticks() -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    before = cpu_ticks()
+    time.sleep(1.0)
+    return cpu_ticks() == before
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -105,6 +144,11 @@ def test_hostile_request_is_a_quick_4xx_while_ping_answers(
 ) -> None:
     method, path, build, status, fragment = CASES[case]
     body, headers = build()
+    if case == "0.9 MB of JSON numbers":  # the first big JSON body starts the parser process
+        with quickstart.client(timeout=60) as client:
+            assert client.request(method, path, content=body, headers=headers).status_code == status
+        quickstart.wait_for(lambda: bool(parser_processes(quickstart)), timeout=120, what="the parser")
+        quickstart.wait_for(lambda: idle(parser_processes(quickstart)[0]), timeout=120, what="its imports")
     assert len(body) <= BODY_LIMIT, "the case must reach the parser, not the body limit"
     pings: list[float] = []
     done = threading.Event()

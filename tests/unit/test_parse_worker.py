@@ -37,9 +37,10 @@ def test_a_big_json_body_never_holds_the_loop() -> None:
     body = numbers_body(count)
 
     async def scenario() -> tuple[object, float]:
+        await worker().start()  # until it runs, big bodies go to a thread: nobody waits for it
         work = asyncio.ensure_future(parse_off_loop(len(body), parse_request, body, None))
         lag = await max_lag_while(work)
-        worker().stop()
+        await worker().close()
         return await work, lag
 
     request, lag = asyncio.run(scenario())
@@ -52,10 +53,11 @@ def test_the_child_raises_the_parsers_own_errors_and_survives_them() -> None:
     padding = b" " * PROCESS_BYTES  # JSON allows it: big enough to go to the child
 
     async def scenario() -> list:
+        await worker().start()
         bad = parse_off_loop(len(padding), parse_instances, b'{"instances": 7}' + padding)
         good = parse_off_loop(len(padding), parse_instances, b'{"instances": ["hi"]}' + padding)
         answers = await asyncio.gather(bad, good, return_exceptions=True)
-        worker().stop()
+        await worker().close()
         return answers
 
     bad, good = asyncio.run(scenario())
@@ -65,15 +67,23 @@ def test_the_child_raises_the_parsers_own_errors_and_survives_them() -> None:
     assert [item.data for item in good] == [b"hi"]
 
 
-def test_a_dead_child_is_replaced_at_the_next_parse() -> None:
+def test_a_dead_child_is_replaced_and_parses_go_on_meanwhile() -> None:
     padding = b" " * PROCESS_BYTES
 
-    async def scenario() -> list:
+    async def scenario() -> tuple[list[bytes], int, int]:
+        child = worker()
+        await child.start()
         first = await parse_off_loop(len(padding), parse_instances, b'{"instances": ["a"]}' + padding)
-        worker()._process.kill()  # as the OOM killer would
-        await worker()._process.wait()
+        dead = child._process
+        dead.kill()  # as the OOM killer would
+        await dead.wait()
         second = await parse_off_loop(len(padding), parse_instances, b'{"instances": ["b"]}' + padding)
-        worker().stop()
-        return [first[0].data, second[0].data]
+        while not child.ready():  # the next big body started a new child
+            await asyncio.sleep(0.05)
+        third = await parse_off_loop(len(padding), parse_instances, b'{"instances": ["c"]}' + padding)
+        new_pid = child._process.pid
+        await child.close()
+        return [first[0].data, second[0].data, third[0].data], dead.pid, new_pid
 
-    assert asyncio.run(scenario()) == [b"a", b"b"]
+    answers, dead_pid, new_pid = asyncio.run(scenario())
+    assert answers == [b"a", b"b", b"c"] and new_pid != dead_pid
