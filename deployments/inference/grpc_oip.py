@@ -75,12 +75,13 @@ def request_from_proto(message: Any) -> InferRequest:
         field = CONTENTS_FIELD.get(tensor.datatype)
         if field is None:
             raise BadInputError(f"{where}: {tensor.datatype} data travels only in raw_input_contents")
-        values = list(getattr(tensor.contents, field))
-        if len(values) != element_count(shape):
+        contents = getattr(tensor.contents, field)
+        if len(contents) != element_count(shape):  # counted before any element is copied
             raise BadInputError(
-                f"{where}: {len(values)} elements of data, but shape {list(shape)} holds "
+                f"{where}: {len(contents)} elements of data, but shape {list(shape)} holds "
                 f"{element_count(shape)}"
             )
+        values = list(contents)
         data = values if tensor.datatype == BYTES else json_to_array(values, tensor.datatype, where).tobytes()
         tensors.append(Tensor(tensor.name, tensor.datatype, shape, data))
     outputs = checked_outputs([RequestedOutput(o.name) for o in message.outputs])

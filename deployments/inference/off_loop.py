@@ -21,8 +21,7 @@ from typing import Any, TypeVar
 from deployments.inference.parse_worker import PARSERS, worker
 
 OFF_LOOP_BYTES = 64 * 1024
-# About 30 ms of json.loads of numbers on a loaded 2-core machine: below it a parse on a thread
-# holds the loop less than that.
+# Below it, json.loads on a thread holds the loop for a few tens of milliseconds at most.
 PROCESS_BYTES = 512 * 1024
 PARSE_THREADS = 2
 T = TypeVar("T")

@@ -2,7 +2,7 @@
 
 A thread does not help a JSON parse: ``json.loads`` (and numpy turning the lists into an
 array) run in C without ever releasing Python's interpreter lock, so 20 MB of numbers would
-hold the event loop, ``/ping`` included, for a second. The parsers named in :data:`PARSERS`
+hold the event loop, ``/ping`` included, for the whole parse. The parsers named in :data:`PARSERS`
 therefore run here, in one child process, one parse at a time. The child starts (``python -m``
 this module) when the first big body arrives, and again after it dies; until it has imported
 its parsers, big bodies are parsed on a thread, so no request waits for it to start. The
