@@ -61,8 +61,8 @@ def instance_input(instance: object, index: int) -> RequestInput:
     return RequestInput(json.dumps(instance).encode(), "application/json")
 
 
-def parse_instances(body: bytes) -> list[RequestInput]:
-    """The inputs of a ``:predict`` body; 400 saying where it is broken."""
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body's JSON object; 400 saying where it is broken."""
     try:
         document = json.loads(body)
     except UnicodeDecodeError:
@@ -77,7 +77,19 @@ def parse_instances(body: bytes) -> list[RequestInput]:
         ) from None
     if not isinstance(document, dict):
         raise BadInputError(f"JSON body must be an object, not {type(document).__name__}")
-    instances = document.get("instances")
+    return document
+
+
+async def read_json(request: Request, max_body_bytes: int) -> dict[str, Any]:
+    """The request's JSON object (parsed off the event loop when big); 400 saying where it is
+    broken."""
+    body = await read_body(request.receive, request.headers.get("content-length"), max_body_bytes)
+    return await parse_off_loop(len(body), parse_json_object, body)
+
+
+def parse_instances(body: bytes) -> list[RequestInput]:
+    """The inputs of a ``:predict`` body; 400 saying what is wrong."""
+    instances = parse_json_object(body).get("instances")
     if not isinstance(instances, list):
         raise BadInputError("'instances' must be a list")
     if not instances:
