@@ -45,7 +45,7 @@ class ImageClassifier(TopKClassifier):
         p = self.spec.preprocess
         # Resize and crop on the uint8 PIL image: cheaper than on a float tensor.
         if p.resize:
-            image = resize_shorter_side(image, p.resize, p.interpolation)
+            image = resize_shorter_side(image, p.resize, p.interpolation, p.max_pixels)
         if p.crop:
             image = center_crop(image, p.crop)
         return to_uint8_tensor(image)

@@ -1,5 +1,8 @@
 """Decode and validate one image request, before it joins a batch.
 
+Only the formats the handlers document are opened (:data:`IMAGE_FORMATS`): Pillow knows dozens
+more, some of which run external programs (EPS runs Ghostscript) or parse rarely used code.
+
 Decoded images are what costs memory (width x height x 3-4 bytes, however small the file), so
 besides the per-image pixel limit, a process holds at most :data:`DECODE_BUDGET_PIXELS` decoded
 pixels at once (:class:`PixelBudget`): the inputs of a 64-input request, or 64 requests, wait
@@ -27,6 +30,9 @@ from handlers.errors import (
 # ordinary photos. One image over it (a model with a higher max_pixels) is decoded alone.
 DECODE_BUDGET_PIXELS = 2 * 4096 * 4096
 BUDGET_WAIT_S = 30.0
+
+# What image handlers open (docs/handlers.md); Pillow's JPEG reader includes MPO (phone photos).
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
 # Declared types that are certainly not an image. Anything else (no type, octet-stream, the
 # form-urlencoded type curl sets for --data-binary) is judged by the bytes themselves.
@@ -77,6 +83,46 @@ class PixelBudget:
 DECODE_BUDGET = PixelBudget(DECODE_BUDGET_PIXELS)
 
 
+def _refused_format(data: bytes) -> str | None:
+    """The name of a format Pillow recognises in ``data``'s first bytes but we do not open,
+    from Pillow's own signature checks (they read a prefix, never parse the file)."""
+    Image.init()
+    prefix = data[:16]
+    for name, (_, accept) in Image.OPEN.items():
+        try:
+            if name not in IMAGE_FORMATS and accept is not None and accept(prefix) is True:
+                return name
+        except Exception:  # a check that needs more bytes than there are: not that format
+            continue
+    return None
+
+
+def open_image(data: bytes) -> Image.Image:
+    """``Image.open`` limited to :data:`IMAGE_FORMATS` (lazy: the header is read, not the
+    pixels); 415 naming a format Pillow knows but we refuse, ``UnidentifiedImageError`` for
+    anything else."""
+    try:
+        return Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+    except UnidentifiedImageError:
+        refused = _refused_format(data)
+        if refused is None:
+            raise
+        raise UnsupportedMediaTypeError(
+            f"Image format {refused} is not accepted: send {', '.join(IMAGE_FORMATS)}"
+        ) from None
+
+
+def check_aspect_ratio(size: tuple[int, int], limit: float) -> None:
+    """Refuse (400) an image whose long side is over ``limit`` times its short side: a resize
+    of its short side to a model's size would make it huge (1x8000 pixels become 256x2048000)."""
+    width, height = size
+    if max(width, height) > limit * max(1, min(width, height)):
+        raise BadInputError(
+            f"Image is {width}x{height}: its aspect ratio is over the limit (at most {limit:g}:1), "
+            "so resizing it for the model would take more memory than a photo may"
+        )
+
+
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode ``data`` into an RGB image, refusing empty, corrupt or oversized images."""
     if not data:
@@ -87,7 +133,7 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             # We enforce our own pixel limit below; PIL's warning would only add noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = open_image(data)
             width, height = image.size
             if width * height > max_pixels:
                 raise PayloadTooLargeError(

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from handlers.errors import BadInputError
+
 # Names of `preprocess.interpolation`, shared by every image handler.
 RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -20,12 +22,21 @@ RESAMPLING = {
 }
 
 
-def resize_shorter_side(image: Image.Image, size: int, interpolation: str) -> Image.Image:
-    """Resize so the shorter side is ``size`` pixels, keeping the aspect ratio."""
+def resize_shorter_side(
+    image: Image.Image, size: int, interpolation: str, max_pixels: int | None = None
+) -> Image.Image:
+    """Resize so the shorter side is ``size`` pixels, keeping the aspect ratio; 400 when the
+    result would have more than ``max_pixels`` (a thin image: 8000x1 becomes 2048000x256)."""
     width, height = image.size
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = size, int(size * long / short)
     new_width, new_height = (new_short, new_long) if width <= height else (new_long, new_short)
+    if max_pixels is not None and new_width * new_height > max_pixels:
+        raise BadInputError(
+            f"Image is {width}x{height}: resizing its shorter side to {size} would make it "
+            f"{new_width}x{new_height} = {new_width * new_height} pixels, over preprocess.max_pixels "
+            f"({max_pixels}); its aspect ratio is too extreme"
+        )
     if (new_width, new_height) == (width, height):
         return image
     return image.resize((new_width, new_height), resample=RESAMPLING[interpolation])

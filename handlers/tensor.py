@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,10 @@ class TensorHandler(BaseHandler):
             raise BadInputError(
                 f"Model {self.spec.name} takes tensors: send JSON ({{input name: nested list}}) or a "
                 f".npy file, or use the Open Inference Protocol (/v2/models/{self.spec.name}/infer)"
+            ) from None
+        except ValueError:  # not a JSONDecodeError: Python's limit on the digits of an integer
+            raise BadInputError(
+                f"Invalid JSON: a number has more than {sys.get_int_max_str_digits()} digits"
             ) from None
         if not isinstance(document, dict):
             if len(self.options.inputs) != 1:

@@ -15,6 +15,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from handlers.errors import InferenceError
+
 Item = tuple[Any, str | None]  # (body: bytes or a decoded tensor request, content type)
 Send = Callable[[list[Item], str], Awaitable[list[Any]]]
 
@@ -32,8 +34,9 @@ class CallGrouper:
     """Groups the inputs submitted during one event-loop turn for one model version.
 
     ``send(items, request_id)`` makes the Serve call and returns one result per item (or
-    raises, failing every item of the group); ``replicas()`` says how many groups to split
-    into.
+    raises, failing every item of the group: the replica answers each input's own failure as
+    a result, so only a failed call, such as a lost replica, fails the group); ``replicas()``
+    says how many groups to split into.
     """
 
     def __init__(self, send: Send, replicas: Callable[[], int]) -> None:
@@ -62,6 +65,8 @@ class CallGrouper:
     async def _call(self, group: list[tuple[Item, str, asyncio.Future[Any]]]) -> None:
         try:
             results = await self._send([item for item, _, _ in group], group[0][1])
+            if len(results) != len(group):  # else some inputs would wait for an answer forever
+                raise InferenceError(f"The model answered {len(results)} answers for {len(group)} inputs")
         except BaseException as exc:  # the whole group shares the call's fate
             for _, _, future in group:
                 if not future.done():

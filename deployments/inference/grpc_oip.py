@@ -15,8 +15,16 @@ from typing import Any
 import grpc
 
 from deployments.inference.grpc_server import generic_handler, handle_call, metadata_of, open_record
-from deployments.inference.oip_codec import tensor_from_raw, tensor_to_raw
-from deployments.inference.oip_infer import InferRequest, InferResult, RequestedOutput, infer
+from deployments.inference.off_loop import parse_off_loop
+from deployments.inference.oip_codec import checked_shape, tensor_from_raw, tensor_to_raw
+from deployments.inference.oip_infer import (
+    InferRequest,
+    InferResult,
+    RequestedOutput,
+    check_media_elements,
+    checked_outputs,
+    infer,
+)
 from deployments.inference.open_inference import server_metadata
 from deployments.inference.predictions import Predictor
 from deployments.inference.routes import Directory
@@ -49,28 +57,34 @@ def request_from_proto(message: Any) -> InferRequest:
     if raw and len(raw) != len(message.inputs):
         raise BadInputError(f"raw_input_contents holds {len(raw)} tensors for {len(message.inputs)} inputs")
     tensors = []
+    shapes = []
     for i, tensor in enumerate(message.inputs):
         where = f"inputs[{i}] ({tensor.name})"
-        if tensor.datatype not in DATATYPES:
-            raise BadInputError(f"{where}: datatype {tensor.datatype!r} is not one of {', '.join(DATATYPES)}")
         shape = tuple(tensor.shape)
         if any(d < 0 for d in shape):
             raise BadInputError(f"{where}: shape {list(shape)} has a negative dimension")
+        shapes.append(checked_shape(shape, where))
+    check_media_elements([(t.datatype, shape) for t, shape in zip(message.inputs, shapes, strict=True)])
+    for i, (tensor, shape) in enumerate(zip(message.inputs, shapes, strict=True)):
+        where = f"inputs[{i}] ({tensor.name})"
+        if tensor.datatype not in DATATYPES:
+            raise BadInputError(f"{where}: datatype {tensor.datatype!r} is not one of {', '.join(DATATYPES)}")
         if raw:
             tensors.append(tensor_from_raw(tensor.name, tensor.datatype, shape, raw[i], where))
             continue
         field = CONTENTS_FIELD.get(tensor.datatype)
         if field is None:
             raise BadInputError(f"{where}: {tensor.datatype} data travels only in raw_input_contents")
-        values = list(getattr(tensor.contents, field))
-        if len(values) != element_count(shape):
+        contents = getattr(tensor.contents, field)
+        if len(contents) != element_count(shape):  # counted before any element is copied
             raise BadInputError(
-                f"{where}: {len(values)} elements of data, but shape {list(shape)} holds "
+                f"{where}: {len(contents)} elements of data, but shape {list(shape)} holds "
                 f"{element_count(shape)}"
             )
+        values = list(contents)
         data = values if tensor.datatype == BYTES else json_to_array(values, tensor.datatype, where).tobytes()
         tensors.append(Tensor(tensor.name, tensor.datatype, shape, data))
-    outputs = [RequestedOutput(o.name) for o in message.outputs]
+    outputs = checked_outputs([RequestedOutput(o.name) for o in message.outputs])
     return InferRequest(tensors, message.id, outputs)
 
 
@@ -166,7 +180,7 @@ class OpenInferenceServicer:
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def work(record: Any) -> Any:
-            parsed = request_from_proto(request)
+            parsed = await parse_off_loop(request.ByteSize(), request_from_proto, request)
             result = await infer(
                 self._predictor,
                 self._directory,

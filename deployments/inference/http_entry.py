@@ -22,11 +22,13 @@ from urllib.parse import parse_qsl
 
 from deployments.common.forwarding import ForwardedRequest, ForwardedResponse
 from deployments.common.http_errors import as_raytorch_error, error_json, internal_error
+from deployments.inference.off_loop import parse_off_loop
 from deployments.inference.predictions import Predictor
 from deployments.inference.request_body import (
     MAX_PARTS,
     ClientDisconnected,
     RequestInput,
+    is_multipart,
     read_body,
     split_inputs,
 )
@@ -171,7 +173,8 @@ class HttpEntry:
         else:
             content_type = headers.get("content-type")
             body = await read_body(receive, headers.get("content-length"), self.max_body_bytes)
-            inputs = split_inputs(body, content_type)
+            size = len(body) if is_multipart(content_type) else 0  # a raw body is not parsed
+            inputs = await parse_off_loop(size, split_inputs, body, content_type)
         mode = stream_mode(headers, scope.get("query_string", b""))
         if mode is not None:  # partial answers as they come (deployments/inference/streaming.py)
             await self.streams.respond(send, receive, record, model, version, inputs, mode)

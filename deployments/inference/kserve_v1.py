@@ -9,6 +9,9 @@ model as JSON: what the ``tensor`` handler reads. ``:explain`` takes the same in
 answers ``{"explanations": [...]}``, one per instance (:mod:`deployments.inference.explanations`;
 query parameters ``target``, ``n_steps``, ``format=png``: each heat map as ``{"b64": ...}``).
 Errors keep TorchServe's ``{"code", "type", "message"}`` shape, like the rest of the API.
+
+JSON has no infinity or NaN: a prediction holding one answers it as ``null`` (what pydantic and
+orjson write for them), never a 500.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI, Path, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from deployments.inference.explanations import Explainer, explain_request
+from deployments.inference.off_loop import parse_off_loop
 from deployments.inference.predictions import MAX_INPUTS, Predictor
 from deployments.inference.request_body import RequestInput, read_body
 from deployments.inference.telemetry import record_of
@@ -58,9 +64,8 @@ def instance_input(instance: object, index: int) -> RequestInput:
     return RequestInput(json.dumps(instance).encode(), "application/json")
 
 
-async def read_json(request: Request, max_body_bytes: int) -> dict[str, Any]:
-    """The request's JSON object; 400 saying where it is broken."""
-    body = await read_body(request.receive, request.headers.get("content-length"), max_body_bytes)
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body's JSON object; 400 saying where it is broken."""
     try:
         document = json.loads(body)
     except UnicodeDecodeError:
@@ -69,9 +74,50 @@ async def read_json(request: Request, max_body_bytes: int) -> dict[str, Any]:
         raise BadInputError(f"Invalid JSON body: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise BadInputError("Invalid JSON body: nested too deeply") from None
+    except ValueError:  # not a JSONDecodeError: Python's limit on the digits of an integer
+        raise BadInputError(
+            f"Invalid JSON body: a number has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     if not isinstance(document, dict):
         raise BadInputError(f"JSON body must be an object, not {type(document).__name__}")
     return document
+
+
+async def read_json(request: Request, max_body_bytes: int) -> dict[str, Any]:
+    """The request's JSON object (parsed off the event loop when big); 400 saying where it is
+    broken."""
+    body = await read_body(request.receive, request.headers.get("content-length"), max_body_bytes)
+    return await parse_off_loop(len(body), parse_json_object, body)
+
+
+def parse_instances(body: bytes) -> list[RequestInput]:
+    """The inputs of a ``:predict`` body; 400 saying what is wrong."""
+    instances = parse_json_object(body).get("instances")
+    if not isinstance(instances, list):
+        raise BadInputError("'instances' must be a list")
+    if not instances:
+        raise BadInputError("'instances' holds no input")
+    if len(instances) > MAX_INPUTS:
+        raise BadInputError(f"'instances' holds {len(instances)} inputs; at most {MAX_INPUTS} per request")
+    return [instance_input(instance, i) for i, instance in enumerate(instances)]
+
+
+def finite_json(value: Any) -> bytes:
+    """``value`` as JSON, infinities and NaN written as ``null`` (JSON has neither)."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":")).encode()
+    except ValueError:
+        return json.dumps(_nulls(value), allow_nan=False, separators=(",", ":")).encode()
+
+
+def _nulls(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _nulls(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nulls(v) for v in value]
+    return value
 
 
 def add_kserve_v1_routes(
@@ -85,24 +131,17 @@ def add_kserve_v1_routes(
     """Add the v1 routes to the inference ``app``."""
 
     async def read_instances(request: Request) -> list[RequestInput]:
-        instances = (await read_json(request, max_body_bytes)).get("instances")
-        if not isinstance(instances, list):
-            raise BadInputError("'instances' must be a list")
-        if not instances:
-            raise BadInputError("'instances' holds no input")
-        if len(instances) > MAX_INPUTS:
-            raise BadInputError(
-                f"'instances' holds {len(instances)} inputs; at most {MAX_INPUTS} per request"
-            )
-        return [instance_input(instance, i) for i, instance in enumerate(instances)]
+        body = await read_body(request.receive, request.headers.get("content-length"), max_body_bytes)
+        return await parse_off_loop(len(body), parse_instances, body)
 
-    async def predict(request: Request, model: str, version: str | None) -> JSONResponse:
+    async def predict(request: Request, model: str, version: str | None) -> Response:
         await authorize(request.headers.get("authorization"))
         inputs = await read_instances(request)
         record = record_of(request.scope)
         answers = await predictor.predict(record, model, version, inputs, where="instances")
-        body = {"predictions": [a.result for a in answers]}
-        return JSONResponse(body, headers={"x-model-version": answers[0].version})
+        content = finite_json({"predictions": [a.result for a in answers]})
+        headers = {"x-model-version": answers[0].version}
+        return Response(content, media_type="application/json", headers=headers)
 
     async def explain(request: Request, model: str, version: str | None) -> JSONResponse:
         await authorize(request.headers.get("authorization"))

@@ -15,24 +15,63 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import struct
+import sys
 from typing import Any
 
 import numpy as np
 
-from deployments.inference.oip_infer import InferRequest, InferResult, RequestedOutput
+from deployments.inference.oip_infer import (
+    InferRequest,
+    InferResult,
+    RequestedOutput,
+    check_media_elements,
+    checked_outputs,
+)
 from handlers.errors import BadInputError
 from handlers.tensor_data import BYTES, DATATYPES, Tensor, element_count
 from handlers.tensor_json import NUMPY_DTYPES, array_to_json, json_to_array, raw_to_array
 
 HEADER_LENGTH = "inference-header-content-length"
 _LENGTH = struct.Struct("<I")
+# A shape's dimensions and the product of its non-zero ones: far above any tensor a request
+# body can hold (the product must match the data), low enough that numpy and torch never
+# overflow on a shape that passed (a zero dimension makes no data, but numpy still multiplies
+# the others).
+MAX_RANK = 32
+MAX_SHAPE_ELEMENTS = 2**40
 
 
-def split_bytes_elements(raw: bytes, where: str) -> list[bytes]:
-    """BYTES elements from their binary form: each a 4-byte little-endian length, then the bytes."""
+def checked_shape(shape: list[int] | tuple[int, ...], where: str) -> tuple[int, ...]:
+    """``shape`` when it can be a tensor's; 400 naming the limit it breaks."""
+    if len(shape) > MAX_RANK:
+        raise BadInputError(f"{where}.shape has {len(shape)} dimensions; at most {MAX_RANK}")
+    if math.prod(d for d in shape if d) > MAX_SHAPE_ELEMENTS:
+        raise BadInputError(
+            f"{where}.shape {str(list(shape))[:80]} is impossible: its non-zero dimensions multiply "
+            f"to more than {MAX_SHAPE_ELEMENTS} elements"
+        )
+    return tuple(shape)
+
+
+def split_bytes_elements(raw: bytes, where: str, shape: tuple[int, ...] | None = None) -> list[bytes]:
+    """BYTES elements from their binary form: each a 4-byte little-endian length, then the bytes.
+
+    With the tensor's ``shape``, a count the data cannot hold is refused before looping, and
+    the loop stops at the first element too many: the work is bounded by the shape, however
+    many (empty) elements the body packs.
+    """
+    expected = None if shape is None else element_count(shape)
+    if expected is not None and expected > len(raw) // 4:
+        raise BadInputError(
+            f"{where}: {len(raw)} bytes of data hold at most {len(raw) // 4} BYTES elements "
+            f"(a 4-byte length each), but shape {list(shape or ())} holds {expected}"
+        )
     elements, offset = [], 0
     while offset < len(raw):
+        if len(elements) == expected:
+            raise BadInputError(f"{where}: the data holds more elements than shape {list(shape or ())} holds")
         if offset + 4 > len(raw):
             raise BadInputError(f"{where}: BYTES data ends inside an element's 4-byte length")
         (size,) = _LENGTH.unpack_from(raw, offset)
@@ -52,7 +91,7 @@ def join_bytes_elements(elements: list[bytes]) -> bytes:
 def tensor_from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes, where: str) -> Tensor:
     """A tensor from its binary form, its size checked against its shape."""
     if datatype == BYTES:
-        elements = split_bytes_elements(raw, where)
+        elements = split_bytes_elements(raw, where, shape)
         _check_count(len(elements), shape, where)
         return Tensor(name, datatype, shape, elements)
     raw_to_array(raw, datatype, shape, where)  # size check
@@ -74,12 +113,25 @@ def _check_count(count: int, shape: tuple[int, ...], where: str) -> None:
 
 
 def _flatten(values: Any) -> list:
+    # A loop, not recursion: nesting as deep as the JSON parser allows must not overflow here.
     if not isinstance(values, list):
         return [values]
-    return [leaf for value in values for leaf in _flatten(value)]
+    leaves: list = []
+    stack = [iter(values)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            leaves.append(value)
+        else:
+            stack.pop()
+    return leaves
 
 
-def _bytes_from_json(values: Any, codec: str, where: str) -> list[bytes]:
+def _bytes_from_json(values: Any, codec: str, shape: tuple[int, ...], where: str) -> list[bytes]:
+    if isinstance(values, list) and len(values) > element_count(shape):  # before any per-element work
+        _check_count(len(values), shape, where)
     elements = []
     for i, value in enumerate(_flatten(values)):
         if not isinstance(value, str):
@@ -112,19 +164,24 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
     ):
         raise BadInputError(f"{where}.shape must be a list of non-negative integers")
-    return tuple(value)
+    return checked_shape(value, where)
+
+
+def _header_length(value: str, body: bytes) -> int:
+    # isdigit() alone lets "²" and other Unicode digits through to int(), which refuses them.
+    if value.isascii() and value.isdigit() and len(value) <= 12 and 0 < int(value) <= len(body):
+        return int(value)
+    raise BadInputError(
+        f"Inference-Header-Content-Length {value[:20]!r} is not a length within the {len(body)}-byte body"
+    )
 
 
 def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     """An inference request from its REST body; 400 naming what is wrong."""
     binary = b""
     if header_length is not None:
-        if not header_length.isdigit() or not 0 < int(header_length) <= len(body):
-            raise BadInputError(
-                f"Inference-Header-Content-Length {header_length[:20]!r} is not a length within the "
-                f"{len(body)}-byte body"
-            )
-        body, binary = body[: int(header_length)], body[int(header_length) :]
+        length = _header_length(header_length, body)
+        body, binary = body[:length], body[length:]
     try:
         document = json.loads(body)
     except UnicodeDecodeError:
@@ -138,6 +195,10 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         ) from None
     except RecursionError:
         raise BadInputError("Invalid JSON body: nested too deeply") from None
+    except ValueError:  # not a JSONDecodeError: Python's limit on the digits of an integer
+        raise BadInputError(
+            f"Invalid JSON body: a number has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
     if not isinstance(document, dict):
         raise BadInputError(f"JSON body must be an object, not {type(document).__name__}")
     inputs = document.get("inputs")
@@ -146,6 +207,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     request_id = document.get("id", "")
     if not isinstance(request_id, str):
         raise BadInputError("'id' must be a string")
+    check_media_elements([_declared(tensor) for tensor in inputs])
     tensors, offset = [], 0
     for i, tensor in enumerate(inputs):
         parsed, offset = _input(tensor, f"inputs[{i}]", binary, offset)
@@ -157,9 +219,17 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     if not isinstance(outputs, list):
         raise BadInputError("'outputs' must be a list")
     return InferRequest(
-        tensors, request_id, [_output(o, f"outputs[{i}]") for i, o in enumerate(outputs)],
+        tensors, request_id, checked_outputs([_output(o, f"outputs[{i}]") for i, o in enumerate(outputs)]),
         bool(parameters.get("binary_data_output", False)),
     )  # fmt: skip
+
+
+def _declared(tensor: Any) -> tuple[Any, tuple[int, ...]]:
+    """An input's datatype and shape, read before its data (None when malformed: _input says why)."""
+    shape = tensor.get("shape") if isinstance(tensor, dict) else None
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return None, ()
+    return tensor.get("datatype"), tuple(shape)
 
 
 def _input(tensor: Any, where: str, binary: bytes, offset: int) -> tuple[Tensor, int]:
@@ -180,7 +250,7 @@ def _input(tensor: Any, where: str, binary: bytes, offset: int) -> tuple[Tensor,
     if "data" not in tensor:
         raise BadInputError(f"{where} has neither data nor parameters.binary_data_size")
     if datatype == BYTES:
-        elements = _bytes_from_json(tensor["data"], parameters.get("content_type", "base64"), where)
+        elements = _bytes_from_json(tensor["data"], parameters.get("content_type", "base64"), shape, where)
         _check_count(len(elements), shape, where)
         return Tensor(name, datatype, shape, elements), offset
     array = json_to_array(tensor["data"], datatype, f"{where}.data")

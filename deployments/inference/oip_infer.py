@@ -11,7 +11,8 @@ fan-out every protocol uses (:meth:`Predictor.predict`):
   checked there against the declared inputs and batched along dimension 0; the answer is the
   model's declared outputs.
 
-Requested outputs select and order the answer; an unknown output name is a 400.
+Requested outputs select and order the answer; an unknown output name, or one asked for
+twice, is a 400 (unknown names before the model runs).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from deployments.inference.predictions import MAX_INPUTS, Predictor
 from deployments.inference.request_body import RequestInput
 from deployments.inference.telemetry import RequestRecord
 from handlers.errors import BadInputError, InferenceError
-from handlers.tensor_data import BYTES, Tensor, TensorRequest
+from handlers.tensor_data import BYTES, Tensor, TensorRequest, element_count
+
+NAMES_SHOWN = 5  # names an error message lists before "and N more"
 
 
 class Signatures(Protocol):
@@ -66,6 +69,34 @@ class InferResult:
     binary: list[bool]
 
 
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:NAMES_SHOWN])
+    return shown if len(names) <= NAMES_SHOWN else f"{shown} and {len(names) - NAMES_SHOWN} more"
+
+
+def checked_outputs(outputs: list[RequestedOutput]) -> list[RequestedOutput]:
+    """The requested outputs, each named once; 400 naming the ones asked for twice (each would
+    be answered again: a few KB of request could ask for gigabytes of answer)."""
+    seen: set[str] = set()
+    repeated: dict[str, None] = {}
+    for output in outputs:
+        if output.name in seen:
+            repeated[output.name] = None
+        seen.add(output.name)
+    if repeated:
+        raise BadInputError(f"'outputs' names an output more than once: {_names(list(repeated))}")
+    return outputs
+
+
+def check_media_elements(declared: list[tuple[Any, tuple[int, ...]]]) -> None:
+    """Refuse, from the inputs' declared (datatype, shape) alone, BYTES inputs holding more
+    elements than a request may carry: before any element is split or decoded."""
+    if declared and all(datatype == BYTES for datatype, _ in declared):
+        total = sum(element_count(shape) for _, shape in declared)
+        if total > MAX_INPUTS:
+            raise BadInputError(f"the BYTES inputs hold {total} elements; at most {MAX_INPUTS} per request")
+
+
 def as_bytes(result: Any) -> bytes:
     """A handler's answer as one BYTES element: its own bytes, else a JSON document."""
     if isinstance(result, bytes | bytearray):
@@ -84,14 +115,14 @@ async def infer(
     """Run ``request`` on ``model`` (the default version when ``version`` is None)."""
     if not request.inputs:
         raise BadInputError("'inputs' must hold at least one tensor")
+    if request.outputs:  # an unknown name costs the client a 400, not a model run
+        _, signature = await signatures.signature(model, version)
+        _known(request.outputs, [o["name"] for o in signature["outputs"]])
     if all(t.datatype == BYTES for t in request.inputs):
         elements = [element for tensor in request.inputs for element in tensor.data]
         if not elements:
             raise BadInputError("the BYTES inputs hold no element")
-        if len(elements) > MAX_INPUTS:
-            raise BadInputError(
-                f"the BYTES inputs hold {len(elements)} elements; at most {MAX_INPUTS} per request"
-            )
+        check_media_elements([(BYTES, (len(elements),))])
         inputs = [RequestInput(element, None) for element in elements]
         answers = await predictor.predict(record, model, version, inputs, where="inputs")
         _, signature = await signatures.signature(model, answers[0].version)
@@ -103,25 +134,18 @@ async def infer(
         outputs = answers[0].result
         if not isinstance(outputs, list) or not all(isinstance(t, Tensor) for t in outputs):
             raise InferenceError(f"Model {model} answered numeric tensors with something else than tensors")
-    chosen = _select(outputs, request.outputs)
-    binary = [_binary(request, t.name) for t in chosen]
-    return InferResult(model, answers[0].version, request.id, chosen, binary)
-
-
-def _select(outputs: list[Tensor], requested: list[RequestedOutput]) -> list[Tensor]:
-    if not requested:
-        return outputs
+    version = answers[0].version
+    if not request.outputs:
+        return InferResult(model, version, request.id, outputs, [request.binary_outputs] * len(outputs))
     by_name = {t.name: t for t in outputs}
-    unknown = [r.name for r in requested if r.name not in by_name]
+    _known(request.outputs, list(by_name))  # again: the version that answered may differ
+    chosen = [by_name[r.name] for r in request.outputs]
+    binary = [request.binary_outputs if r.binary is None else r.binary for r in request.outputs]
+    return InferResult(model, version, request.id, chosen, binary)
+
+
+def _known(requested: list[RequestedOutput], names: list[str]) -> None:
+    have = set(names)
+    unknown = [r.name for r in requested if r.name not in have]
     if unknown:
-        raise BadInputError(
-            f"unknown output {', '.join(unknown)}: the model's outputs are {', '.join(by_name)}"
-        )
-    return [by_name[r.name] for r in requested]
-
-
-def _binary(request: InferRequest, name: str) -> bool:
-    for wanted in request.outputs:
-        if wanted.name == name and wanted.binary is not None:
-            return wanted.binary
-    return request.binary_outputs
+        raise BadInputError(f"unknown output {_names(unknown)}: the model's outputs are {', '.join(names)}")

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from deployments.common.http_errors import install_error_handlers, oip_error_body
+from deployments.inference.off_loop import parse_off_loop
 from deployments.inference.oip_codec import HEADER_LENGTH, encode_result, parse_request
 from deployments.inference.oip_infer import infer
 from deployments.inference.predictions import Predictor
@@ -118,7 +119,7 @@ def create_open_inference_app(
     async def run(request: Request, model: str, version: str | None) -> Response:
         await authorized(request)
         body = await read_body(request.receive, request.headers.get("content-length"), max_body_bytes)
-        parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
+        parsed = await parse_off_loop(len(body), parse_request, body, request.headers.get(HEADER_LENGTH))
         result = await infer(predictor, directory, record_of(request.scope), model, version, parsed)
         content, headers = encode_result(result)
         headers["x-model-version"] = result.model_version

@@ -27,6 +27,7 @@ from ray import serve
 from deployments.common.messages import Answer, Rejected
 from deployments.common.settings import BatchingConfig, ModelAppArgs
 from deployments.model.executor import InferenceExecutor, decode_pool, machine_cores
+from deployments.model.input_failures import rejection
 from deployments.model.stepwise import run_steps, stream_parts
 from handlers.errors import InferenceError, RaytorchError
 from handlers.explain_request import ExplainRequest
@@ -111,8 +112,8 @@ class ModelDeployment:
                 # Everyone held here enters the batch queue together when the model frees up.
                 await self._idle.wait()
             answer = await self._run_batch((item, queued))
-        except RaytorchError as exc:
-            return Rejected(exc)
+        except Exception as exc:  # this input's own answer, never its batch-mates' failure
+            return rejection(exc, self._spec.name)
         answer.timings["preprocess_s"] = queued - started
         return answer
 

@@ -22,6 +22,7 @@ from deployments.common.naming import MANAGEMENT_APP, MANAGEMENT_DEPLOYMENT, par
 from deployments.common.settings import BatchingConfig, PoolArgs
 from deployments.model.deployment import REPLICA_OPTIONS
 from deployments.model.executor import InferenceExecutor, decode_pool, machine_cores
+from deployments.model.input_failures import rejection
 from deployments.pool.admission import ColdLoadGate
 from deployments.pool.cache import MIB, LoadedModel, LoadOutcome, ModelCache
 from deployments.pool.loader import PooledLoader
@@ -114,8 +115,9 @@ class PoolDeployment:
         """Answer one input (encoded bytes, or an Open Inference request's tensors) for the
         request's model (its multiplexed model id)."""
         started = time.perf_counter()
+        model_id = serve.get_multiplexed_model_id()
         try:
-            model, outcome = await self._model(serve.get_multiplexed_model_id())
+            model, outcome = await self._model(model_id)
             ready = time.perf_counter()
             loop = asyncio.get_running_loop()
             handler = model.handler
@@ -127,8 +129,8 @@ class PoolDeployment:
             if self._wait_for_idle:
                 await self._idle.wait()
             answer = await self._run_batch((model, item, queued))
-        except RaytorchError as exc:
-            return Rejected(exc)
+        except Exception as exc:  # this input's own answer, never its batch-mates' failure
+            return rejection(exc, (parse_pooled_model_id(model_id) or (model_id, ""))[0])
         answer.timings["preprocess_s"] = queued - ready
         if outcome is None:
             return answer

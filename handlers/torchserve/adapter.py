@@ -75,6 +75,8 @@ def request_row(data: bytes, content_type: str | None) -> dict[str, Any]:
             value = data.decode("utf-8")
     except ValueError:
         pass
+    except RecursionError:  # TorchServe's worker would fail the whole batch on it
+        raise BadInputError("Invalid JSON body: nested too deeply") from None
     # TorchServe names a raw body "body" and a multipart field by its name ("data").
     return {"data": value, "body": value}
 
@@ -182,6 +184,8 @@ class TorchServeHandler(BaseHandler):
             self.service.context = self.context
             try:
                 request.tensor = self.service.preprocess([request.row])
+            except RaytorchError:  # ts_api's own checks (an image's limits) say what is wrong
+                raise
             except Exception as exc:
                 status = _status_of(exc)
                 if status is not None:

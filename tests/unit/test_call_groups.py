@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from deployments.inference.call_groups import CallGrouper, split
+from handlers.errors import InferenceError
 
 
 class FakeModel:
@@ -77,3 +78,16 @@ def test_split_sizes(count: int, parts: int, sizes: list[int]) -> None:
     groups = split(list(range(count)), parts)
     assert [len(g) for g in groups] == sizes
     assert sorted(x for g in groups for x in g) == list(range(count))
+
+
+def test_a_call_answering_the_wrong_count_fails_its_inputs_instead_of_hanging() -> None:
+    async def short(items: list[tuple[bytes, str | None]], request_id: str) -> list[str]:
+        return ["only one"]
+
+    async def scenario() -> list[BaseException | str]:
+        grouper = CallGrouper(short, lambda: 1)
+        submitted = (grouper.submit(b"x", None) for _ in range(3))
+        return await asyncio.wait_for(asyncio.gather(*submitted, return_exceptions=True), 5)
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, InferenceError) and "1 answers for 3 inputs" in o.message for o in outcomes)

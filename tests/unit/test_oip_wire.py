@@ -44,10 +44,10 @@ def test_json_and_binary_inputs_mix_in_order() -> None:
     ("tail", "fragment"),
     [
         (struct.pack("<I", 9) + b"abc", "runs past the data's end"),
-        (b"\x01\x00", "inside an element's 4-byte length"),
+        (b"\x01\x00", "2 bytes of data hold at most 0 BYTES elements"),
         (
             struct.pack("<I", 1) + b"a" + struct.pack("<I", 1) + b"b",
-            "2 elements of data, but shape [1] holds 1",
+            "the data holds more elements than shape [1] holds",
         ),
     ],
 )

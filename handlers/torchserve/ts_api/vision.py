@@ -4,24 +4,26 @@ and ``ObjectDetector`` (modules ``ts.torch_handler.vision_handler``, ``.image_cl
 
 Their answers have TorchServe's shapes, which handler files build on (an MNIST handler
 overrides ``image_processing`` and ``postprocess`` and keeps the rest). Pillow's
-decompression-bomb limit stays on whatever the context says.
+decompression-bomb limit stays on whatever the context says; images open only in the formats
+raytorch's own handlers take, and at most :data:`MAX_ASPECT_RATIO`:1 (``Resize(256)`` of a
+1x8000 image would allocate gigabytes).
 """
 
 from __future__ import annotations
 
 import base64
-import io
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torchvision import transforms
 
+from handlers.image_io import check_aspect_ratio, open_image
 from handlers.torchserve.ts_api.base_handler import BaseHandler
 from handlers.torchserve.ts_api.util import map_class_to_label, timed
 
 INSIGHT_STEPS = 15  # TorchServe's vision handlers integrate over 15 steps
+MAX_ASPECT_RATIO = 32  # Resize(256) then makes at most 256x8192: 6 MB of RGB
 IMAGENET_PROCESSING = transforms.Compose(
     [
         transforms.Resize(256),
@@ -45,7 +47,9 @@ class VisionHandler(BaseHandler):
             if isinstance(image, str):
                 image = base64.b64decode(image)
             if isinstance(image, bytes | bytearray):
-                image = self.image_processing(Image.open(io.BytesIO(image)))
+                opened = open_image(bytes(image))
+                check_aspect_ratio(opened.size, MAX_ASPECT_RATIO)
+                image = self.image_processing(opened)
             else:
                 image = torch.FloatTensor(image)
             images.append(image)
