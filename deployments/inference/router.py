@@ -22,6 +22,7 @@ from ray.exceptions import RayActorError
 from ray.serve import context as serve_context
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
+from deployments.common.auth import check_bearer
 from deployments.common.forwarding import ForwardedRequest, ForwardedResponse, ManagementCall
 from deployments.common.messages import Answer, Rejected
 from deployments.common.model_table import ModelTable, ModelVersionState, PoolState
@@ -36,6 +37,7 @@ from handlers.errors import (
     RaytorchError,
     RequestTimeoutError,
     ResourceNotFoundError,
+    UnauthorizedError,
 )
 from handlers.tensor_data import TensorRequest
 
@@ -44,6 +46,9 @@ logger = logging.getLogger("ray.serve")
 OVERLOAD_RETRY_AFTER_S = 1.0
 REPLICA_LOST_RETRY_AFTER_S = 2.0
 MANAGEMENT_TIMEOUT_S = 5.0
+MANAGEMENT_RETRY_AFTER_S = 2.0
+TOKEN_RECHECK_S = 10.0
+NO_MANAGEMENT = "The management API is not served here: the config has no 'management' application"
 # A synchronous register waits for the model to load (and maybe download): allow for it.
 MANAGEMENT_CALL_TIMEOUT_S = 900.0
 # Shadow copies in flight per ingress; beyond it a copy is skipped (and counted), so a slow
@@ -85,6 +90,7 @@ class ServeRouter:
         self.pools = PoolCalls()
         self._management: Any = None
         self._token: str | None = None
+        self._token_at = 0.0
         self._background: set[asyncio.Task[None]] = set()
         self.directory = directory or ModelDirectory(
             serve_snapshot, self._routing_changes, settings.discovery_interval_s, self._drop_stale_handles
@@ -109,16 +115,37 @@ class ServeRouter:
         if self._token is None:
             call = self._management_handle().token.remote()
             self._token = await asyncio.wait_for(call, timeout=MANAGEMENT_TIMEOUT_S)
+            self._token_at = time.monotonic()
         return self._token
+
+    async def check_management_token(self, header: str | None) -> None:
+        """401 unless ``header`` holds the management token: checked in the ingress, before a
+        ``/models`` body is read or sent anywhere. A refused token is checked once more against
+        a fresh copy (at most every ``TOKEN_RECHECK_S``), for a management app restarted with
+        a new key."""
+        try:
+            token = await self.token()
+            try:
+                check_bearer(header, token)
+            except UnauthorizedError:
+                if time.monotonic() - self._token_at < TOKEN_RECHECK_S:
+                    raise
+                self._token = None
+                check_bearer(header, await self.token())
+        except (KeyError, RayServeException):  # this server's config has no management app
+            raise ResourceNotFoundError(NO_MANAGEMENT) from None
+        except (asyncio.TimeoutError, RayActorError) as exc:
+            raise ModelNotReadyError(
+                f"The management API cannot check the token right now ({type(exc).__name__}); retry.",
+                retry_after_s=MANAGEMENT_RETRY_AFTER_S,
+            ) from None
 
     async def forward_to_management(self, request: ForwardedRequest) -> ForwardedResponse:
         """A ``/models`` request, answered by the management deployment's own API."""
         try:
             handle = self._management_handle()
         except (KeyError, RayServeException):  # this server's config has no management app
-            raise ResourceNotFoundError(
-                "The management API is not served here: the config has no 'management' application"
-            ) from None
+            raise ResourceNotFoundError(NO_MANAGEMENT) from None
         return await asyncio.wait_for(handle.http.remote(request), MANAGEMENT_CALL_TIMEOUT_S)
 
     async def manage(self, call: ManagementCall) -> ForwardedResponse:
@@ -126,9 +153,7 @@ class ServeRouter:
         try:
             handle = self._management_handle()
         except (KeyError, RayServeException):
-            raise ResourceNotFoundError(
-                "The management API is not served here: the config has no 'management' application"
-            ) from None
+            raise ResourceNotFoundError(NO_MANAGEMENT) from None
         return await asyncio.wait_for(handle.grpc_management.remote(call), MANAGEMENT_CALL_TIMEOUT_S)
 
     # -- lookups -------------------------------------------------------------------------------
