@@ -28,6 +28,7 @@ from deployments.common.messages import Answer, Rejected
 from deployments.common.model_table import ModelTable, ModelVersionState, PoolState
 from deployments.common.naming import MANAGEMENT_APP, MANAGEMENT_DEPLOYMENT
 from deployments.common.settings import IngressArgs
+from deployments.inference.cached_call import CachedCall
 from deployments.inference.call_groups import CallGrouper
 from deployments.inference.model_directory import ModelDirectory
 from deployments.pool.calls import PoolCalls
@@ -54,6 +55,8 @@ MANAGEMENT_CALL_TIMEOUT_S = 900.0
 # Shadow copies in flight per ingress; beyond it a copy is skipped (and counted), so a slow
 # shadow version can never hold the live traffic's memory or the event loop hostage.
 MAX_SHADOWS_IN_FLIGHT = 64
+# How stale the pool gauges of /metrics may be (Prometheus scrapes every 15 s or so).
+POOL_REPORTS_TTL_S = 2.0
 
 ShadowOutcome = Callable[[str, str, str, float], None]  # (model, version, outcome, seconds)
 
@@ -88,6 +91,7 @@ class ServeRouter:
         self._on_shadow = on_shadow
         self._shadows = 0
         self.pools = PoolCalls()
+        self._pool_reports = CachedCall(self._read_pool_reports, POOL_REPORTS_TTL_S)
         self._management: Any = None
         self._token: str | None = None
         self._token_at = 0.0
@@ -166,9 +170,10 @@ class ServeRouter:
         arrived = time.monotonic()
         try:
             return self.directory.table.lookup(model, version)
-        except (ModelNotFoundError, ModelNotReadyError):
-            pass
-        await self.directory.refresh_since(arrived)
+        except ModelNotFoundError:  # made-up names must not cost a serve.status() each
+            await self.directory.refresh_for_unknown(arrived)
+        except ModelNotReadyError:
+            await self.directory.refresh_since(arrived)
         return self.directory.table.lookup(model, version)
 
     def labels(self, model: str, version: str | None) -> tuple[str, str]:
@@ -179,7 +184,7 @@ class ServeRouter:
         """Versions of ``model`` that Serve knows (ready or not); 404 when there are none."""
         arrived = time.monotonic()
         if model not in self.directory.table.versions:
-            await self.directory.refresh_since(arrived)
+            await self.directory.refresh_for_unknown(arrived)
         if model not in self.directory.table.versions:
             raise ModelNotFoundError(f"Model not found: {model}")
         return sorted(self.directory.table.versions[model])
@@ -189,7 +194,11 @@ class ServeRouter:
         return await self.directory.fresh_for_health()
 
     async def pool_reports(self) -> dict[str, list[dict[str, Any]]]:
-        """Pool name -> what each of its replicas holds now (for the metrics page)."""
+        """Pool name -> what each of its replicas holds (for the metrics page), at most
+        ``POOL_REPORTS_TTL_S`` old: a scrape must not cost a call to every pool replica."""
+        return await self._pool_reports.get()
+
+    async def _read_pool_reports(self) -> dict[str, list[dict[str, Any]]]:
         pools: list[PoolState] = list(self.directory.table.pools.values())
         reports = await asyncio.gather(*(self.pools.reports(pool) for pool in pools))
         return {pool.name: report for pool, report in zip(pools, reports, strict=True)}
