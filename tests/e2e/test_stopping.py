@@ -3,7 +3,8 @@
 systemd, Kubernetes and supervisors send SIGTERM to the process group; a terminal sends SIGINT
 (Ctrl-C) to the launcher, or SIGHUP to its process group when it is closed. Either way: no
 process of the server remains, every port it opened is free again, the stop is bounded, a
-request in flight when the signal came is answered, and the launcher exits 0. A start that finds its port taken says so, naming the holder.
+request in flight when the signal came is answered, and the launcher exits 0. A start that
+finds its port taken says so, naming the holder.
 """
 
 from __future__ import annotations
