@@ -38,64 +38,82 @@ REAL_MODEL = {"model_name": "efficientnet_lite0", "model_version": "1.0"}
 DOCUMENTED_5XX = {501, 503, 504}  # not implemented, not ready / overloaded, model deadline
 
 
+class Tally:
+    """What the run saw: statuses, failures, and operation/mode pairs with nothing to generate."""
+
+    def __init__(self) -> None:
+        self.statuses: collections.Counter[int] = collections.Counter()
+        self.failures: list[str] = []
+        self.not_generated: list[str] = []
+
+
+def fuzz(
+    operation: schemathesis.APIOperation,
+    mode: GenerationMode,
+    base: str,
+    session: requests.Session,
+    tally: Tally,
+) -> None:
+    """Send ``EXAMPLES`` generated requests for one operation; record what came back."""
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,  # the same cases every run: a failure can be reproduced
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy(generation_mode=mode), real_model=st.booleans())
+    def send(case: schemathesis.Case, real_model: bool) -> None:
+        if real_model:
+            for name, value in REAL_MODEL.items():
+                if name in (case.path_parameters or {}):
+                    case.path_parameters[name] = value
+        label = f"{case.method} {case.formatted_path}"
+        try:
+            response = case.call(
+                base_url=base,
+                session=session,
+                headers={"Authorization": f"Bearer {TOKEN}"},
+                timeout=REQUEST_TIMEOUT_S,
+            )
+        except requests.Timeout:
+            tally.failures.append(f"no answer within {REQUEST_TIMEOUT_S:g}s: {label}")
+            return
+        tally.statuses[response.status_code] += 1
+        if response.status_code >= 500 and response.status_code not in DOCUMENTED_5XX:
+            tally.failures.append(
+                f"{response.status_code} for {label} ({mode.value}): {response.text[:300]}\n"
+                f"  {case.as_curl_command()[:2000]}"
+            )
+
+    try:
+        send()
+    except HypothesisException as exc:  # e.g. no invalid request exists for a GET without parameters
+        tally.not_generated.append(f"{operation.label} ({mode.value}): {type(exc).__name__}")
+
+
 def test_the_rest_api_never_answers_500_and_never_hangs(quickstart: ServeCluster) -> None:
     base = quickstart.base_url
     schema = schemathesis.openapi.from_url(f"{base}/api-description", timeout=30)
-    statuses: collections.Counter[int] = collections.Counter()
-    failures: list[str] = []
-    operations, unsatisfiable = 0, []
     session = requests.Session()
     session.trust_env = False  # 127.0.0.1 only, never through a proxy from the environment
-
+    tally, operations = Tally(), 0
     for result in schema.get_all_operations():
-        operation = result.ok()
         operations += 1
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            fuzz(result.ok(), mode, base, session, tally)
 
-            @settings(
-                max_examples=EXAMPLES,
-                deadline=None,
-                database=None,
-                derandomize=True,  # the same cases every run: a failure can be reproduced
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            @given(case=operation.as_strategy(generation_mode=mode), real_model=st.booleans())
-            def send(case: schemathesis.Case, real_model: bool) -> None:
-                if real_model:
-                    for name, value in REAL_MODEL.items():
-                        if name in (case.path_parameters or {}):
-                            case.path_parameters[name] = value
-                label = f"{case.method} {case.formatted_path}"
-                try:
-                    response = case.call(
-                        base_url=base,
-                        session=session,
-                        headers={"Authorization": f"Bearer {TOKEN}"},
-                        timeout=REQUEST_TIMEOUT_S,
-                    )
-                except requests.Timeout:
-                    failures.append(f"no answer within {REQUEST_TIMEOUT_S:g}s: {label}")
-                    return
-                statuses[response.status_code] += 1
-                if response.status_code >= 500 and response.status_code not in DOCUMENTED_5XX:
-                    failures.append(
-                        f"{response.status_code} for {label} ({mode.value}): {response.text[:300]}\n"
-                        f"  {case.as_curl_command()[:2000]}"
-                    )
-
-            try:
-                send()
-            except HypothesisException as exc:  # e.g. no invalid request exists for a GET without params
-                unsatisfiable.append(f"{operation.label} ({mode.value}): {type(exc).__name__}")
-
-    cases = sum(statuses.values())
+    cases = sum(tally.statuses.values())
     print(
         f"\nfuzz: {cases} cases over {operations} operations ({EXAMPLES} examples per operation and "
-        f"mode); statuses {dict(sorted(statuses.items()))}; {len(failures)} failures"
+        f"mode); statuses {dict(sorted(tally.statuses.items()))}; {len(tally.failures)} failures"
     )
-    if unsatisfiable:
-        print("not generated: " + "; ".join(unsatisfiable))
+    if tally.not_generated:
+        print("not generated: " + "; ".join(tally.not_generated))
     assert operations >= 15, f"the description lists only {operations} operations"
     assert cases >= operations * EXAMPLES, f"only {cases} cases ran"
-    assert not failures, f"{len(failures)} of {cases} cases failed:\n" + "\n".join(failures[:20])
+    assert not tally.failures, f"{len(tally.failures)} of {cases} cases failed:\n" + "\n".join(
+        tally.failures[:20]
+    )
