@@ -53,12 +53,16 @@ class ListenerLimits:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout_s
-        late = False
+        late = body_done = False
 
         async def receive_in_time() -> dict:
-            nonlocal late
+            nonlocal late, body_done
+            if body_done:  # waiting for a disconnect (a streamed answer): no deadline
+                return await receive()
             try:
-                return await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+                body_done = not message.get("more_body", False)
+                return message
             except asyncio.TimeoutError:
                 late = True
                 raise BodyTimeoutError(

@@ -22,6 +22,7 @@ from deployments.common.auth import check_bearer
 from deployments.common.forwarding import ForwardedRequest, ForwardedResponse
 from deployments.common.settings import IngressArgs
 from deployments.inference.http_entry import HttpEntry
+from deployments.inference.listener_limits import ListenerLimits
 from deployments.inference.predictions import Predictor
 from deployments.inference.routes import create_routes
 from deployments.inference.telemetry import Telemetry
@@ -172,3 +173,32 @@ def test_models_without_the_token_is_refused_before_its_body_is_read() -> None:
     assert asyncio.run(scenario([(b"authorization", b"Bearer wrong-token-5678")])) == (401, False)
     assert forwarded == []
     telemetry.access.close()
+
+
+def test_after_the_body_waiting_for_a_disconnect_has_no_deadline() -> None:
+    """A streamed answer listens for the client leaving with receive(): the body deadline must
+    not end it once the body is complete."""
+    received: list[dict] = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        received.append(await receive())  # type: ignore[operator]
+        received.append(await receive())  # type: ignore[operator]  # waits past the deadline
+
+    async def scenario() -> None:
+        messages = [{"type": "http.request", "body": b"x", "more_body": False}]
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop()
+            await asyncio.sleep(0.5)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            pass
+
+        limits = ListenerLimits(app, Telemetry("off", IngressArgs().log_dir), 4, body_timeout_s=0.2)
+        scope = {"type": "http", "method": "POST", "path": "/x", "headers": [], "client": None}
+        await limits(scope, receive, send)
+
+    asyncio.run(scenario())
+    assert [m["type"] for m in received] == ["http.request", "http.disconnect"]
