@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from deployments.common.serve_loopback import LOOPBACK_ONLY_ENV
 from raytorch.stopping import ForcedStop, StopSignals, become_subreaper, kill_descendants
 
 # Longest wait for the ingress to drain (its replicas finish requests in flight and close their
@@ -44,12 +45,6 @@ QUIET_ENV: dict[str, str] = {
     # Its scan of the event files every 10 s (2 s by default).
     "SCAN_EVENT_DIR_INTERVAL_SECONDS": "10",
 }
-
-
-# Ray's own switch for a machine that is no cluster: every Ray process then binds 127.0.0.1
-# (GCS, raylet, object manager, workers' gRPC servers, dashboard agent, metrics exporter)
-# instead of every interface. Named for Windows/macOS, where it is Ray's default.
-LOOPBACK_ONLY_ENV: dict[str, str] = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 def serves_loopback_only(config: dict[str, Any]) -> bool:
