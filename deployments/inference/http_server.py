@@ -4,7 +4,9 @@ When Serve's proxy is off (``proxy_location: Disabled`` in the shipped configs),
 replica itself listens on ``http_options.host:port``, so a request reaches the ingress without
 a proxy process and a Ray call in between. Several ingress replicas on one node share the port
 with SO_REUSEPORT; a single replica binds it alone, so a leftover process holding the port is
-reported (with its pid) instead of silently sharing it.
+reported (with its pid) instead of silently sharing it. Open connections are capped, and a
+connection that does not send a complete request head in time is closed (the limits on what
+one request may hold are :mod:`deployments.inference.listener_limits`).
 """
 
 from __future__ import annotations
