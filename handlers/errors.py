@@ -95,6 +95,20 @@ class RequestTimeoutError(RaytorchError):
     type_name = "RequestTimeoutException"
 
 
+class BodyTimeoutError(RaytorchError):
+    """The client did not send its request body within the ingress's body deadline."""
+
+    status = 408
+    type_name = "RequestBodyTimeoutException"
+
+
+class ServerBusyError(RaytorchError):
+    """The ingress already handles as many requests as it may (its ``max_ongoing_requests``)."""
+
+    status = 503
+    type_name = "ServiceUnavailableException"
+
+
 class ModelLoadError(RaytorchError):
     """The model could not be built or its weights could not be loaded."""
 

@@ -11,6 +11,9 @@ itself, hands the cookie the dashboard answers with to the browser and redirects
 tab. Cookies belong to a host, not a port, so a cookie set by the link's port reaches the
 dashboard's. The token never appears in the link, on the console or in a log; the link works
 once, expires after ``LINK_TTL_S``, and is reachable from this machine only, like the dashboard.
+Each connection gets its own thread and at most ``CONNECTION_DEADLINE_S``, and when the link is
+used or expires every connection still open is ended: a slow client can neither hold up the
+browser's sign-in nor keep the link alive past its deadline.
 
     python -m raytorch.dashboard --dashboard-port 8265     # a new link for a running server
 """
@@ -18,18 +21,24 @@ once, expires after ``LINK_TTL_S``, and is reachable from this machine only, lik
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import http.server
 import json
 import secrets
+import selectors
+import socket
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 LINK_TTL_S = 600.0
+CONNECTION_DEADLINE_S = 10.0  # a sign-in is one short request
+MAX_CONNECTIONS = 16
 COOKIE_NAME = "ray-authentication-token"
 SERVE_TAB = "/#/serve"
 # Serve's application states that no longer change without a new deploy.
@@ -89,8 +98,21 @@ def authenticate(dashboard: str, token: str) -> list[str]:
 
 class _LinkHandler(http.server.BaseHTTPRequestHandler):
     server: _LinkServer
-    # One request at a time: a browser's idle preconnect must not hold the real one for long.
+    # Each read or write of a connection waits at most this long...
     timeout = 2.0
+
+    def setup(self) -> None:
+        super().setup()
+        # ... and a whole connection lasts at most CONNECTION_DEADLINE_S, however slowly its
+        # client trickles bytes in (each byte would restart the per-read timeout).
+        self._deadline = threading.Timer(CONNECTION_DEADLINE_S, _shut, (self.connection,))
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        with contextlib.suppress(OSError):
+            super().finish()
 
     def do_GET(self) -> None:
         link = self.server.link
@@ -98,15 +120,17 @@ class _LinkHandler(http.server.BaseHTTPRequestHandler):
         if not secrets.compare_digest(self.path.encode("utf-8", "replace"), link.path.encode()):
             self._reply(404, "Not found.\n")
             return
-        if link.used or link.expired:
-            self._reply(410, f"This sign-in link was used or has expired.\n{link.help_text()}\n")
-            return
-        try:
-            cookies = authenticate(link.dashboard, link.token)
-        except DashboardError as exc:  # the link stays usable: the dashboard may still be starting
-            self._reply(502, f"The dashboard did not sign you in: {exc}.\n{link.help_text()}\n")
-            return
-        link.used = True
+        with link.lock:  # one sign-in at a time: the link works once, whoever opens it
+            if link.used or link.expired:
+                self._reply(410, f"This sign-in link was used or has expired.\n{link.help_text()}\n")
+                return
+            try:
+                cookies = authenticate(link.dashboard, link.token)
+            except DashboardError as exc:  # the link stays usable: the dashboard may still be starting
+                self._reply(502, f"The dashboard did not sign you in: {exc}.\n{link.help_text()}\n")
+                return
+            link.used = True
+        self.close_connection = True
         self.send_response(303)
         self.send_header("Location", link.dashboard + SERVE_TAB)
         for cookie in cookies:
@@ -115,6 +139,7 @@ class _LinkHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Referrer-Policy", "no-referrer")
         self.send_header("Content-Length", "0")
         self.end_headers()
+        link.finished(self.connection)
 
     def _reply(self, status: int, text: str) -> None:
         body = text.encode()
@@ -129,8 +154,47 @@ class _LinkHandler(http.server.BaseHTTPRequestHandler):
         """Silent: a request line would print the link's secret."""
 
 
-class _LinkServer(http.server.HTTPServer):
+def _shut(connection: socket.socket) -> None:
+    """End a connection now: its handler's next read or write fails, and its thread ends."""
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)
+
+
+class _LinkServer(http.server.ThreadingHTTPServer):
+    """One thread per connection (a slow client never holds up the others), at most
+    ``MAX_CONNECTIONS`` at once; the open ones are known, so the link can end them all."""
+
     link: SignInLink
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        with self._connections_lock:
+            if len(self.connections) >= MAX_CONNECTIONS:
+                return False  # closed at once; a browser opens only a few
+            self.connections.add(request)
+            return True
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Silent: a client that left or was cut off is nothing to report (and a traceback
+        could show the link's secret path)."""
+
+    def end_connections(self, keep: socket.socket | None = None) -> None:
+        """Shut every open connection but ``keep`` (its answer is on its way)."""
+        with self._connections_lock:
+            open_now = [c for c in self.connections if c is not keep]
+        for connection in open_now:
+            _shut(connection)
 
 
 class SignInLink:
@@ -147,10 +211,13 @@ class SignInLink:
         self.deadline = time.monotonic() + ttl_s
         self.ttl_s = ttl_s
         self.used = False
+        self.lock = threading.Lock()
         # Port 0: the kernel picks a free one, so two servers on one machine never collide.
         self._server = _LinkServer(("127.0.0.1", 0), _LinkHandler)
         self._server.link = self
         self.url = f"http://127.0.0.1:{self._server.server_port}{self.path}"
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._last_answer: socket.socket | None = None
 
     @property
     def expired(self) -> bool:
@@ -164,20 +231,36 @@ class SignInLink:
             "get-auth-token into the dashboard's prompt."
         )
 
+    def finished(self, connection: socket.socket) -> None:
+        """The link was used (its answer sent on ``connection``): stop serving now."""
+        self._last_answer = connection
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"x")
+
     def serve(self) -> bool:
-        """Answer requests until the link is used (True) or expires (False); then close."""
+        """Answer requests (each connection in its own thread) until the link is used (True)
+        or expires (False); then stop listening and end every connection still open, so
+        nothing outlives the link's deadline."""
         try:
-            while not self.used and not self.expired:
-                # Blocks in select() until a request or the deadline: no wake-ups while idle.
-                self._server.timeout = max(self.deadline - time.monotonic(), 0.01)
-                self._server.handle_request()
+            with selectors.DefaultSelector() as selector:
+                selector.register(self._server, selectors.EVENT_READ)
+                selector.register(self._wake_reader, selectors.EVENT_READ)
+                while not self.used and not self.expired:
+                    # Blocks until a connection, the link's use or its deadline: no idle wake-ups.
+                    ready = selector.select(max(self.deadline - time.monotonic(), 0.01))
+                    if any(key.fileobj is self._server for key, _ in ready):
+                        self._server.timeout = 0
+                        self._server.handle_request()  # hands the connection to a thread
             return self.used
         finally:
-            self._server.server_close()
+            self.close()
 
     def close(self) -> None:
-        """Stop listening without serving (``serve()`` closes by itself)."""
+        """Stop listening and end open connections (``serve()`` closes by itself)."""
         self._server.server_close()
+        self._server.end_connections(keep=self._last_answer)
+        self._wake_reader.close()
+        self._wake_writer.close()
 
     def start(self) -> threading.Thread:
         """``serve()`` in a daemon thread."""

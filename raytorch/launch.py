@@ -9,10 +9,11 @@ metrics and dashboard ports are free (naming the process that holds one), option
 Prometheus, then runs :mod:`raytorch.server` (Ray + Serve) in a session of its own and relays
 signals to it:
 
-- SIGTERM or SIGINT, to the launcher or to its whole process group, makes the server drain its
-  ingress and stop Ray; the launcher then kills anything of the server still alive and exits
-  with the server's code (0 after a clean stop), within ``STOP_BOUND_S``;
-- a second signal stops everything at once.
+- SIGTERM, SIGINT or SIGHUP (a closed terminal), to the launcher or to its whole process
+  group, makes the server drain its ingress and stop Ray; the launcher then kills anything of
+  the server still alive and exits with the server's code (0 after a clean stop), within
+  ``STOP_BOUND_S``;
+- a second signal (SIGTERM or SIGINT) stops everything at once.
 
 Ray's worker processes take SIGTERM only between tasks, so a signal sent to every process at
 once would reach them mid-drain; in its own session the server receives exactly one signal,
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if metrics:
         command += ["--also", f"Prometheus: {metrics.url}/graph"]
     server = subprocess.Popen(command, start_new_session=True)
-    StopSignals(lambda name: stop(server)).install()
+    StopSignals(lambda name: stop(server, name)).install()
     try:
         code = server.wait()
     except ForcedStop:
@@ -113,13 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def stop(server: subprocess.Popen) -> None:
-    """Ask the server to stop (SIGTERM) and kill it if it is still there ``STOP_BOUND_S`` later.
+def stop(server: subprocess.Popen, received: str = "SIGTERM") -> None:
+    """Ask the server to stop and kill it if it is still there ``STOP_BOUND_S`` later.
 
-    The launcher blocks in ``waitpid`` meanwhile: ``Popen.wait(timeout=...)`` polls every
-    50 ms, which an idle server would pay for all day (0.17 % of a core, measured).
+    The server gets SIGTERM, or SIGHUP when that is what came (a closed terminal: the server
+    then also stops writing to it). The launcher blocks in ``waitpid`` meanwhile:
+    ``Popen.wait(timeout=...)`` polls every 50 ms, which an idle server would pay for all day
+    (0.17 % of a core, measured).
     """
-    server.send_signal(signal.SIGTERM)
+    server.send_signal(signal.SIGHUP if received == "SIGHUP" else signal.SIGTERM)
 
     def kill_if_running() -> None:
         if server.poll() is None:

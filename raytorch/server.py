@@ -4,15 +4,17 @@ Started by :mod:`raytorch.launch` in a session of its own (so a signal sent to t
 process group reaches Ray's processes only through this process's orderly stop), it:
 
 - starts Ray with its metrics on a fixed port and the dashboard on 127.0.0.1, with Serve's and
-  Ray's idle work turned down (:data:`QUIET_ENV`);
+  Ray's idle work turned down (:data:`QUIET_ENV`); when the config serves on a loopback host,
+  every port of Ray listens on 127.0.0.1 only (:data:`LOOPBACK_ONLY_ENV`);
 - deploys the config's applications, as ``serve run CONFIG`` does;
-- on SIGTERM or SIGINT drains the ingress (requests in flight finish, new connections are
+- on SIGTERM, SIGINT or SIGHUP drains the ingress (requests in flight finish, new connections are
   refused), stops Ray and every process it started, and exits 0; a second signal stops at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 import threading
@@ -22,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from deployments.common.serve_loopback import LOOPBACK_ONLY_ENV
 from raytorch.stopping import ForcedStop, StopSignals, become_subreaper, kill_descendants
 
 # Longest wait for the ingress to drain (its replicas finish requests in flight and close their
@@ -42,6 +45,19 @@ QUIET_ENV: dict[str, str] = {
     # Its scan of the event files every 10 s (2 s by default).
     "SCAN_EVENT_DIR_INTERVAL_SECONDS": "10",
 }
+
+
+def serves_loopback_only(config: dict[str, Any]) -> bool:
+    """Whether the config's HTTP host (which gRPC shares) is a loopback address: then nothing
+    of Ray needs to be reachable from the network either. Serve's default host is every
+    interface."""
+    host = str((config.get("http_options") or {}).get("host", "0.0.0.0")).strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: leave Ray as it is
+        return False
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -122,13 +138,16 @@ def stop_server(config: dict[str, Any]) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Start Ray and serve ``CONFIG`` until SIGTERM/SIGINT; 0 after a clean stop."""
+    """Start Ray and serve ``CONFIG`` until SIGTERM/SIGINT/SIGHUP; 0 after a clean stop."""
     args = parse_args(argv)
     config = load_config(args.config)
     from raytorch import dashboard
 
     for key, value in QUIET_ENV.items():
         os.environ.setdefault(key, value)  # inherited by every Ray process; the user's value wins
+    if serves_loopback_only(config):
+        for key, value in LOOPBACK_ONLY_ENV.items():
+            os.environ.setdefault(key, value)
     become_subreaper()
     # Replicas import this checkout's packages, as `serve run` lets them (--app-dir .).
     sys.path.insert(0, os.getcwd())

@@ -13,12 +13,14 @@ import contextlib
 import ctypes
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class ForcedStop(BaseException):
@@ -79,9 +81,34 @@ def kill_descendants(grace_s: float = 2.0) -> list[int]:
     return pids
 
 
+def detach_from_terminal() -> bool:
+    """Point stdout and stderr at /dev/null where they are a terminal (True if any was).
+
+    After a hangup every write to the terminal fails (EIO): a print in the middle of the
+    stop would end it with a traceback instead of a clean stop.
+    """
+    detached = False
+    for fd in (1, 2):
+        with contextlib.suppress(OSError):
+            # isatty() is already False for a hung-up terminal: a character device it is
+            # (files, pipes and sockets, where logs go, are kept).
+            if stat.S_ISCHR(os.fstat(fd).st_mode):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+                detached = True
+    return detached
+
+
 class StopSignals:
-    """SIGTERM and SIGINT handling: the first asks for a graceful stop, the second forces one
-    (raises :class:`ForcedStop` in the main thread, wherever it is waiting)."""
+    """SIGTERM, SIGINT and SIGHUP handling: the first asks for a graceful stop, a second
+    SIGTERM or SIGINT forces one (raises :class:`ForcedStop` in the main thread, wherever it
+    is waiting).
+
+    SIGHUP is what a closed terminal sends (a shell may send it twice: once itself, once as it
+    exits): it stops the server like SIGTERM, detaches the output from the gone terminal, and a
+    repeated SIGHUP never forces the stop.
+    """
 
     def __init__(self, on_first: Callable[[str], None] | None = None) -> None:
         self.requested = threading.Event()
@@ -90,12 +117,17 @@ class StopSignals:
         self._on_first = on_first
 
     def install(self) -> StopSignals:
-        """Take over SIGTERM and SIGINT (also when SIGINT was ignored, as in background jobs)."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        """Take over SIGTERM, SIGINT and SIGHUP (also when SIGINT or SIGHUP was ignored, as in
+        background jobs or under nohup)."""
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGHUP:
+            detach_from_terminal()
+            if self.received:
+                return
         self.received.append(signal.Signals(signum).name)
         if len(self.received) > 1:
             raise ForcedStop(self.received[-1])

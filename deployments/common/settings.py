@@ -329,9 +329,40 @@ class IngressArgs(StrictModel):
         256,
         ge=1,
         description=(
-            "HTTP requests one ingress replica handles at once. The ingress only awaits the "
-            "models, so this must stay well above the models' batch sizes: Serve's default of 5 "
-            "capped every model's batches at 5 whatever the client concurrency."
+            "Requests one ingress replica handles at once, HTTP and gRPC each (health probes "
+            "not counted); over it a request is answered 503 with Retry-After at once (gRPC: "
+            "RESOURCE_EXHAUSTED). The ingress only awaits the models, so this must stay well "
+            "above the models' batch sizes: Serve's default of 5 capped every model's batches at "
+            "5 whatever the client concurrency."
+        ),
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "Open HTTP connections one ingress replica keeps (idle keep-alive ones included) "
+            "when it owns the listener; a request arriving over it is answered 503. A connection "
+            "that sends no complete request head within head_timeout_s is closed, so idle or "
+            "trickling clients cannot fill it."
+        ),
+    )
+    head_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description=(
+            "Time a new connection has to send its first request line and headers (the connection "
+            "is closed after it, without an answer). Between requests, the keep-alive time (75 s) "
+            "applies instead."
+        ),
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Time a client has to send a request's whole body, counted from its headers; 408 "
+            "after it. The default lets a max_body_bytes body of 20 MiB arrive at 3 Mbit/s."
         ),
     )
     inference_auth: bool = Field(

@@ -117,7 +117,8 @@ def generic_handler(service: str, methods: dict[str, Method], servicer: object) 
 
 
 class GrpcServer:
-    """A grpc.aio server on one address, in the running event loop."""
+    """A grpc.aio server on one address, in the running event loop; at most
+    ``max_concurrent_rpcs`` calls run at once (None: no limit)."""
 
     def __init__(
         self,
@@ -127,9 +128,12 @@ class GrpcServer:
         max_body_bytes: int,
         reuse_port: bool,
         tls: tuple[bytes, bytes] | None = None,
+        max_concurrent_rpcs: int | None = None,
     ) -> None:
         self.host, self.port = host, port
         self._tls = tls  # (private key, certificate chain), PEM: serve over TLS
+        # Calls over it are refused at once with RESOURCE_EXHAUSTED by grpc itself.
+        self._max_concurrent_rpcs = max_concurrent_rpcs
         self._handlers = handlers
         self._options = [
             ("grpc.max_receive_message_length", max_body_bytes + MESSAGE_OVERHEAD_BYTES),
@@ -141,7 +145,7 @@ class GrpcServer:
 
     async def start(self) -> None:
         """Bind and start serving; PortInUseError naming the holder when the port is taken."""
-        server = grpc.aio.server(options=self._options)
+        server = grpc.aio.server(options=self._options, maximum_concurrent_rpcs=self._max_concurrent_rpcs)
         server.add_generic_rpc_handlers(self._handlers)
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         try:

@@ -82,7 +82,8 @@ class HttpEntry:
     ``authorize(header)`` raises UnauthorizedError when inference needs a token and the
     ``Authorization`` header lacks it; ``management(request)`` answers ``/models`` requests
     when this process must forward them (None behind Serve's own proxy, which routes /models
-    itself); ``echo_request_id`` is False behind Serve's proxy, which adds the header.
+    itself), after ``check_management_token(header)`` has accepted the caller's token;
+    ``echo_request_id`` is False behind Serve's proxy, which adds the header.
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class HttpEntry:
         max_body_bytes: int,
         management: Callable[[ForwardedRequest], Awaitable[ForwardedResponse]] | None = None,
         echo_request_id: bool = True,
+        check_management_token: Callable[[str | None], Awaitable[None]] | None = None,
     ) -> None:
         self.predictor = predictor
         self.telemetry = telemetry
@@ -103,6 +105,7 @@ class HttpEntry:
         self.management = management
         self.echo_request_id = echo_request_id
         self.streams = PredictionStreams(predictor.router)  # type: ignore[arg-type]
+        self.check_management_token = check_management_token
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -192,6 +195,10 @@ class HttpEntry:
             await _send_json(send, 200, json.dumps(content).encode(), extra)
 
     async def _forward(self, scope: dict, receive: Any, send: Any, headers: dict) -> None:
+        # Every /models route needs the token: a client without it is refused before its body
+        # is read, so it can neither hold the ingress's memory nor reach the management replica.
+        if self.check_management_token is not None:
+            await self.check_management_token(headers.get("authorization"))
         # Management calls are rare and small: buffer them, then one handle call.
         body = await read_body(receive, headers.get("content-length"), self.max_body_bytes)
         request = ForwardedRequest(

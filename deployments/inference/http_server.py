@@ -4,7 +4,9 @@ When Serve's proxy is off (``proxy_location: Disabled`` in the shipped configs),
 replica itself listens on ``http_options.host:port``, so a request reaches the ingress without
 a proxy process and a Ray call in between. Several ingress replicas on one node share the port
 with SO_REUSEPORT; a single replica binds it alone, so a leftover process holding the port is
-reported (with its pid) instead of silently sharing it.
+reported (with its pid) instead of silently sharing it. Open connections are capped, and a
+connection that does not send a complete request head in time is closed (the limits on what
+one request may hold are :mod:`deployments.inference.listener_limits`).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from deployments.common.ports import describe_port_owner
 
 logger = logging.getLogger("ray.serve")
 BACKLOG = 2048
 KEEP_ALIVE_S = 75  # longer than common load balancers' idle timeouts (60 s)
+HEAD_TIMEOUT_S = 10.0  # IngressArgs.head_timeout_s's default
 
 
 class PortInUseError(RuntimeError):
@@ -61,16 +65,72 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
+class _HeadDeadline(HttpToolsProtocol):
+    """httptools with a deadline on request heads: uvicorn closes idle keep-alive connections
+    but waits forever for the first request of a new connection, and any byte of a head resets
+    its timer. Here a connection that has not completed a request line and headers within
+    ``head_timeout_s`` of opening (or ``KEEP_ALIVE_S`` after its last answer) is closed, so idle
+    or trickling clients cannot fill the connection cap (``limit_concurrency``)."""
+
+    head_timeout_s = HEAD_TIMEOUT_S
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.head_timeout_s)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm(KEEP_ALIVE_S)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(seconds, self._head_too_late)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_late(self) -> None:
+        self._head_timer = None
+        waiting_for_head = self.cycle is None or self.cycle.response_complete
+        if waiting_for_head and not self.transport.is_closing():
+            self.transport.close()
+
+
 class HttpServer:
     """uvicorn serving an ASGI app on one socket, inside the running event loop; HTTPS when
-    ``ssl_certfile`` and ``ssl_keyfile`` (PEM) are given."""
+    ``ssl_certfile`` and ``ssl_keyfile`` (PEM) are given.
+
+    ``max_connections`` caps the open connections (uvicorn's ``limit_concurrency``: a request
+    arriving over it is answered 503); ``head_timeout_s`` is the time a new connection has to
+    send its first request head.
+    """
 
     def __init__(
-        self, app: Any, sock: socket.socket, ssl_certfile: str | None = None, ssl_keyfile: str | None = None
+        self,
+        app: Any,
+        sock: socket.socket,
+        max_connections: int | None = None,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
+        protocol = type("HeadDeadline", (_HeadDeadline,), {"head_timeout_s": head_timeout_s})
         config = uvicorn.Config(
             app,
-            http="httptools",
+            http=protocol,
+            limit_concurrency=max_connections,
             loop="none",
             lifespan="off",
             access_log=False,  # ours is written by the entry point, with request ids

@@ -25,6 +25,7 @@ from deployments.inference.grpc_server import GrpcServer
 from deployments.inference.grpc_torchserve import TorchServeInferenceServicer, TorchServeManagementServicer
 from deployments.inference.http_entry import HttpEntry
 from deployments.inference.http_server import HttpServer, bind
+from deployments.inference.listener_limits import limited_http_server
 from deployments.inference.predictions import Predictor
 from deployments.inference.router import ServeRouter
 from deployments.inference.routes import create_routes
@@ -81,6 +82,7 @@ class Ingress:
             args.max_body_bytes,
             management=self._router.forward_to_management if plan.http else None,
             echo_request_id=plan.http,
+            check_management_token=self._router.check_management_token,
         )
         # Follow Serve now, so /ping is truthful before the first prediction.
         await self._router.start()
@@ -89,9 +91,8 @@ class Ingress:
             await self._listeners.start()
             return
         if plan.http:
-            self._server = HttpServer(
-                self._entry, bind(plan.host, plan.port, reuse_port=args.num_replicas > 1)
-            )
+            sock = bind(plan.host, plan.port, reuse_port=args.num_replicas > 1)
+            self._server = limited_http_server(self._entry, self._telemetry, args, sock)
             await self._server.start()
         if args.grpc:
             self._grpc = grpc_server(self._router, predictor, self._telemetry, self._authorize, args, plan)
@@ -132,5 +133,10 @@ def grpc_server(
         TorchServeManagementServicer(router.manage, telemetry).handler(),
     ]
     return GrpcServer(
-        services, plan.host, plan.grpc_port, args.max_body_bytes, reuse_port=args.num_replicas > 1
+        services,
+        plan.host,
+        plan.grpc_port,
+        args.max_body_bytes,
+        reuse_port=args.num_replicas > 1,
+        max_concurrent_rpcs=args.max_ongoing_requests,
     )

@@ -1,10 +1,14 @@
 """Keeps the ingress's table of model versions current, cheaply.
 
 Sources, from most to least frequent:
-- a lookup that misses (unknown model, no ready replica) takes a snapshot requested after it
-  arrived, and the routing changes made before it, so a model that just appeared (in Serve or in
-  a pool) or became ready is found; such forced snapshots are shared by all waiting requests and
-  at most one per ``MIN_FORCED_REFRESH_GAP_S`` is taken;
+- a lookup of a known model without a ready replica takes a snapshot requested after it arrived,
+  and the routing changes made before it, so a version that just became ready is found; such
+  forced snapshots are shared by all waiting requests and at most one per
+  ``MIN_FORCED_REFRESH_GAP_S`` is taken;
+- a lookup of an unknown name reads the routing changes made before it arrived (shared the same
+  way), and takes a snapshot only when they say something changed that the table does not show
+  yet, or when the table is older than ``UNKNOWN_NAME_MAX_AGE_S``: every model that can appear
+  is announced, so made-up names cost at most one ``serve.status()`` a second, not ten;
 - the management part announces every routing change (register, ready, set-default, removal,
   pooled versions, traffic policies) through a long poll; the directory takes a snapshot at once
   when the change touched Serve's applications, and otherwise only updates the models it names
@@ -31,6 +35,7 @@ logger = logging.getLogger("ray.serve")
 
 MIN_FORCED_REFRESH_GAP_S = 0.1
 HEALTH_MAX_AGE_S = 1.0
+UNKNOWN_NAME_MAX_AGE_S = 1.0
 LONG_POLL_TIMEOUT_S = 30.0
 RETRY_AFTER_FAILURE_S = 2.0
 MAX_RETRY_AFTER_FAILURE_S = 30.0
@@ -60,6 +65,8 @@ class ModelDirectory:
         self._on_change = on_change
         self.routing = RoutingState()
         self._taken_at = -1.0  # when the latest completed snapshot was requested
+        self._checked_at = -1.0  # when the latest check for an unknown name was requested
+        self._table_routing: tuple[str, int] = ("", 0)  # the routing the table was built with
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -89,6 +96,22 @@ class ModelDirectory:
             await asyncio.sleep(max(0.0, self._taken_at + MIN_FORCED_REFRESH_GAP_S - time.monotonic()))
             await self._take(pull_routing=True)
 
+    async def refresh_for_unknown(self, arrived: float) -> None:
+        """Return once the table reflects every routing change made before ``arrived`` (for a
+        name it does not know), taking a snapshot only when needed (see the module docstring)."""
+        async with self._lock:
+            if max(self._taken_at, self._checked_at) >= arrived:
+                return  # a check or snapshot requested after this lookup arrived: it is enough
+            await asyncio.sleep(
+                max(0.0, max(self._taken_at, self._checked_at) + MIN_FORCED_REFRESH_GAP_S - time.monotonic())
+            )
+            started = time.monotonic()
+            await self._pull_routing()
+            behind = self._table_routing != (self.routing.epoch, self.routing.version)
+            if behind or started - self._taken_at > UNKNOWN_NAME_MAX_AGE_S:
+                await self._take()
+            self._checked_at = started
+
     async def fresh_for_health(self) -> ModelTable:
         """The table, no older than ``HEALTH_MAX_AGE_S`` (for /ping and readiness)."""
         now = time.monotonic()
@@ -99,17 +122,25 @@ class ModelDirectory:
                 logger.exception("Refreshing the model table for a health check failed")
         return self.table
 
+    async def _pull_routing(self) -> None:
+        """Take in what changed before now (a model just registered), without waiting."""
+        if self._routing_changes is None:
+            return
+        try:
+            self.routing.apply(await self._routing_changes(self.routing.version, 0.0, self.routing.epoch))
+        except Exception as exc:  # the long poll will catch up; Serve's view is still worth having
+            logger.debug("Could not read routing changes of the management app: %s", exc)
+
     async def _take(self, pull_routing: bool = False) -> None:
         started = time.monotonic()
-        if pull_routing and self._routing_changes is not None:
-            try:  # what changed before the request that missed arrived (a model just registered)
-                self.routing.apply(await self._routing_changes(self.routing.version, 0.0, self.routing.epoch))
-            except Exception as exc:  # the long poll will catch up; Serve's view is still worth having
-                logger.debug("Could not read routing changes of the management app: %s", exc)
+        if pull_routing:
+            await self._pull_routing()
+        routing = (self.routing.epoch, self.routing.version)
         table = await self._snapshot()
         table.apply_routing(self.routing)
         self.table = table
         self._taken_at = started
+        self._table_routing = routing
         if self._on_change is not None:
             self._on_change(table)
 
@@ -136,11 +167,14 @@ class ModelDirectory:
                 backoff = min(MAX_RETRY_AFTER_FAILURE_S, backoff * 2)
                 continue
             backoff = RETRY_AFTER_FAILURE_S
+            before = (self.routing.epoch, self.routing.version)
             changed = self.routing.apply(update)
             if changed is None:
                 continue
             if not (update.full or update.serve):
                 self.table.update_models(self.routing, changed)
+                if self._table_routing == before:  # the table was current: it still is
+                    self._table_routing = (self.routing.epoch, self.routing.version)
                 if self._on_change is not None:
                     self._on_change(self.table)
                 continue

@@ -22,11 +22,13 @@ from ray.exceptions import RayActorError
 from ray.serve import context as serve_context
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
+from deployments.common.auth import check_bearer
 from deployments.common.forwarding import ForwardedRequest, ForwardedResponse, ManagementCall
 from deployments.common.messages import Answer, Rejected
 from deployments.common.model_table import ModelTable, ModelVersionState, PoolState
 from deployments.common.naming import MANAGEMENT_APP, MANAGEMENT_DEPLOYMENT
 from deployments.common.settings import IngressArgs
+from deployments.inference.cached_call import CachedCall
 from deployments.inference.call_groups import CallGrouper
 from deployments.inference.model_directory import ModelDirectory
 from deployments.pool.calls import PoolCalls
@@ -37,6 +39,7 @@ from handlers.errors import (
     RaytorchError,
     RequestTimeoutError,
     ResourceNotFoundError,
+    UnauthorizedError,
 )
 from handlers.explain_request import ExplainRequest
 from handlers.tensor_data import TensorRequest
@@ -46,11 +49,16 @@ logger = logging.getLogger("ray.serve")
 OVERLOAD_RETRY_AFTER_S = 1.0
 REPLICA_LOST_RETRY_AFTER_S = 2.0
 MANAGEMENT_TIMEOUT_S = 5.0
+MANAGEMENT_RETRY_AFTER_S = 2.0
+TOKEN_RECHECK_S = 10.0
+NO_MANAGEMENT = "The management API is not served here: the config has no 'management' application"
 # A synchronous register waits for the model to load (and maybe download): allow for it.
 MANAGEMENT_CALL_TIMEOUT_S = 900.0
 # Shadow copies in flight per ingress; beyond it a copy is skipped (and counted), so a slow
 # shadow version can never hold the live traffic's memory or the event loop hostage.
 MAX_SHADOWS_IN_FLIGHT = 64
+# How stale the pool gauges of /metrics may be (Prometheus scrapes every 15 s or so).
+POOL_REPORTS_TTL_S = 2.0
 
 ShadowOutcome = Callable[[str, str, str, float], None]  # (model, version, outcome, seconds)
 
@@ -85,8 +93,10 @@ class ServeRouter:
         self._on_shadow = on_shadow
         self._shadows = 0
         self.pools = PoolCalls()
+        self._pool_reports = CachedCall(self._read_pool_reports, POOL_REPORTS_TTL_S)
         self._management: Any = None
         self._token: str | None = None
+        self._token_at = 0.0
         self._background: set[asyncio.Task[None]] = set()
         self.directory = directory or ModelDirectory(
             serve_snapshot, self._routing_changes, settings.discovery_interval_s, self._drop_stale_handles
@@ -111,16 +121,37 @@ class ServeRouter:
         if self._token is None:
             call = self._management_handle().token.remote()
             self._token = await asyncio.wait_for(call, timeout=MANAGEMENT_TIMEOUT_S)
+            self._token_at = time.monotonic()
         return self._token
+
+    async def check_management_token(self, header: str | None) -> None:
+        """401 unless ``header`` holds the management token: checked in the ingress, before a
+        ``/models`` body is read or sent anywhere. A refused token is checked once more against
+        a fresh copy (at most every ``TOKEN_RECHECK_S``), for a management app restarted with
+        a new key."""
+        try:
+            token = await self.token()
+            try:
+                check_bearer(header, token)
+            except UnauthorizedError:
+                if time.monotonic() - self._token_at < TOKEN_RECHECK_S:
+                    raise
+                self._token = None
+                check_bearer(header, await self.token())
+        except (KeyError, RayServeException):  # this server's config has no management app
+            raise ResourceNotFoundError(NO_MANAGEMENT) from None
+        except (asyncio.TimeoutError, RayActorError) as exc:
+            raise ModelNotReadyError(
+                f"The management API cannot check the token right now ({type(exc).__name__}); retry.",
+                retry_after_s=MANAGEMENT_RETRY_AFTER_S,
+            ) from None
 
     async def forward_to_management(self, request: ForwardedRequest) -> ForwardedResponse:
         """A ``/models`` request, answered by the management deployment's own API."""
         try:
             handle = self._management_handle()
         except (KeyError, RayServeException):  # this server's config has no management app
-            raise ResourceNotFoundError(
-                "The management API is not served here: the config has no 'management' application"
-            ) from None
+            raise ResourceNotFoundError(NO_MANAGEMENT) from None
         return await asyncio.wait_for(handle.http.remote(request), MANAGEMENT_CALL_TIMEOUT_S)
 
     async def manage(self, call: ManagementCall) -> ForwardedResponse:
@@ -128,9 +159,7 @@ class ServeRouter:
         try:
             handle = self._management_handle()
         except (KeyError, RayServeException):
-            raise ResourceNotFoundError(
-                "The management API is not served here: the config has no 'management' application"
-            ) from None
+            raise ResourceNotFoundError(NO_MANAGEMENT) from None
         return await asyncio.wait_for(handle.grpc_management.remote(call), MANAGEMENT_CALL_TIMEOUT_S)
 
     # -- lookups -------------------------------------------------------------------------------
@@ -143,9 +172,10 @@ class ServeRouter:
         arrived = time.monotonic()
         try:
             return self.directory.table.lookup(model, version)
-        except (ModelNotFoundError, ModelNotReadyError):
-            pass
-        await self.directory.refresh_since(arrived)
+        except ModelNotFoundError:  # made-up names must not cost a serve.status() each
+            await self.directory.refresh_for_unknown(arrived)
+        except ModelNotReadyError:
+            await self.directory.refresh_since(arrived)
         return self.directory.table.lookup(model, version)
 
     def labels(self, model: str, version: str | None) -> tuple[str, str]:
@@ -156,7 +186,7 @@ class ServeRouter:
         """Versions of ``model`` that Serve knows (ready or not); 404 when there are none."""
         arrived = time.monotonic()
         if model not in self.directory.table.versions:
-            await self.directory.refresh_since(arrived)
+            await self.directory.refresh_for_unknown(arrived)
         if model not in self.directory.table.versions:
             raise ModelNotFoundError(f"Model not found: {model}")
         return sorted(self.directory.table.versions[model])
@@ -166,7 +196,11 @@ class ServeRouter:
         return await self.directory.fresh_for_health()
 
     async def pool_reports(self) -> dict[str, list[dict[str, Any]]]:
-        """Pool name -> what each of its replicas holds now (for the metrics page)."""
+        """Pool name -> what each of its replicas holds (for the metrics page), at most
+        ``POOL_REPORTS_TTL_S`` old: a scrape must not cost a call to every pool replica."""
+        return await self._pool_reports.get()
+
+    async def _read_pool_reports(self) -> dict[str, list[dict[str, Any]]]:
         pools: list[PoolState] = list(self.directory.table.pools.values())
         reports = await asyncio.gather(*(self.pools.reports(pool) for pool in pools))
         return {pool.name: report for pool, report in zip(pools, reports, strict=True)}

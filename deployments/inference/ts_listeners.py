@@ -23,6 +23,7 @@ from deployments.inference.grpc_server import GrpcServer
 from deployments.inference.grpc_torchserve import TorchServeInferenceServicer, TorchServeManagementServicer
 from deployments.inference.http_entry import HttpEntry
 from deployments.inference.http_server import HttpServer, bind
+from deployments.inference.listener_limits import limited_http_server
 from deployments.inference.predictions import Predictor
 from deployments.inference.router import ServeRouter
 from deployments.inference.routes import create_routes
@@ -45,6 +46,7 @@ class TorchServeListeners:
         self, args: IngressArgs, router: ServeRouter, predictor: Predictor, telemetry: Telemetry
     ) -> None:
         front: TorchServeFront = args.torchserve  # type: ignore[assignment]
+        self._args, self._telemetry = args, telemetry
         self.keys = KeyFile(front.key_file, front.token_expiration_min) if front.key_file else None
 
         async def inference_key(header: str | None) -> None:
@@ -53,6 +55,11 @@ class TorchServeListeners:
 
         async def no_key(header: str | None) -> None:
             return None
+
+        async def management_key(header: str | None) -> None:
+            # Checked again by the management app; here it refuses a caller before the body.
+            if self.keys is not None:
+                self.keys.check(header, "management")
 
         inference_routes = create_routes(router, predictor, telemetry, inference_key, args.max_body_bytes)
         metrics_routes = create_routes(router, predictor, telemetry, no_key, args.max_body_bytes)
@@ -66,6 +73,7 @@ class TorchServeListeners:
                 inference_key,
                 args.max_body_bytes,
                 management=router.forward_to_management if "management" in apis else None,
+                check_management_token=management_key,
             )
             app = with_cors(ApiFilter(entry, apis, self.keys if "management" in apis else None), front.cors)
             self._http.append((listener.host, listener.port, app, listener.tls))
@@ -86,6 +94,7 @@ class TorchServeListeners:
                     args.max_body_bytes,
                     reuse_port=False,
                     tls=grpc_tls(listener.tls),
+                    max_concurrent_rpcs=args.max_ongoing_requests,
                 )
             )
         self._servers: list[HttpServer] = []
@@ -95,7 +104,8 @@ class TorchServeListeners:
         try:
             for host, port, app, tls in self._http:
                 certfile, keyfile = (tls.certificate_file, tls.private_key_file) if tls else (None, None)
-                server = HttpServer(app, bind(host, port, reuse_port=False), certfile, keyfile)
+                sock = bind(host, port, reuse_port=False)
+                server = limited_http_server(app, self._telemetry, self._args, sock, certfile, keyfile)
                 self._servers.append(server)
                 await server.start()
             for grpc_server in self._grpc:

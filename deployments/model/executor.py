@@ -24,6 +24,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +48,39 @@ def _default_busy_dir() -> Path:
     return base / f"raytorch-busy-{os.getuid()}"
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only this user can write (created 0700 when missing).
+
+    The busy markers live in a shared place (/dev/shm), where another local user could create
+    the directory first and fill it with markers, throttling every replica to one thread. So a
+    directory that is not ours, is a link, or that others may write is never trusted: one of
+    ours that others could write is made private again and emptied; one that is not ours is
+    left alone and a private directory of this process is used instead (replicas then do not
+    see each other, and each uses every core).
+    """
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    try:
+        info = path.lstat()
+    except OSError:
+        info = None
+    if info is not None and stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+        if stat.S_IMODE(info.st_mode) & 0o022:
+            logger.warning("%s could be written by other users: made it private and cleared it", path)
+            os.chmod(path, 0o700)
+            for entry in os.listdir(path):
+                with contextlib.suppress(OSError):
+                    (path / entry).unlink()
+        return path
+    fallback = Path(tempfile.mkdtemp(prefix="raytorch-busy-"))
+    logger.warning(
+        "%s is not a directory of this user (uid %d): not trusting its busy markers; using %s, so "
+        "this replica does not see how busy the others are",
+        path, os.getuid(), fallback,
+    )  # fmt: skip
+    return fallback
+
+
 class BusyReplicas:
     """Which model replicas of this machine are running a batch right now.
 
@@ -55,8 +89,7 @@ class BusyReplicas:
     """
 
     def __init__(self, directory: Path | None = None, pid: int | None = None) -> None:
-        self.directory = directory or _default_busy_dir()
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory = private_dir(directory or _default_busy_dir())
         self.pid = pid or os.getpid()
         self._marker = self.directory / str(self.pid)
 

@@ -1,9 +1,10 @@
 """Stopping `make serve` (``python -m raytorch.launch``) stops everything it started.
 
 systemd, Kubernetes and supervisors send SIGTERM to the process group; a terminal sends SIGINT
-(Ctrl-C) to the launcher. Either way: no process of the server remains, every port it opened
-is free again, the stop is bounded, a request in flight when the signal came is answered,
-and the launcher exits 0. A start that finds its port taken says so, naming the holder.
+(Ctrl-C) to the launcher, or SIGHUP to its process group when it is closed. Either way: no
+process of the server remains, every port it opened is free again, the stop is bounded, a
+request in flight when the signal came is answered, and the launcher exits 0. A start that
+finds its port taken says so, naming the holder.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def stop_and_check(cluster: ServeCluster, send: str) -> None:
     started = time.monotonic()
     if send == "group":
         os.killpg(process.pid, signal.SIGTERM)
+    elif send == "hangup":  # a closed terminal: SIGHUP to its foreground process group
+        os.killpg(process.pid, signal.SIGHUP)
     else:
         process.send_signal(signal.SIGINT)
     code = process.wait(timeout=60)
@@ -84,6 +87,12 @@ def stop_and_check(cluster: ServeCluster, send: str) -> None:
 def test_sigterm_to_the_process_group_stops_everything() -> None:
     with launched() as cluster:
         stop_and_check(cluster, "group")
+
+
+def test_sighup_from_a_closed_terminal_stops_everything() -> None:
+    """Issue 24: SIGHUP used to end the launcher alone, leaving Ray running with the ports."""
+    with launched() as cluster:
+        stop_and_check(cluster, "hangup")
 
 
 def test_sigint_to_the_launcher_alone_stops_everything_and_lets_requests_finish() -> None:

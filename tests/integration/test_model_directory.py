@@ -17,7 +17,7 @@ from deployments.common.model_table import ModelTable, ModelVersionState, PoolSt
 from deployments.common.routing import ModelRouting, PooledEntry, RoutingUpdate
 from deployments.common.settings import IngressArgs
 from deployments.inference.model_directory import ModelDirectory
-from deployments.inference.router import ServeRouter
+from deployments.inference.router import POOL_REPORTS_TTL_S, ServeRouter
 from deployments.management.routing_feed import RoutingFeed
 from handlers.errors import ModelNotFoundError
 
@@ -185,3 +185,83 @@ def test_pooled_registrations_reach_the_ingress_without_snapshots(fake: FakeServ
     assert found == "small:late@1.0#t" and pooled == "m199@1.0#t"
     assert snapshots <= 1  # only the miss of "late" may take one; registrations take none
     assert records <= 205  # each model's record sent about once, not the whole table per change
+
+
+def test_made_up_names_cost_at_most_one_snapshot_a_second(fake: FakeServe) -> None:
+    """Issue 24: requests for unknown names, one after another, used to force a serve.status()
+    every 0.1 s; without a routing change the table answers them for a second."""
+    fake.running = 1
+
+    async def scenario() -> tuple[int, int]:
+        management = FakeManagement()
+        router = router_over(fake, management)
+        await router.start()
+        await asyncio.sleep(0.05)
+        fake.calls = 0
+        misses = 0
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while loop.time() - began < 1.5:
+            try:
+                await router.resolve(f"made-up-{misses}", None)
+            except ModelNotFoundError:
+                misses += 1
+            await asyncio.sleep(0.01)
+        router.directory.stop()
+        return fake.calls, misses
+
+    snapshots, misses = asyncio.run(scenario())
+    assert misses >= 10
+    assert snapshots <= 2, f"{snapshots} snapshots of Serve for {misses} made-up names in 1.5 s"
+
+
+def test_a_name_registered_just_before_the_lookup_is_still_found(fake: FakeServe) -> None:
+    """The unknown-name path still finds a model whose registration the long poll has not
+    delivered yet: the routing changes say the table is behind, so it takes a snapshot."""
+    fake.present = False
+
+    async def scenario() -> str:
+        management = FakeManagement()
+        router = router_over(fake, management)
+        await router.start()
+        await asyncio.sleep(0.05)
+        with pytest.raises(ModelNotFoundError):
+            await router.resolve("tiny", None)  # the table is fresh: no snapshot for this miss
+        fake.present, fake.running = True, 1  # registered and ready; announced:
+        management.feed.announce(["tiny"], serve=True)
+        state = await router.resolve("tiny", None)  # at once, before the long poll catches up
+        router.directory.stop()
+        return state.app_status
+
+    assert asyncio.run(scenario()) == "RUNNING"
+
+
+def test_metrics_scrapes_share_one_report_per_pool_replica(fake: FakeServe) -> None:
+    """Issue 24: every /metrics scrape called every pool replica; now at most one round of
+    calls per POOL_REPORTS_TTL_S, shared by concurrent scrapes."""
+
+    class CountingPools:
+        calls = 0
+
+        async def reports(self, pool: PoolState) -> list[dict]:
+            CountingPools.calls += 1
+            await asyncio.sleep(0.05)
+            return [{"replica": "r1", "models": ["a"], "used_bytes": 1, "budget_bytes": 2}]
+
+    async def scenario() -> tuple[dict, int, int]:
+        router = router_over(fake)
+        router.pools = CountingPools()  # type: ignore[assignment]
+        await router.start()
+        answers = await asyncio.gather(*(router.pool_reports() for _ in range(20)))
+        for _ in range(20):
+            await router.pool_reports()
+        within_ttl = CountingPools.calls
+        await asyncio.sleep(POOL_REPORTS_TTL_S + 0.1)
+        await router.pool_reports()
+        router.directory.stop()
+        return answers[-1], within_ttl, CountingPools.calls
+
+    report, within_ttl, after = asyncio.run(scenario())
+    assert report == {"small": [{"replica": "r1", "models": ["a"], "used_bytes": 1, "budget_bytes": 2}]}
+    assert within_ttl == 1
+    assert after == 2

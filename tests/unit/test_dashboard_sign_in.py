@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -127,3 +129,62 @@ def test_banner_shows_the_way_in_but_never_the_token(dashboard: str) -> None:
 
 def test_token_mode_is_read_from_the_dashboard(dashboard: str) -> None:
     assert token_auth_enabled(dashboard) is True
+
+
+def _trickle(address: tuple[str, int], stop: threading.Event) -> threading.Thread:
+    """A client that sends one byte of a request now and then, never finishing it."""
+
+    def run() -> None:
+        with socket.create_connection(address, timeout=5) as sock:
+            for byte in b"GET /" + b"a" * 200:
+                if stop.is_set():
+                    return
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    return
+                time.sleep(0.3)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_slow_client_does_not_hold_up_the_sign_in(dashboard: str) -> None:
+    """Issue 24: the link's server answered one client at a time."""
+    link = SignInLink(dashboard, TOKEN)
+    thread = link.start()
+    stop = threading.Event()
+    address = ("127.0.0.1", int(link.url.split(":")[2].split("/")[0]))
+    _trickle(address, stop)
+    time.sleep(0.3)
+    try:
+        began = time.monotonic()
+        answer = httpx.get(link.url, follow_redirects=False, timeout=10)
+        assert answer.status_code == 303
+        assert time.monotonic() - began < 1.5
+    finally:
+        stop.set()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
+def test_the_link_expires_on_time_even_while_a_client_trickles_bytes(dashboard: str) -> None:
+    """Issue 24: expiry was checked only between requests, so a slow client kept it open."""
+    link = SignInLink(dashboard, TOKEN, ttl_s=1.0)
+    address = ("127.0.0.1", int(link.url.split(":")[2].split("/")[0]))
+    stop = threading.Event()
+    done: list[bool] = []
+    server = threading.Thread(target=lambda: done.append(link.serve()), daemon=True)
+    server.start()
+    client = _trickle(address, stop)
+    server.join(timeout=4)
+    try:
+        assert not server.is_alive(), "the link outlived its deadline"
+        assert done == [False]
+        client.join(timeout=3)
+        assert not client.is_alive(), "the slow connection was left open"
+    finally:
+        stop.set()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(link.url, timeout=5)

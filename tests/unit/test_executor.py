@@ -86,3 +86,51 @@ def test_fewer_threads_are_used_while_they_are_faster_and_the_larger_count_is_re
         chooser.record(2, 0.010, 1)  # the machine is free again: two threads win
     assert chooser.choose(2) == 2
     assert chooser.choose(1) == 1
+
+
+def _forged_markers(directory: Path) -> None:
+    """What another local user could plant: markers named after live processes."""
+    for pid in (1, os.getppid()):
+        (directory / str(pid)).touch()
+
+
+def test_busy_markers_in_a_directory_others_can_write_are_not_trusted(tmp_path: Path) -> None:
+    """Issue 24: a busy directory others may write is made private and cleared before use."""
+    shared = tmp_path / "busy"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    _forged_markers(shared)
+    busy = BusyReplicas(shared)
+    with busy.busy() as count:
+        assert count == 1
+    assert busy.directory == shared
+    assert oct(shared.stat().st_mode & 0o777) == oct(0o700)
+
+
+def test_busy_markers_of_another_users_directory_are_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: a busy directory another user created first is never read."""
+    planted = tmp_path / "busy"
+    planted.mkdir(mode=0o755)
+    _forged_markers(planted)
+    real_uid = os.getuid()
+    monkeypatch.setattr(os, "getuid", lambda: real_uid + 1)  # as if it belonged to someone else
+    busy = BusyReplicas(planted)
+    monkeypatch.undo()
+    assert busy.directory != planted
+    with busy.busy() as count:
+        assert count == 1
+    assert sorted(os.listdir(planted)) == sorted(["1", str(os.getppid())])  # left alone
+
+
+def test_a_link_in_place_of_the_busy_directory_is_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    _forged_markers(target)
+    link = tmp_path / "busy"
+    link.symlink_to(target)
+    busy = BusyReplicas(link)
+    assert busy.directory not in (link, target)
+    with busy.busy() as count:
+        assert count == 1

@@ -27,3 +27,16 @@ def test_no_grpc_port_unless_the_ingress_serves_grpc(tmp_path: Path) -> None:
     del config["grpc_options"]
     path.write_text(yaml.safe_dump(config))
     assert grpc_port(str(path)) == 9000  # Serve's default grpc_options.port
+
+
+def test_ray_is_kept_on_loopback_when_the_config_serves_loopback() -> None:
+    """Issue 24: Ray's own ports follow the config's host (the e2e check lists the sockets)."""
+    from raytorch.server import serves_loopback_only
+
+    for host in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"):
+        assert serves_loopback_only({"http_options": {"host": host}}), host
+    for host in ("0.0.0.0", "::", "10.1.2.3", "serving.example"):
+        assert not serves_loopback_only({"http_options": {"host": host}}), host
+    assert not serves_loopback_only({})  # Serve's default host is every interface
+    shipped = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    assert serves_loopback_only(shipped)
