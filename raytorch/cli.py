@@ -9,6 +9,7 @@ Examples::
     raytorch set-default resnet18 2.0 | unregister resnet18 1.0
     raytorch traffic resnet18 --split 1.0=90,2.0=10      # a canary; --shadow 3.0, --clear
     raytorch archive --name tiny --factory pkg.mod:make --state-dict w.pth -o tiny.zip
+    raytorch tune configs/quickstart.yaml --target-rps 20   # measure layouts, write the best
 """
 
 from __future__ import annotations
@@ -202,11 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(flag)
     p.add_argument("--extra-files", nargs="*", default=[])
     p.add_argument("--output", "-o")
+
+    # Parsed by raytorch.tune (see `raytorch tune --help`); listed here for the overview.
+    p = sub.add_parser("tune", help="measure layouts of a config on this machine and write the best")
+    p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``raytorch`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tune"]:  # starts its own server: no --server or token
+        from raytorch.tune import main as tune
+
+        return tune(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "archive":
         return cmd_archive(args)
