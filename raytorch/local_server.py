@@ -10,6 +10,7 @@ running replicas without a restart. Used by ``raytorch tune``; nothing here impo
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -19,11 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from raytorch.dashboard import DashboardError, dashboard_url, ray_token, token_auth_enabled
@@ -32,8 +34,25 @@ from raytorch.dashboard import DashboardError, dashboard_url, ray_token, token_a
 FAILED_STATES = {"DEPLOY_FAILED", "UNHEALTHY"}
 
 
+# Everything here is on 127.0.0.1: never through an HTTP(S)_PROXY from the environment.
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 class ServerError(Exception):
     """The server stopped, or an application could not be deployed or answered."""
+
+
+def http(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """One request to 127.0.0.1: the status and body (an error status is returned, not raised;
+    a connection that fails raises OSError)."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with _LOCAL.open(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
 
 
 def free_port() -> int:
@@ -131,7 +150,7 @@ class LocalServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerError(f"the server exited ({self.process.returncode}):\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError, DashboardError):
+            with contextlib.suppress(OSError, DashboardError):
                 if check():
                     return time.monotonic() - self.started_at
             time.sleep(0.5)
@@ -144,9 +163,10 @@ class LocalServer:
 
     def applications(self) -> dict[str, Any]:
         """Serve's view of the applications (the dashboard's GET /api/serve/applications/)."""
-        reply = httpx.get(f"{self.dashboard}/api/serve/applications/", headers=self._headers(), timeout=10)
-        reply.raise_for_status()
-        return reply.json().get("applications") or {}
+        status, body = http("GET", f"{self.dashboard}/api/serve/applications/", headers=self._headers())
+        if status != 200:
+            raise OSError(f"the dashboard answered {status}")  # starting: wait_for retries
+        return json.loads(body).get("applications") or {}
 
     def apply(self, config: dict[str, Any], app: str, timeout_s: float) -> float:
         """Deploy ``config`` (on this server's ports) as ``serve deploy`` would and wait until
@@ -158,22 +178,16 @@ class LocalServer:
 
     def _put(self, config: dict[str, Any]) -> None:
         url = f"{self.dashboard}/api/serve/applications/"
-        reply = httpx.put(url, json=self.local(config), headers=self._headers(), timeout=60)
-        if reply.status_code != 200:
-            raise ServerError(f"Serve refused the config ({reply.status_code}): {reply.text[:2000]}")
+        headers = {**self._headers(), "Content-Type": "application/json"}
+        status, body = http("PUT", url, json.dumps(self.local(config)).encode(), headers)
+        if status != 200:
+            raise ServerError(f"Serve refused the config ({status}): {body[:2000].decode(errors='replace')}")
 
     def remove(self, config: dict[str, Any], app: str, timeout_s: float) -> None:
         """Deploy ``config`` without ``app`` and wait until Serve has deleted it (its replicas
         and their CPUs freed, so a new layout never waits for the old one's resources)."""
         rest = {**config, "applications": [a for a in config["applications"] if a["name"] != app]}
-        reply = httpx.put(
-            f"{self.dashboard}/api/serve/applications/",
-            json=self.local(rest),
-            headers=self._headers(),
-            timeout=60,
-        )
-        if reply.status_code != 200:
-            raise ServerError(f"Serve refused the config ({reply.status_code}): {reply.text[:2000]}")
+        self._put(rest)
         self.wait_for(lambda: app not in self.applications(), timeout_s, f"application {app} to be deleted")
 
     def _deployed(self, app: str, since: float) -> bool:
@@ -187,9 +201,7 @@ class LocalServer:
     def answers(self, path: str, body: bytes, content_type: str) -> bool:
         """Whether a PUT of ``body`` to ``path`` answers 200 (a ServerError names a 4xx answer:
         the input does not suit the model, so waiting would not help)."""
-        reply = httpx.put(
-            self.base_url + path, content=body, headers={"Content-Type": content_type}, timeout=60
-        )
-        if 400 <= reply.status_code < 500 and reply.status_code not in (404, 408, 429):
-            raise ServerError(f"PUT {path} answered {reply.status_code}: {reply.text[:500]}")
-        return reply.status_code == 200
+        status, answer = http("PUT", self.base_url + path, body, {"Content-Type": content_type})
+        if 400 <= status < 500 and status not in (404, 408, 429):
+            raise ServerError(f"PUT {path} answered {status}: {answer[:500].decode(errors='replace')}")
+        return status == 200

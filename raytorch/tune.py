@@ -88,10 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def default_input(handler: str) -> tuple[bytes, str]:
-    """A 500x375 JPEG photo (scikit-image's cat, when installed) for image models."""
-    if handler not in IMAGE_HANDLERS:
-        raise TuneError(f"models with handler {handler!r} need --input FILE (a request body they accept)")
+def sample_photo() -> bytes:
+    """A 500x375 JPEG (the size of TorchServe's kitten.jpg) of scikit-image's cat photo;
+    TuneError when scikit-image is not installed."""
     try:
         import skimage
         from PIL import Image
@@ -102,7 +101,14 @@ def default_input(handler: str) -> tuple[bytes, str]:
     photo = Image.open(Path(skimage.__file__).parent / "data" / "chelsea.png").convert("RGB")
     out = io.BytesIO()
     photo.resize((500, 375), Image.Resampling.BILINEAR).save(out, "JPEG", quality=90)
-    return out.getvalue(), "image/jpeg"
+    return out.getvalue()
+
+
+def default_input(handler: str) -> tuple[bytes, str]:
+    """The sample photo, for image models; other models need ``--input``."""
+    if handler not in IMAGE_HANDLERS:
+        raise TuneError(f"models with handler {handler!r} need --input FILE (a request body they accept)")
+    return sample_photo(), "image/jpeg"
 
 
 def read_input(path: Path, content_type: str | None) -> tuple[bytes, str]:
