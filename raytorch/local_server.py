@@ -42,6 +42,10 @@ class ServerError(Exception):
     """The server stopped, or an application could not be deployed or answered."""
 
 
+class InputRefused(ServerError):
+    """The model answered a request with a client error: the input does not suit it."""
+
+
 def http(
     method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
 ) -> tuple[int, bytes]:
@@ -199,9 +203,9 @@ class LocalServer:
         return details.get("status") == "RUNNING"
 
     def answers(self, path: str, body: bytes, content_type: str) -> bool:
-        """Whether a PUT of ``body`` to ``path`` answers 200 (a ServerError names a 4xx answer:
+        """Whether a PUT of ``body`` to ``path`` answers 200 (InputRefused names a 4xx answer:
         the input does not suit the model, so waiting would not help)."""
         status, answer = http("PUT", self.base_url + path, body, {"Content-Type": content_type})
         if 400 <= status < 500 and status not in (404, 408, 429):
-            raise ServerError(f"PUT {path} answered {status}: {answer[:500].decode(errors='replace')}")
+            raise InputRefused(f"PUT {path} answered {status}: {answer[:500].decode(errors='replace')}")
         return status == 200

@@ -18,23 +18,20 @@ serves.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import io
 import mimetypes
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from raytorch.loadgen import LoadResult, closed_loop, open_loop
-from raytorch.local_server import LocalServer, ServerError
+from raytorch.local_server import InputRefused, LocalServer, ServerError
 from raytorch.tune_plan import (
-    COLUMNS,
     Goal,
     Layout,
     Row,
@@ -43,14 +40,13 @@ from raytorch.tune_plan import (
     batching_layouts,
     choose,
     current_layout,
-    markdown_table,
     model_apps,
     only_batching_differs,
     reserved_cpus,
     split_budget,
-    table_cells,
     thread_layouts,
 )
+from raytorch.tune_report import header, markdown_table, write_outputs
 
 IMAGE_HANDLERS = {"image_classifier", "object_detector", "image_segmenter"}
 START_TIMEOUT_S = 300.0
@@ -195,6 +191,8 @@ def measure_layouts(
         print(f"[{app}] {phase}: {label}", flush=True)
         try:
             server = session.run(apply_layout(config, app, layout), app, (path, *body))
+        except InputRefused as exc:
+            raise TuneError(f"{app} refuses the input: {exc} (give --input FILE, --content-type)") from None
         except ServerError as exc:
             print(f"  not measured: {exc}", file=sys.stderr, flush=True)
             rows.append(Row(layout, phase, note=f"did not deploy: {str(exc).splitlines()[0][:120]}"))
@@ -239,41 +237,6 @@ def tune_app(
     return rows, winner, reason
 
 
-def header(config_path: Path, goal: Goal, args: argparse.Namespace) -> list[str]:
-    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return [
-        f"Tuned by `raytorch tune {config_path.name}` on {platform.node()} ({args.cores} cores), {when}.",
-        f"Goal: {goal.describe()}; {args.seconds:g} s per layout; load average at the end {load}.",
-    ]
-
-
-def write_outputs(
-    config_path: Path, config: dict[str, Any], tables: list[tuple[str, list[Row], Row, str]], lines: list[str]
-) -> list[Path]:
-    """``<name>.tuned.yaml`` (tables as a comment on top), ``.tuned.md`` and ``.tuned.csv``."""
-    stem = config_path.with_suffix("")
-    paths = [stem.with_name(f"{stem.name}.tuned.{ext}") for ext in ("yaml", "md", "csv")]
-    md = list(lines)
-    comment = [f"# {line}" for line in lines]
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["app", *COLUMNS])
-    for app, rows, winner, reason in tables:
-        table = markdown_table(rows, winner)
-        chosen = f"{app}: row {rows.index(winner) + 1} chosen: {reason}."
-        md += ["", f"## {app}", "", table, "", chosen]
-        comment += ["#", f"# {app} (* = chosen):", *(f"# {t}" for t in table.splitlines()), f"# {chosen}"]
-        writer.writerows([app, *cells] for cells in table_cells(rows, winner))
-    comment.append(
-        f"# Comments of {config_path.name} are not carried over; its structure and other values are."
-    )
-    paths[0].write_text("\n".join(comment) + "\n" + yaml.safe_dump(config, sort_keys=False))
-    paths[1].write_text("\n".join(md) + "\n")
-    paths[2].write_text(out.getvalue())
-    return paths
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``raytorch tune``; 0 when a tuned config was written and serves."""
     args = parse_args(argv)
@@ -295,7 +258,10 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, goal: Goal) -> int:
     if not args.config.is_file():
         raise TuneError(f"{args.config}: no such file")
-    config = yaml.safe_load(args.config.read_text()) or {}
+    try:
+        config = yaml.safe_load(args.config.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise TuneError(f"{args.config} is not YAML: {exc}") from None
     apps = args.model or model_apps(config)
     unknown = sorted(set(apps) - set(model_apps(config)))
     if not apps or unknown:
@@ -303,6 +269,11 @@ def run(args: argparse.Namespace, goal: Goal) -> int:
             f"no model application {', '.join(unknown)} in {args.config} "
             f"(it has: {', '.join(model_apps(config)) or 'none'})"
         )
+    for app in apps:
+        try:
+            app_args(config, app)
+        except ValidationError as exc:
+            raise TuneError(f"{args.config}: application {app}: {exc}") from None
     bodies = {app: request_body(config, app, args) for app in apps}  # input errors before any server
     session = Session(args.restart_each)
     tables = []

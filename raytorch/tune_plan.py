@@ -261,35 +261,3 @@ def only_batching_differs(old: dict[str, Any], new: dict[str, Any], app: str) ->
         return out
 
     return without_batching(old) == without_batching(new)
-
-
-COLUMNS = [
-    "#", "phase", "replicas", "threads", "num_cpus", "batch", "wait ms",
-    "req/s", "p50 ms", "p99 ms", "errors", "mean batch", "meets goal", "note",
-]  # fmt: skip
-
-
-def _num(value: float, digits: int) -> str:
-    return "-" if math.isnan(value) else f"{value:.{digits}f}"
-
-
-def table_cells(rows: list[Row], winner: Row | None) -> list[list[str]]:
-    """The table's cells, one list per row, in ``COLUMNS`` order; the winner's number starred."""
-    cells = []
-    for index, row in enumerate(rows, 1):
-        lay = row.layout
-        cells.append([
-            f"{index}*" if row is winner else str(index), row.phase, str(lay.replicas), lay.threads_label(),
-            f"{lay.num_cpus:g}", str(lay.max_batch_size), f"{lay.batch_wait_s * 1000:g}",
-            f"{row.throughput:.2f}", _num(row.p50_ms, 0), _num(row.p99_ms, 0), str(row.errors),
-            _num(row.mean_batch, 2), "yes" if row.meets else "no", row.note,
-        ])  # fmt: skip
-    return cells
-
-
-def markdown_table(rows: list[Row], winner: Row | None) -> str:
-    """The rows as a markdown table (``*`` marks the winner)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    for cells in table_cells(rows, winner):
-        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    return "\n".join(lines)

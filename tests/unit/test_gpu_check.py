@@ -77,3 +77,18 @@ def test_without_a_gpu_it_says_skipped_and_succeeds() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "no GPU: skipped" in done.stdout
+
+
+def test_server_config_is_the_densenet_layout_on_half_a_gpu_per_replica() -> None:
+    from deployments.common.settings import ModelAppArgs
+
+    config = gpu_check.server_config("resnet18")
+    model = next(a for a in config["applications"] if a["import_path"].endswith(":build_model"))
+    args = ModelAppArgs.model_validate(model["args"])
+    assert model["name"] == args.model.name == "resnet18"
+    assert args.model.source.architecture == "resnet18" and args.model.source.weights is None
+    assert (args.resources.num_replicas, args.resources.num_gpus, args.resources.gpu_policy) == (
+        2,
+        0.5,
+        "required",
+    )

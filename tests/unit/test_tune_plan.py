@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from deployments.common.settings import ModelAppArgs
-from raytorch import tune
+from raytorch import tune, tune_report
 from raytorch.tune_plan import (
     Goal,
     Layout,
@@ -164,7 +164,9 @@ def test_written_files_hold_the_config_and_the_table(tmp_path: Path) -> None:
     rows = [row(1, 20, 100), row(2, 30, 80, threads=1)]
     winner, reason = choose(rows, Goal(target_rps=25))
     config = apply_layout(quickstart(), "efficientnet_lite0", winner.layout)
-    paths = tune.write_outputs(source, config, [("efficientnet_lite0", rows, winner, reason)], ["a run"])
+    paths = tune_report.write_outputs(
+        source, config, [("efficientnet_lite0", rows, winner, reason)], ["a run"]
+    )
     assert [p.name for p in paths] == ["quickstart.tuned.yaml", "quickstart.tuned.md", "quickstart.tuned.csv"]
     text = paths[0].read_text()
     assert text.startswith("# a run\n")
@@ -186,3 +188,18 @@ def test_command_refuses_a_missing_goal_or_model(tmp_path: Path, capsys: pytest.
     assert "no model application nope" in capsys.readouterr().err
     assert tune.main([str(config), "--target-rps", "5", "--input", str(tmp_path / "none.jpg")]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_command_names_a_bad_config_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = quickstart()
+    config["applications"][2]["args"]["batching"]["max_batch_size"] = 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    assert tune.main([str(bad), "--target-rps", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "application efficientnet_lite0" in err and "max_batch_size" in err
+    (tmp_path / "broken.yaml").write_text("applications: [")
+    assert tune.main([str(tmp_path / "broken.yaml"), "--target-rps", "5"]) == 1
+    assert "is not YAML" in capsys.readouterr().err
