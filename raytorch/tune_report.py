@@ -50,11 +50,19 @@ def markdown_table(rows: list[Row], winner: Row | None) -> str:
 
 
 def header(config_path: Path, goal: Goal, args: argparse.Namespace) -> list[str]:
+    """The lines above the tables: the command, the machine, when, the goal, the machine's load
+    (other work on the machine skews every number: judge the run by it)."""
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    if goal.target_rps is not None:
+        flags = f"--target-rps {goal.target_rps:g}"
+    else:
+        flags = f"--latency-ms {goal.latency_ms:g} --concurrency {goal.concurrency}"
+    flags += f" --seconds {args.seconds:g} --layouts {args.layouts}"
     return [
-        f"Tuned by `raytorch tune {config_path.name}` on {platform.node()} ({args.cores} cores), {when}.",
-        f"Goal: {goal.describe()}; {args.seconds:g} s per layout; load average at the end {load}.",
+        f"Tuned by `raytorch tune {config_path.name} {flags}`",
+        f"on {platform.node()} ({args.cores} cores), {when}.",
+        f"Goal: {goal.describe()}; load average at the end {load}.",
     ]
 
 

@@ -61,7 +61,9 @@ def test_tune_writes_a_config_that_serves_and_the_table_that_chose_it(tmp_path: 
     tuned = yaml.safe_load(tuned_path.read_text())
     ModelAppArgs.model_validate(tuned["applications"][2]["args"])
     assert _without_tuned(tuned) == _without_tuned(tiny_config())
-    assert tuned_path.read_text().startswith("# Tuned by `raytorch tune tiny.yaml`")
+    assert tuned_path.read_text().startswith(
+        "# Tuned by `raytorch tune tiny.yaml --latency-ms 5000 --concurrency 4 --seconds 2 --layouts 3`"
+    )
 
     # The table: one row per layout, each measured, the winner the one the rule names.
     rows = list(csv.DictReader((tmp_path / "tiny.tuned.csv").read_text().splitlines()))
