@@ -6,7 +6,7 @@ real server on this machine, under the load you name, and write the winning conf
 
 One server is started the way `make serve` starts it (its own ports, RAY_TMPDIR, state and
 token), then each layout is deployed into it as ``serve deploy`` would (only the model
-application changes; batching alone changes without a restart) and measured: ``--seconds``
+application changes; batching and replica count change without a restart) and measured: ``--seconds``
 after a warm-up, open loop at ``--target-rps``, or closed loop at ``--concurrency``. Phase one
 tries replicas x torch threads (fixed one share of the cores, the default chooser, fixed 1),
 phase two batch size and batch wait around the best of them; ``--layouts`` bounds the total.
@@ -40,9 +40,10 @@ from raytorch.tune_plan import (
     batching_layouts,
     choose,
     current_layout,
+    measured_config,
     model_apps,
-    only_batching_differs,
     reserved_cpus,
+    restarts_replicas,
     split_budget,
     thread_layouts,
 )
@@ -159,7 +160,7 @@ class Session:
         elif config != self.current:
             server = self.server
             started = time.monotonic()
-            if not only_batching_differs(self.current or {}, config, app):
+            if restarts_replicas(self.current or {}, config, app):
                 # New replicas would wait for the old ones' CPUs: Serve keeps an old replica
                 # until its replacement runs, and on a small machine both do not fit.
                 server.remove(self.current or config, app, REDEPLOY_TIMEOUT_S)
@@ -190,7 +191,7 @@ def measure_layouts(
         )
         print(f"[{app}] {phase}: {label}", flush=True)
         try:
-            server = session.run(apply_layout(config, app, layout), app, (path, *body))
+            server = session.run(measured_config(config, app, layout), app, (path, *body))
         except InputRefused as exc:
             raise TuneError(f"{app} refuses the input: {exc} (give --input FILE, --content-type)") from None
         except ServerError as exc:

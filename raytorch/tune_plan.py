@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from deployments.common.naming import model_deployment_name
 from deployments.common.settings import IngressArgs, ModelAppArgs, PoolArgs
 
 # A throughput target is reached at this fraction of it (a window of a few seconds counts
 # whole requests: one more or less at its edges must not decide), with no error or dropped request.
 TARGET_FRACTION = 0.95
+# deployments/model/builder.py's requests per batch slot (a unit test keeps the two equal;
+# importing the builder would import Ray and torch into the command).
+ONGOING_PER_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -249,15 +253,42 @@ def apply_layout(config: dict[str, Any], app: str, layout: Layout) -> dict[str, 
     return out
 
 
-def only_batching_differs(old: dict[str, Any], new: dict[str, Any], app: str) -> bool:
-    """Whether ``new`` differs from ``old`` only in ``app``'s batching (Serve's user_config: the
-    running replicas take it without a restart) and nothing else changed."""
+def measured_config(config: dict[str, Any], app: str, layout: Layout) -> dict[str, Any]:
+    """What is deployed to measure ``layout``: ``app``'s args carry the layout's threads and
+    num_cpus (a change of either starts new replicas anyway), while its replicas and batching
+    go in Serve's per-deployment overrides (``deployments:`` of the app), which running replicas
+    take without a restart: Serve restarts replicas when an app's ``args`` change (its code
+    version hashes them), and reconfigures or scales them when only the overrides do. The
+    config written at the end (:func:`apply_layout`) carries everything in args instead."""
+    original = app_args(config, app)
+    if original.resources.max_replicas is not None:  # autoscaling: Serve's overrides would clash
+        return apply_layout(config, app, layout)
+    fixed = current_layout(original)
+    out = apply_layout(
+        config, app, replace(fixed, torch_threads=layout.torch_threads, num_cpus=layout.num_cpus)
+    )
+    entry = next(a for a in out["applications"] if a["name"] == app)
+    batching = original.batching.model_dump()
+    batching.update(max_batch_size=layout.max_batch_size, batch_wait_timeout_s=layout.batch_wait_s)
+    name = model_deployment_name(original.model.name, original.model.version)
+    # What the builder derives from the batch size (deployments/model/builder.py), and what
+    # apply_layout would write.
+    limit = original.resources.max_ongoing_requests
+    ongoing = max(limit, layout.max_batch_size) if limit else ONGOING_PER_BATCH * layout.max_batch_size
+    override = {
+        "name": name,
+        "num_replicas": layout.replicas,
+        "user_config": batching,
+        "max_ongoing_requests": ongoing,
+    }
+    entry["deployments"] = [d for d in entry.get("deployments") or [] if d.get("name") != name] + [override]
+    return out
 
-    def without_batching(config: dict[str, Any]) -> dict[str, Any]:
-        out = copy.deepcopy(config)
-        for entry in out.get("applications") or []:
-            if entry["name"] == app:
-                (entry.get("args") or {}).pop("batching", None)
-        return out
 
-    return without_batching(old) == without_batching(new)
+def restarts_replicas(old: dict[str, Any], new: dict[str, Any], app: str) -> bool:
+    """Whether deploying ``new`` over ``old`` starts new replicas of ``app`` (its args differ)."""
+
+    def args(config: dict[str, Any]) -> Any:
+        return next((a.get("args") for a in config.get("applications") or [] if a["name"] == app), None)
+
+    return args(old) != args(new)

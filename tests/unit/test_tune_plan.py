@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.serve.schema import ServeDeploySchema
 
-from deployments.common.settings import ModelAppArgs
+from deployments.common.settings import BatchingConfig, ModelAppArgs
 from raytorch import tune, tune_report
 from raytorch.tune_plan import (
+    ONGOING_PER_BATCH,
     Goal,
     Layout,
     Row,
@@ -21,8 +23,9 @@ from raytorch.tune_plan import (
     batching_layouts,
     choose,
     current_layout,
-    only_batching_differs,
+    measured_config,
     reserved_cpus,
+    restarts_replicas,
     split_budget,
     thread_layouts,
 )
@@ -149,13 +152,32 @@ def test_reserved_cpus_counts_the_other_applications() -> None:
     assert reserved_cpus(quickstart(), "efficientnet_lite0") == pytest.approx(0.1)  # the ingress
 
 
-def test_only_batching_changes_are_told_apart_from_replica_changes() -> None:
+def test_batching_and_replicas_are_measured_without_restarting_replicas() -> None:
     config = quickstart()
-    base = apply_layout(config, "efficientnet_lite0", Layout(1, None, 8, 0.0, 1.0))
-    batch = apply_layout(config, "efficientnet_lite0", Layout(1, None, 16, 0.005, 1.0))
-    threads = apply_layout(config, "efficientnet_lite0", Layout(1, 1, 8, 0.0, 1.0))
-    assert only_batching_differs(base, batch, "efficientnet_lite0")
-    assert not only_batching_differs(base, threads, "efficientnet_lite0")
+    app = "efficientnet_lite0"
+    base = measured_config(config, app, Layout(1, None, 8, 0.0, 1.0))
+    more = measured_config(config, app, Layout(2, None, 16, 0.005, 1.0))
+    threads = measured_config(config, app, Layout(1, 1, 8, 0.0, 1.0))
+    # Serve restarts replicas when an app's args change; the overrides change only what running
+    # replicas take in place (user_config, replica count, concurrency limit).
+    assert not restarts_replicas(base, more, app)
+    assert restarts_replicas(base, threads, app)
+    assert more["applications"][2]["deployments"] == [
+        {
+            "name": "model:efficientnet_lite0@1.0",
+            "num_replicas": 2,
+            "user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.005, "wait_for_idle_model": True},
+            "max_ongoing_requests": 128,
+        }
+    ]
+    BatchingConfig.model_validate(more["applications"][2]["deployments"][0]["user_config"])
+    assert ServeDeploySchema.model_validate(more)
+
+
+def test_ongoing_per_batch_is_the_builders() -> None:
+    from deployments.model import builder
+
+    assert ONGOING_PER_BATCH == builder.ONGOING_PER_BATCH
 
 
 def test_written_files_hold_the_config_and_the_table(tmp_path: Path) -> None:
