@@ -225,3 +225,49 @@ def test_command_names_a_bad_config_before_starting_anything(
     (tmp_path / "broken.yaml").write_text("applications: [")
     assert tune.main([str(tmp_path / "broken.yaml"), "--target-rps", "5"]) == 1
     assert "is not YAML" in capsys.readouterr().err
+
+
+class _FailingSession:
+    """A session whose server refuses every layout the way ``error`` says."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error, self.stopped = error, 0
+
+    def run(self, *args: object) -> None:
+        raise self.error
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+def test_a_layout_that_cannot_deploy_is_a_row_that_says_so() -> None:
+    from raytorch.local_server import ServerError
+
+    session = _FailingSession(ServerError("timed out after 180s waiting for application x to redeploy:\nlog"))
+    layout = Layout(2, 1, 8, 0.0, 0.95)
+    args = tune.parse_args(["c.yaml", "--target-rps", "5"])
+    rows = tune.measure_layouts(
+        session, quickstart(), "efficientnet_lite0", [layout], "layout", (b"", "x"), Goal(5), args
+    )  # type: ignore[arg-type]
+    assert [(r.layout, r.measured, r.note) for r in rows] == [
+        (layout, False, "did not deploy: timed out after 180s waiting for application x to redeploy:")
+    ]
+    assert session.stopped == 1  # the next layout gets a fresh server
+
+
+def test_an_input_the_model_refuses_stops_the_command() -> None:
+    from raytorch.local_server import InputRefused
+
+    session = _FailingSession(InputRefused("PUT /predictions/efficientnet_lite0 answered 415: not an image"))
+    args = tune.parse_args(["c.yaml", "--target-rps", "5"])
+    with pytest.raises(tune.TuneError, match=r"refuses the input.*415"):
+        tune.measure_layouts(
+            session,
+            quickstart(),
+            "efficientnet_lite0",
+            [Layout(1, None, 8, 0.0, 1.0)],
+            "config",
+            (b"", "x"),
+            Goal(5),
+            args,
+        )  # type: ignore[arg-type]
