@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         if time_left(f"ours {model}", 60 + len(levels) * (args.seconds + 3)):
             r["ours"] = run_ours(model, image, levels, 3.0, args.seconds, on_gpu=name is not None)
     text = table(results, args.dtype)
-    text += f"\n\nGPU {name or 'none (CPU smoke run)'}, {os.cpu_count()} CPUs, {time.monotonic() - started:.0f} s in all."
+    seconds = time.monotonic() - started
+    text += f"\n\nGPU {name or 'none (CPU smoke run)'}, {os.cpu_count()} CPUs, {seconds:.0f} s in all."
     text += "".join(f"\n- {note}" for note in notes)
     print("\n" + text)
     if args.out:
