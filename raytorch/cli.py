@@ -213,11 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``raytorch`` command."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["tune"]:  # starts its own server: no --server or token
+    if argv[:1] == ["tune"]:  # its own options (and --help); it starts its own server
         from raytorch.tune import main as tune
 
         return tune(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "tune":  # after global options, which it does not use
+        from raytorch.tune import main as tune
+
+        return tune(args.args)
     if args.command == "archive":
         return cmd_archive(args)
     client = Client(args.server, find_token(args.token, args.state_dir))

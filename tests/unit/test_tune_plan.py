@@ -271,3 +271,12 @@ def test_an_input_the_model_refuses_stops_the_command() -> None:
             Goal(5),
             args,
         )  # type: ignore[arg-type]
+
+
+def test_raytorch_command_dispatches_tune(capsys: pytest.CaptureFixture) -> None:
+    from raytorch import cli
+
+    config = str(ROOT / "configs" / "quickstart.yaml")
+    assert cli.main(["tune", config]) == 2
+    assert cli.main(["--server", "http://127.0.0.1:1", "tune", config]) == 2
+    assert capsys.readouterr().err.count("name one goal") == 2
