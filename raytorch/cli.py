@@ -11,6 +11,7 @@ Examples::
     raytorch archive --name tiny --factory pkg.mod:make --state-dict w.pth -o tiny.zip
     raytorch serve configs/quickstart.yaml                # what `make serve` runs
     raytorch torchserve --start --ncs --model-store model_store --ts-config config.properties
+    raytorch tune configs/quickstart.yaml --target-rps 20   # measure layouts, write the best
 """
 
 from __future__ import annotations
@@ -208,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Both take the rest of the command line as their own (see main()).
     sub.add_parser("serve", help="run a Serve config as `make serve` does (raytorch serve CONFIG -h)")
     sub.add_parser("torchserve", help="TorchServe's command line: --start, --stop, config.properties")
+    # Parsed by raytorch.tune (see `raytorch tune --help`); listed here for the overview.
+    p = sub.add_parser("tune", help="measure layouts of a config on this machine and write the best")
+    p.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -222,7 +226,15 @@ def main(argv: list[str] | None = None) -> int:
         from raytorch import torchserve_cli
 
         return torchserve_cli.main(argv[1:])
+    if argv[:1] == ["tune"]:  # its own options (and --help); it starts its own server
+        from raytorch.tune import main as tune
+
+        return tune(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "tune":  # after global options, which it does not use
+        from raytorch.tune import main as tune
+
+        return tune(args.args)
     if args.command == "archive":
         return cmd_archive(args)
     client = Client(args.server, find_token(args.token, args.state_dir))

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,14 +21,11 @@ from pathlib import Path
 import httpx
 import yaml
 
+# One way to find a port and to stop a server by its PID, shared with `raytorch tune`.
+from raytorch.local_server import free_port
+from raytorch.local_server import stop_process as stop
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -128,16 +123,3 @@ def serve_run(
     finally:
         stop(process)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM lets serve run stop its local cluster; then clear its own process group."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
