@@ -221,7 +221,10 @@ class WorkflowNodeError(RaytorchError):
         self.type_name = error_type
 
     def __reduce__(self):
-        return (_rebuild_node_error, (self.message, self.status, self.node, self.type_name, self.retry_after_s))
+        return (
+            _rebuild_node_error,
+            (self.message, self.status, self.node, self.type_name, self.retry_after_s),
+        )
 
     def to_dict(self) -> dict[str, object]:
         """TorchServe's error object plus the failed ``node``."""

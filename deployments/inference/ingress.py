@@ -29,6 +29,7 @@ from deployments.inference.predictions import Predictor
 from deployments.inference.router import ServeRouter
 from deployments.inference.routes import create_routes
 from deployments.inference.telemetry import Telemetry
+from deployments.inference.workflow_calls import WorkflowCalls
 
 logger = logging.getLogger("ray.serve")
 
@@ -79,6 +80,7 @@ class Ingress:
             args.max_body_bytes,
             management=self._router.forward_to_management if plan.http else None,
             echo_request_id=plan.http,
+            workflows=WorkflowCalls(self._telemetry, args.request_timeout_s),
         )
         # Follow Serve now, so /ping is truthful before the first prediction.
         await self._router.start()

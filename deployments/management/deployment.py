@@ -17,6 +17,9 @@ from deployments.management.api import MOUNT_PATH, create_management_app
 from deployments.management.grpc_calls import as_http
 from deployments.management.manager import ModelManager
 from deployments.management.serve_control import ServeControl
+from deployments.management.workflow_api import MOUNT_PATH as WORKFLOWS_PATH
+from deployments.management.workflow_api import create_workflow_app
+from deployments.management.workflows import ServeWorkflows, WorkflowManager
 
 logger = logging.getLogger("ray.serve")
 # The handle call every ingress keeps open (a long poll of routing changes).
@@ -51,8 +54,13 @@ class ManagementDeployment:
         self._manager = ModelManager(args, ServeControl())
         self._token = load_or_create_token(self._manager.state_dir)
         self._app = create_management_app(self._manager, self._token)
-        # Bring registered models back as soon as the server (or this replica) starts.
-        self._restore = asyncio.get_running_loop().create_task(self._manager.restore())
+        self._workflows = WorkflowManager(
+            self._manager, ServeWorkflows(), self._manager.state_dir, self._manager.model_store,
+            self._manager.intake.download_policy, args.allow_archive_code, args.register_timeout_s,
+        )  # fmt: skip
+        self._workflow_app = create_workflow_app(self._workflows, self._token)
+        # Bring registered models (then workflows) back as soon as the server (or this replica) starts.
+        self._restore = asyncio.get_running_loop().create_task(self._restore_all())
         self._restore.add_done_callback(_log_failure)
         logger.info(
             "Management API ready: state dir %s, model store %s, key file %s/key_file.json",
@@ -60,6 +68,10 @@ class ManagementDeployment:
             self._manager.model_store,
             self._manager.state_dir,
         )
+
+    async def _restore_all(self) -> None:
+        await self._manager.restore()
+        await self._workflows.restore()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._app
@@ -78,7 +90,9 @@ class ManagementDeployment:
         return self._token
 
     async def http(self, request: ForwardedRequest) -> ForwardedResponse:
-        """A /models request the ingress received on its own HTTP port (handle call)."""
+        """A /models (or /workflows) request the ingress received on its own HTTP port (handle call)."""
+        if request.path == WORKFLOWS_PATH or request.path.startswith(WORKFLOWS_PATH + "/"):
+            return await call_asgi(self._workflow_app, request, root_path=WORKFLOWS_PATH)
         return await call_asgi(self._app, request, root_path=MOUNT_PATH)
 
     async def grpc_management(self, call: ManagementCall) -> ForwardedResponse:

@@ -137,7 +137,9 @@ class DagRunner:
                     NodeReport(node.name, node.model, 499, time.perf_counter() - started, attempt)
                 )
                 raise
-            result.reports.append(NodeReport(node.name, node.model, 200, time.perf_counter() - started, attempt))
+            result.reports.append(
+                NodeReport(node.name, node.model, 200, time.perf_counter() - started, attempt)
+            )
             return output
 
 
@@ -152,6 +154,10 @@ def _as_node_error(node: Node, exc: BaseException) -> WorkflowNodeError:
         )
     if isinstance(exc, RaytorchError):
         return WorkflowNodeError(
-            f"{what} failed: {exc.message}", exc.status, node.name, exc.type_name, retry_after_s=exc.retry_after_s
+            f"{what} failed: {exc.message}",
+            exc.status,
+            node.name,
+            exc.type_name,
+            retry_after_s=exc.retry_after_s,
         )
     return WorkflowNodeError(f"{what} failed: {type(exc).__name__}: {exc}", 500, node.name)

@@ -19,7 +19,13 @@ from deployments.common.settings import IngressArgs
 from deployments.inference.router import ServeRouter
 from deployments.workflow.answer import WorkflowAnswer, WorkflowRequest, compose, start_input
 from deployments.workflow.dag import DagRunner, Node, NodeCall, NodeInput, Payload
-from deployments.workflow.functions import OCTETS, encode_output, function_call, function_context, load_functions
+from deployments.workflow.functions import (
+    OCTETS,
+    encode_output,
+    function_call,
+    function_context,
+    load_functions,
+)
 from deployments.workflow.spec import ModelNode, WorkflowArgs, dag_nodes
 from handlers.torchserve.form_fields import encode_form
 

@@ -70,7 +70,9 @@ def load_functions(handler: str, names: list[str]) -> dict[str, Callable[..., An
         else:
             module = importlib.import_module(handler)
     except Exception as exc:  # user code may raise anything while importing
-        raise ModelLoadError(f"Workflow handler {handler} cannot be imported: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(
+            f"Workflow handler {handler} cannot be imported: {type(exc).__name__}: {exc}"
+        ) from exc
     missing = [name for name in names if not callable(getattr(module, name, None))]
     if missing:
         raise ModelLoadError(f"Workflow handler {handler} defines no function {', '.join(missing)}")

@@ -73,7 +73,9 @@ def _settings(raw: dict[str, Any], where: str) -> dict[str, Any]:
     for key, value in raw.items():
         if key not in SETTING_KEYS and key != "url":
             known = ", ".join(["url", *SETTING_KEYS])
-            raise BadInputError(f"Invalid workflow specification: {where}: unknown key {key!r} (known: {known})")
+            raise BadInputError(
+                f"Invalid workflow specification: {where}: unknown key {key!r} (known: {known})"
+            )
         out[SETTING_KEYS.get(key, key)] = value
     return out
 
@@ -84,8 +86,14 @@ def parse_torchserve_spec(text: str) -> TorchServeSpec:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise BadInputError(f"Invalid workflow specification: not YAML: {exc}") from None
-    if not isinstance(raw, dict) or not isinstance(raw.get("models"), dict) or not isinstance(raw.get("dag"), dict):
-        raise BadInputError("Invalid workflow specification: it needs a 'models:' mapping and a 'dag:' mapping")
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("models"), dict)
+        or not isinstance(raw.get("dag"), dict)
+    ):
+        raise BadInputError(
+            "Invalid workflow specification: it needs a 'models:' mapping and a 'dag:' mapping"
+        )
     globals_: dict[str, Any] = {}
     entries: dict[str, dict[str, Any]] = {}
     for key, value in raw["models"].items():
@@ -107,7 +115,8 @@ def parse_torchserve_spec(text: str) -> TorchServeSpec:
     try:
         defaults = NodeSettings.model_validate(globals_)
         models = {
-            name: SpecModel.model_validate({**defaults.model_dump(), **entry}) for name, entry in entries.items()
+            name: SpecModel.model_validate({**defaults.model_dump(), **entry})
+            for name, entry in entries.items()
         }
     except ValidationError as exc:
         raise BadInputError(f"Invalid workflow specification: {validation_message(exc.errors())}") from None
@@ -177,7 +186,9 @@ class ModelNode(StrictModel):
     """A model node: the served model (and version) it calls, and how it is retried."""
 
     model: str = Field(..., pattern=NAME_PATTERN, description="A served model's name.")
-    version: str | None = Field(None, pattern=VERSION_PATTERN, description="Its version (default: the default).")
+    version: str | None = Field(
+        None, pattern=VERSION_PATTERN, description="Its version (default: the default)."
+    )
     retry_attempts: int = Field(1, ge=0, le=10, description="Retries after a 5xx or a timeout.")
     timeout_ms: int = Field(10_000, ge=1, le=3_600_000, description="Deadline of one try.")
 

@@ -34,12 +34,16 @@ def test_sequential_pipeline_feeds_each_output_to_the_next_node_as_body() -> Non
     async def exclaim(given: NodeInput) -> Payload:
         return Payload(given["body"].data + b"!", "text/plain")
 
-    runner = DagRunner({"first": ["second"]}, {"first": node("first", upper(seen)), "second": node("second", exclaim)})
+    runner = DagRunner(
+        {"first": ["second"]}, {"first": node("first", upper(seen)), "second": node("second", exclaim)}
+    )
     result = asyncio.run(runner.run({"body": Payload(b"hello", "text/plain")}))
     assert result.error is None and result.outputs == {"second": Payload(b"HELLO!", "text/plain")}
     # The start node gets the request as it came; outputs travel on as bare bytes (TorchServe).
     assert seen[0]["body"] == Payload(b"hello", "text/plain")
-    assert [r.node for r in result.reports] == ["first", "second"] and {r.status for r in result.reports} == {200}
+    assert [r.node for r in result.reports] == ["first", "second"] and {r.status for r in result.reports} == {
+        200
+    }
 
 
 def test_parallel_branches_run_concurrently_and_a_join_gets_each_parent_by_name() -> None:
@@ -70,7 +74,11 @@ def test_parallel_branches_run_concurrently_and_a_join_gets_each_parent_by_name(
             return given["body"]
 
         dag = {"pre": ["left", "right"], "left": ["agg"], "right": ["agg"]}
-        nodes = {"pre": node("pre", pre), "left": node("left", branch("left")), "right": node("right", branch("right"))}
+        nodes = {
+            "pre": node("pre", pre),
+            "left": node("left", branch("left")),
+            "right": node("right", branch("right")),
+        }
         nodes["agg"] = node("agg", aggregate)
         return await DagRunner(dag, nodes).run({"body": Payload(b"x")}), joined
 
@@ -131,7 +139,9 @@ def test_5xx_and_timeouts_are_retried_4xx_are_not() -> None:
 
     ok = asyncio.run(DagRunner({"flaky": []}, {"flaky": node("flaky", flaky, retries=2)}).run({}))
     assert ok.error is None and ok.reports[0].attempts == 3
-    late = asyncio.run(DagRunner({"slow": []}, {"slow": node("slow", slow, retries=1, timeout_s=0.05)}).run({}))
+    late = asyncio.run(
+        DagRunner({"slow": []}, {"slow": node("slow", slow, retries=1, timeout_s=0.05)}).run({})
+    )
     assert late.error is not None and late.error.status == 504 and calls["slow"] == 2
     assert "did not answer within 0.05s" in late.error.message
 
@@ -171,9 +181,14 @@ def test_outputs_are_encoded_as_torchserve_sends_them() -> None:
 
 
 def test_several_parents_reach_a_torchserve_handler_as_named_fields() -> None:
-    body, content_type = encode_form({"pre_processing": (b"aGk=", None), "cat_dog_classification": (b"dog", None)})
+    body, content_type = encode_form(
+        {"pre_processing": (b"aGk=", None), "cat_dog_classification": (b"dog", None)}
+    )
     row = request_row(body, content_type)
     assert row == {"pre_processing": bytearray(b"aGk="), "cat_dog_classification": bytearray(b"dog")}
     assert row["cat_dog_classification"].decode() == "dog"  # what TorchServe's dog-breed handler does
     # A multipart /wfpredict request reaches the start node as its fields.
-    assert sorted(start_input(WorkflowRequest(body, content_type))) == ["cat_dog_classification", "pre_processing"]
+    assert sorted(start_input(WorkflowRequest(body, content_type))) == [
+        "cat_dog_classification",
+        "pre_processing",
+    ]

@@ -31,7 +31,9 @@ dag:
 
 def test_torchserve_spec_globals_apply_to_each_model_and_overrides_win() -> None:
     spec = parse_torchserve_spec(
-        DOG_BREED.replace("url: dog_breed_classification.mar", "url: dog_breed_classification.mar\n      batch-size: 2")
+        DOG_BREED.replace(
+            "url: dog_breed_classification.mar", "url: dog_breed_classification.mar\n      batch-size: 2"
+        )
     )
     cat, dog = spec.models["cat_dog_classification"], spec.models["dog_breed_classification"]
     assert (cat.batch_size, cat.max_batch_delay, cat.retry_attempts, cat.timeout_ms) == (4, 100, 5, 300000)
@@ -91,7 +93,10 @@ def test_workflow_args_from_our_config() -> None:
     ("raw", "words"),
     [
         ({"name": "w", "dag": {"a": ["b"]}}, "name the file that defines them in 'handler'"),
-        ({"name": "w", "models": {"x": "m"}, "dag": {"a": ["b"]}, "handler": "h.py"}, "models not in the dag: x"),
+        (
+            {"name": "w", "models": {"x": "m"}, "dag": {"a": ["b"]}, "handler": "h.py"},
+            "models not in the dag: x",
+        ),
         ({"name": "w", "dag": {"a": ["b"]}, "handler": "h.py", "retries": 2}, "Extra inputs"),
         ({"name": "w", "dag": {"a": ["b"], "c": ["b"]}, "handler": "h.py"}, "exactly one start node"),
     ],
