@@ -86,7 +86,12 @@ class ServeWorkflows:
         from ray import serve
 
         status = await asyncio.to_thread(serve.status)
-        return {name: (str(app.status.value), app.message or "") for name, app in status.applications.items()}
+        found = {}
+        for name, app in status.applications.items():
+            # A replica that cannot start says why in its deployment's message, not the app's.
+            messages = [d.message for d in app.deployments.values() if d.message]
+            found[name] = (str(app.status.value), messages[0] if messages else app.message or "")
+        return found
 
 
 class WorkflowManager:

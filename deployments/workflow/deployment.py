@@ -10,7 +10,6 @@ from the node reports of the answer.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from ray import serve
 
@@ -24,6 +23,7 @@ from deployments.workflow.functions import (
     encode_output,
     function_call,
     function_context,
+    handler_path,
     load_functions,
 )
 from deployments.workflow.spec import ModelNode, WorkflowArgs, dag_nodes
@@ -43,7 +43,9 @@ class WorkflowDeployment:
         self._args = args
         self._router = ServeRouter(IngressArgs(request_timeout_s=ROUTER_TIMEOUT_S))
         functions = load_functions(args.handler, args.function_nodes()) if args.function_nodes() else {}
-        folder = str(Path(args.handler).resolve().parent) if args.handler else str(Path.cwd())
+        folder = (
+            str(handler_path(args.handler).parent) if args.handler and args.handler.endswith(".py") else "."
+        )
         nodes = {}
         for name in dag_nodes(args.dag):
             model = args.model_node(name)

@@ -25,6 +25,7 @@ TEXT = "text/plain; charset=utf-8"
 OCTETS = "application/octet-stream"
 TENSOR = "application/x-torch-tensor"  # torch.save bytes, what TorchServe sends for a tensor
 SERVER_VERSION = "raytorch"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def encode_output(value: Any) -> Payload:
@@ -63,7 +64,7 @@ def load_functions(handler: str, names: list[str]) -> dict[str, Callable[..., An
 
     try:
         if handler.endswith(".py"):
-            path = Path(handler).resolve()
+            path = handler_path(handler)
             if str(path.parent) not in sys.path:
                 sys.path.insert(0, str(path.parent))
             module: Any = load_module_file(path)
@@ -77,6 +78,15 @@ def load_functions(handler: str, names: list[str]) -> dict[str, Callable[..., An
     if missing:
         raise ModelLoadError(f"Workflow handler {handler} defines no function {', '.join(missing)}")
     return {name: getattr(module, name) for name in names}
+
+
+def handler_path(handler: str) -> Path:
+    """A handler file's path: absolute, or relative to the working directory, or else to the
+    project's root (a config's ``examples/...``, whatever directory Ray started the replica in)."""
+    path = Path(handler).expanduser()
+    if path.is_absolute() or path.exists():
+        return path.resolve()
+    return (PROJECT_ROOT / path).resolve()
 
 
 def function_context(workflow: str, node: str, folder: str) -> Any:

@@ -213,7 +213,8 @@ def test_sequential_and_parallel_workflows_from_war_archives(quickstart: ServeCl
         failed = expect(client.post("/wfpredict/retranslate", content=b"   "), 400).json()
         assert failed["node"] == "nmt_en_de" and failed["type"] == "PredictionException"
         assert failed["message"] == (
-            'Workflow node "nmt_en_de" (model "retranslate__nmt_en_de") failed: cannot translate an empty text'
+            'Workflow node "nmt_en_de" (model "retranslate__nmt_en_de") failed: '
+            "cannot translate an empty text"
         )
         failed = expect(client.post("/wfpredict/dual", content=b"fail"), 500).json()
         assert failed["node"] == "aggregate_func"
