@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import TOKEN, read_access_log
 from tests.e2e.serve_cluster import ServeCluster
@@ -163,6 +164,15 @@ def store(quickstart: ServeCluster, tmp_path_factory: pytest.TempPathFactory) ->
     return store
 
 
+def metric_samples(text: str) -> dict[tuple[str, tuple], float]:
+    """(sample name, sorted labels) -> value, from the Prometheus text of /metrics."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def expect(response: httpx.Response, status: int) -> httpx.Response:
     assert response.status_code == status, (
         f"{response.request.method} {response.request.url}: {response.text}"
@@ -223,14 +233,16 @@ def test_sequential_and_parallel_workflows_from_war_archives(quickstart: ServeCl
         expect(client.get("/wfpredict/dual"), 405)
 
         # Metrics and access-log lines per workflow and per node.
-        metrics = expect(client.get("/metrics"), 200).text
-        assert 'raytorch_workflow_requests_total{workflow="dual",code="200"} 1.0' in metrics
-        assert 'raytorch_workflow_requests_total{workflow="retranslate",code="400"} 1.0' in metrics
-        assert 'raytorch_workflow_node_requests_total{workflow="dual",node="nmt_en_fr",code="200"}' in metrics
+        samples = metric_samples(expect(client.get("/metrics"), 200).text)
+        assert samples[("raytorch_workflow_requests_total", (("code", "200"), ("workflow", "dual")))] == 1
         assert (
-            'raytorch_workflow_node_requests_total{workflow="dual",node="aggregate_func",code="500"}'
-            in metrics
+            samples[("raytorch_workflow_requests_total", (("code", "400"), ("workflow", "retranslate")))] == 1
         )
+        node = "raytorch_workflow_node_requests_total"
+        assert samples[(node, (("code", "200"), ("node", "nmt_en_fr"), ("workflow", "dual")))] == 2
+        assert samples[(node, (("code", "500"), ("node", "aggregate_func"), ("workflow", "dual")))] == 1
+        assert samples[(node, (("code", "400"), ("node", "nmt_en_de"), ("workflow", "retranslate")))] == 1
+        assert ("raytorch_workflow_requests_total", (("code", "404"), ("workflow", "nowhere"))) not in samples
         request_id = reply.headers["x-request-id"]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and request_id not in read_access_log(quickstart):

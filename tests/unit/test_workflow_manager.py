@@ -41,7 +41,10 @@ dag:
   nmt_en_de: [aggregate_func]
   nmt_en_fr: [aggregate_func]
 """
-HANDLER = "def pre_processing(data, context):\n    return data\n\ndef aggregate_func(data, context):\n    return data\n"
+HANDLER = (
+    "def pre_processing(data, context):\n    return data\n\n"
+    "def aggregate_func(data, context):\n    return data\n"
+)
 
 
 class FakeModels:
@@ -133,9 +136,8 @@ def test_registered_workflows_come_back_after_a_restart(root: Path) -> None:
         described["workflowDag"]
         == "{pre_processing=[nmt_en_de, nmt_en_fr], nmt_en_de=[aggregate_func], nmt_en_fr=[aggregate_func]}"
     )
-    assert (described["minWorkers"], described["maxWorkers"], described["batchSize"], described["maxBatchDelay"]) == (
-        1, 2, 4, 100,
-    )  # fmt: skip
+    settings = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")
+    assert [described[key] for key in settings] == [1, 2, 4, 100]
 
 
 def test_a_failing_node_rolls_the_whole_registration_back_and_is_named(root: Path) -> None:
@@ -153,11 +155,11 @@ def test_a_failing_node_rolls_the_whole_registration_back_and_is_named(root: Pat
 def test_conflicts_unknown_names_and_the_code_policy(root: Path) -> None:
     workflows = manager(root, FakeModels(), FakeServe())
     asyncio.run(workflows.register("dual.war", None, None))
-    with pytest.raises(ConflictError, match="Workflow dual is already registered."):
+    with pytest.raises(ConflictError, match=r"Workflow dual is already registered\."):
         asyncio.run(workflows.register("dual.war", None, None))
     with pytest.raises(WorkflowNotFoundError, match="Workflow not found: nope"):
         asyncio.run(workflows.unregister("nope"))
-    with pytest.raises(WorkflowNotFoundError, match="Workflow not found in workflow store: nope.war"):
+    with pytest.raises(WorkflowNotFoundError, match=r"Workflow not found in workflow store: nope\.war"):
         asyncio.run(workflows.register("nope.war", None, None))
     assert asyncio.run(workflows.unregister("dual")) == {"status": 'Workflow "dual" unregistered'}
     strict = manager(root, FakeModels(), FakeServe(), allow_code=False)
@@ -168,7 +170,7 @@ def test_conflicts_unknown_names_and_the_code_policy(root: Path) -> None:
 def test_a_dag_node_that_is_neither_model_nor_function_is_refused(root: Path) -> None:
     build_war(root / "store", "typo", handler=HANDLER.replace("aggregate_func", "aggregate"))
     with pytest.raises(
-        Exception, match="aggregate_func is neither a model of the spec nor a function of handler.py"
+        Exception, match=r"aggregate_func is neither a model of the spec nor a function of handler\.py"
     ):
         asyncio.run(manager(root, FakeModels(), FakeServe()).register("typo.war", None, None))
 
