@@ -24,6 +24,7 @@ from deployments.workflow.functions import (
     function_call,
     function_context,
     handler_path,
+    initialize,
     load_functions,
 )
 from deployments.workflow.spec import ModelNode, WorkflowArgs, dag_nodes
@@ -55,6 +56,7 @@ class WorkflowDeployment:
                 )
             else:
                 context = function_context(args.name, name, folder)
+                initialize(name, functions[name], context)
                 call = function_call(functions[name], context)
                 nodes[name] = Node(name, call, None, args.retry_attempts, args.timeout_ms / 1000)
         self._runner = DagRunner(args.dag, nodes)

@@ -101,6 +101,17 @@ def function_context(workflow: str, node: str, folder: str) -> Any:
     return Context(f"{workflow}__{node}", folder, {}, 1, None, SERVER_VERSION, metrics=NullMetrics())
 
 
+def initialize(name: str, function: Callable[..., Any], context: Any) -> None:
+    """Call ``function(None, context)`` once, as TorchServe's worker starts a function node (its
+    handler files guard for it: ``if data is None: return``); ModelLoadError if it raises."""
+    try:
+        function(None, context)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Workflow function {name} failed to initialize: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def function_call(function: Callable[..., Any], context: Any) -> NodeCall:
     """A node call that runs ``function([request], context)`` on a thread and encodes its one answer."""
 

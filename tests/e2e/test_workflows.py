@@ -60,11 +60,15 @@ RETRANSLATION_HANDLER = textwrap.dedent(
 
 
     def prep_intermediate_input(data, context):
+        if data is None:  # TorchServe calls each function once without data when it starts
+            return None
         answer = json.loads(data[0].get("data") or data[0].get("body"))
         return [answer["german_output"]]
 
 
     def post_processing(data, context):
+        if data is None:  # TorchServe calls each function once without data when it starts
+            return None
         answer = json.loads(data[0].get("data") or data[0].get("body"))
         return [{"german_translation": answer["input"], "english_re_translation": answer["english_output"]}]
     """
@@ -97,10 +101,14 @@ DUAL_HANDLER = textwrap.dedent(
 
 
     def pre_processing(data, context):
+        if data is None:  # TorchServe calls each function once without data when it starts
+            return None
         return [data[0].get("data") or data[0].get("body")]
 
 
     def aggregate_func(data, context):
+        if data is None:  # TorchServe calls each function once without data when it starts
+            return None
         german = json.loads(data[0]["nmt_en_de"])
         french = json.loads(data[0]["nmt_en_fr"])
         if german["input"] == "fail":

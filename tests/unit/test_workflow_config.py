@@ -11,7 +11,7 @@ import yaml
 
 from deployments.workflow.answer import WorkflowRequest, compose, start_input
 from deployments.workflow.dag import DagRunner, Node, NodeInput, Payload
-from deployments.workflow.functions import encode_output, function_call, load_functions
+from deployments.workflow.functions import encode_output, function_call, initialize, load_functions
 from deployments.workflow.spec import WorkflowArgs, dag_nodes
 from handlers.registry import create_handler
 from handlers.spec import ModelSpec
@@ -30,6 +30,8 @@ def test_the_config_workflow_answers_with_the_language_and_the_counts() -> None:
         return encode_output(language.predict(payload.data, payload.content_type))
 
     functions = load_functions(args.handler or "", args.function_nodes())
+    for name, function in functions.items():
+        initialize(name, function, None)  # as the workflow's replica does when it starts
     nodes = {
         name: Node(name, model, "language")
         if args.model_node(name)

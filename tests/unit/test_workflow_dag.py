@@ -10,8 +10,8 @@ import pytest
 
 from deployments.workflow.answer import WorkflowRequest, compose, start_input
 from deployments.workflow.dag import DagRunner, Node, NodeInput, Payload
-from deployments.workflow.functions import encode_output, function_call, load_functions
-from handlers.errors import BadInputError, ModelNotReadyError, WorkflowNodeError
+from deployments.workflow.functions import encode_output, function_call, initialize, load_functions
+from handlers.errors import BadInputError, ModelLoadError, ModelNotReadyError, WorkflowNodeError
 from handlers.torchserve.adapter import request_row
 from handlers.torchserve.form_fields import encode_form
 
@@ -172,6 +172,10 @@ def test_function_nodes_are_called_torchserve_style(tmp_path: Path) -> None:
         asyncio.run(function_call(functions["not_a_list"], None)({"body": Payload(b"")}))
     with pytest.raises(Exception, match="defines no function missing"):
         load_functions(str(handler), ["missing"])
+    # The start-up call without data (TorchServe's): a function that cannot take it fails the start.
+    initialize("broken", lambda data, context: None, None)
+    with pytest.raises(ModelLoadError, match="pre_processing failed to initialize: TypeError"):
+        initialize("pre_processing", functions["pre_processing"], None)
 
 
 def test_outputs_are_encoded_as_torchserve_sends_them() -> None:
