@@ -142,6 +142,13 @@ class WorkflowCalls:
         for report in answer.reports if answer is not None else []:
             self.metrics.node_requests.labels(name, report.node, str(report.status)).inc()
             self.metrics.node_latency.labels(name, report.node).observe(report.seconds)
+            if report.model is not None and report.status != 499:
+                # The model node's request also counts as one of its model's (protocol "workflow").
+                version = report.answer.version if report.answer is not None else "-"
+                answers = [report.answer] if report.answer is not None else []
+                self.telemetry.metrics.observe(
+                    report.model, version, report.status, report.seconds, answers, "workflow"
+                )
             self.telemetry.access.write(
                 {
                     "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),

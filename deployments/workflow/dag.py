@@ -16,6 +16,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from deployments.workflow.spec import check_dag, leaves, parents_of
 from handlers.errors import RaytorchError, WorkflowNodeError
@@ -23,10 +24,12 @@ from handlers.errors import RaytorchError, WorkflowNodeError
 
 @dataclass(frozen=True)
 class Payload:
-    """One parameter of a node's input, or a node's output: bytes and their media type."""
+    """One parameter of a node's input, or a node's output: bytes and their media type.
+    ``answer``: a model node's full answer (version, batch size, stage timings), for metrics."""
 
     data: bytes
     content_type: str | None = None
+    answer: Any = field(default=None, compare=False)
 
 
 NodeInput = dict[str, Payload]  # TorchServe's parameter name -> value
@@ -54,6 +57,7 @@ class NodeReport:
     status: int
     seconds: float
     attempts: int
+    answer: Any = None  # a model node's Answer (deployments.common.messages), when it answered
 
 
 @dataclass
@@ -138,7 +142,7 @@ class DagRunner:
                 )
                 raise
             result.reports.append(
-                NodeReport(node.name, node.model, 200, time.perf_counter() - started, attempt)
+                NodeReport(node.name, node.model, 200, time.perf_counter() - started, attempt, output.answer)
             )
             return output
 

@@ -9,6 +9,7 @@ from the node reports of the answer.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from ray import serve
@@ -72,7 +73,8 @@ class WorkflowDeployment:
                 body, content_type = encode_form({k: (p.data, p.content_type) for k, p in given.items()})
             state = await self._router.resolve(node.model, node.version)
             answer: Answer = await self._router.predict(state, body, content_type)
-            return encode_output(answer.result)
+            output = encode_output(answer.result)
+            return Payload(output.data, output.content_type, dataclasses.replace(answer, result=None))
 
         return call
 

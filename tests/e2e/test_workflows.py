@@ -251,6 +251,10 @@ def test_sequential_and_parallel_workflows_from_war_archives(quickstart: ServeCl
         assert samples[(node, (("code", "500"), ("node", "aggregate_func"), ("workflow", "dual")))] == 1
         assert samples[(node, (("code", "400"), ("node", "nmt_en_de"), ("workflow", "retranslate")))] == 1
         assert ("raytorch_workflow_requests_total", (("code", "404"), ("workflow", "nowhere"))) not in samples
+        # A model node's requests are also its model's (protocol "workflow"), beside /predictions'.
+        model = (("code", "200"), ("model_name", "dual__nmt_en_fr"), ("model_version", "1.0"))
+        assert samples[("raytorch_requests_total", (*model, ("protocol", "workflow")))] == 2
+        assert samples[("raytorch_requests_total", (*model, ("protocol", "torchserve")))] == 1
         request_id = reply.headers["x-request-id"]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and request_id not in read_access_log(quickstart):

@@ -31,8 +31,8 @@ def upper(seen: list[NodeInput]):
 def test_sequential_pipeline_feeds_each_output_to_the_next_node_as_body() -> None:
     seen: list[NodeInput] = []
 
-    async def exclaim(given: NodeInput) -> Payload:
-        return Payload(given["body"].data + b"!", "text/plain")
+    async def exclaim(given: NodeInput) -> Payload:  # a model node: its answer goes to the metrics
+        return Payload(given["body"].data + b"!", "text/plain", answer="the model's Answer")
 
     runner = DagRunner(
         {"first": ["second"]}, {"first": node("first", upper(seen)), "second": node("second", exclaim)}
@@ -44,6 +44,7 @@ def test_sequential_pipeline_feeds_each_output_to_the_next_node_as_body() -> Non
     assert [r.node for r in result.reports] == ["first", "second"] and {r.status for r in result.reports} == {
         200
     }
+    assert [r.answer for r in result.reports] == [None, "the model's Answer"]
 
 
 def test_parallel_branches_run_concurrently_and_a_join_gets_each_parent_by_name() -> None:
