@@ -40,6 +40,8 @@ def build(root: Path) -> tuple[Path, Path]:
         workflow_store, work / "retranslate", "retranslate", wf.RETRANSLATION_SPEC, wf.RETRANSLATION_HANDLER
     )
     wf.build_war(workflow_store, work / "dual", "dual", wf.DUAL_SPEC, wf.DUAL_HANDLER)
+    archives.build_handler_only(store, work / "joiner", "joiner", "1.0", wf.JOINER, "joiner.py")
+    wf.build_war(workflow_store, work / "breed", "breed", wf.BREED_SPEC, wf.BREED_HANDLER)
     return store, workflow_store
 
 
@@ -56,6 +58,8 @@ def ask(inference: str, management: str) -> None:
         ("a model node fails (its handler's 400)", "POST", f"{inference}/wfpredict/retranslate", b"   "),
         ("a function node fails", "POST", f"{inference}/wfpredict/dual", b"fail"),
         ("unknown workflow", "POST", f"{inference}/wfpredict/nowhere", b"x"),
+        ("register breed", "POST", f"{management}/workflows?url=breed.war", None),
+        ("a model node with two parents", "POST", f"{inference}/wfpredict/breed", b" Hallo "),
         ("re-register", "POST", f"{management}/workflows?url=dual.war", None),
         ("absent archive", "POST", f"{management}/workflows?url=absent.war", None),
         ("unregister", "DELETE", f"{management}/workflows/dual", None),

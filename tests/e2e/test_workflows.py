@@ -143,6 +143,51 @@ DUAL_SPEC = textwrap.dedent(
     """
 )
 
+# TorchServe's examples/Workflows/dog_breed_classification shape: a model node with two parents
+# (the function's output and the first model's) reads each by its parent's name.
+JOINER = textwrap.dedent(
+    """
+    import json
+
+
+    class Joiner:
+        def initialize(self, context):
+            self.initialized = True
+
+        def handle(self, data, context):
+            answers = []
+            for row in data:
+                original = row.get("pre_processing").decode()
+                first = json.loads(row.get("classify").decode())
+                answers.append(f"{original} -> {first['german_output']}")
+            return answers
+    """
+)
+BREED_HANDLER = textwrap.dedent(
+    """
+    def pre_processing(data, context):
+        if data is None:  # TorchServe calls each function once without data when it starts
+            return None
+        return [bytes(data[0].get("data") or data[0].get("body")).decode().strip()]
+    """
+)
+BREED_SPEC = textwrap.dedent(
+    """
+    models:
+        min-workers: 1
+        max-workers: 1
+        batch-size: 4
+        max-batch-delay: 100
+        classify:
+          url: en2de.mar
+        breed:
+          url: joiner.mar
+    dag:
+      pre_processing: [classify, breed]
+      classify: [breed]
+    """
+)
+
 
 def workflow_archiver() -> str:
     found = shutil.which("torch-workflow-archiver", path=str(Path(sys.executable).parent))
@@ -169,6 +214,8 @@ def store(quickstart: ServeCluster, tmp_path_factory: pytest.TempPathFactory) ->
         ts.build_handler_only(store, work / name, name, "1.0", source, "translator.py")
     build_war(store, work / "retranslate", "retranslate", RETRANSLATION_SPEC, RETRANSLATION_HANDLER)
     build_war(store, work / "dual", "dual", DUAL_SPEC, DUAL_HANDLER)
+    ts.build_handler_only(store, work / "joiner", "joiner", "1.0", JOINER, "joiner.py")
+    build_war(store, work / "breed", "breed", BREED_SPEC, BREED_HANDLER)
     return store
 
 
@@ -302,3 +349,14 @@ def test_bad_workflow_registrations_say_what_is_wrong(
         assert not any(name.startswith("missing__") for name in models), models
         expect(client.get("/workflows/missing", headers=AUTH), 404)
         expect(client.get("/workflows", headers={}), 401)
+
+
+def test_a_model_node_with_two_parents_gets_each_by_name(quickstart: ServeCluster, store: Path) -> None:
+    with quickstart.client(timeout=300) as client:
+        expect(client.post("/workflows?url=breed.war", headers=AUTH), 200)
+        try:
+            reply = expect(client.post("/wfpredict/breed", content=b" Hallo "), 200)
+            assert reply.text == "Hallo -> HALLO"  # a handler's text answer is sent as text
+            assert reply.headers["content-type"].startswith("text/plain")
+        finally:
+            expect(client.delete("/workflows/breed", headers=AUTH), 200)
