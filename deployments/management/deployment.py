@@ -19,7 +19,8 @@ from deployments.management.manager import ModelManager
 from deployments.management.serve_control import ServeControl
 from deployments.management.workflow_api import MOUNT_PATH as WORKFLOWS_PATH
 from deployments.management.workflow_api import create_workflow_app
-from deployments.management.workflows import ServeWorkflows, WorkflowManager
+from deployments.management.workflow_serve import ServeWorkflows
+from deployments.management.workflows import WorkflowManager
 
 logger = logging.getLogger("ray.serve")
 # The handle call every ingress keeps open (a long poll of routing changes).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +57,6 @@ def read_war(archive: Path, target: Path, name: str | None) -> WarContents:
     name = name or workflow.get("workflowName")
     if not name:
         raise BadInputError("Workflow name is not defined.")
-    import re
-
     if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name) or "__" in name:
         raise BadInputError(
             f"Invalid workflow name {str(name)[:80]!r}: names are 1-128 ASCII letters, digits, '_', '.' "

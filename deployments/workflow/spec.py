@@ -18,7 +18,7 @@ leaves' outputs are the answer.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
 from typing import Any
 
 import yaml
@@ -147,8 +147,6 @@ def parents_of(dag: dict[str, list[str]]) -> dict[str, list[str]]:
 def check_dag(dag: dict[str, list[str]]) -> list[str]:
     """The nodes in an order that runs parents first; 400 unless it is TorchServe's kind of
     DAG: one start node, no cycle, names that can be model names."""
-    import re
-
     nodes = dag_nodes(dag)
     if not nodes:
         raise BadInputError("Invalid workflow specification: the dag has no nodes")
@@ -258,8 +256,3 @@ def validate_args(raw: dict[str, Any]) -> WorkflowArgs:
 def leaves(dag: dict[str, list[str]]) -> list[str]:
     """Nodes without children: their outputs are the workflow's answer."""
     return [node for node in dag_nodes(dag) if not dag.get(node)]
-
-
-def names(items: Iterable[str]) -> str:
-    """``a, b, c`` for messages."""
-    return ", ".join(items)
