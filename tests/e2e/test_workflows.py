@@ -3,6 +3,8 @@ torch-workflow-archiver, in the shape of TorchServe's examples/Workflows/nmt_tra
 (a sequential "retranslation" and a parallel "dual translation" with function nodes), with model
 archives built by torch-model-archiver. The "translations" are tiny TorchServe handler files
 (upper case for German, reversed for French), so nothing downloads and no weights are needed.
+The last test restarts a small server of its own (ingress and management only): a registered
+workflow must come back with its models.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import TOKEN, read_access_log
-from tests.e2e.serve_cluster import ServeCluster
+from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run
 from tests.fixtures import torchserve_archives as ts
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -360,3 +362,35 @@ def test_a_model_node_with_two_parents_gets_each_by_name(quickstart: ServeCluste
             assert reply.headers["content-type"].startswith("text/plain")
         finally:
             expect(client.delete("/workflows/breed", headers=AUTH), 200)
+
+
+def test_registered_workflows_come_back_after_a_restart(tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("workflow-restart")
+    store = root / "store"
+    store.mkdir()
+    for name in ("en2de", "en2fr"):
+        key, expression = MODELS[name]
+        source = TRANSLATOR % {"key": key, "expression": expression}
+        ts.build_handler_only(store, root / "work" / name, name, "1.0", source, "translator.py")
+    build_war(store, root / "work" / "dual", "dual", DUAL_SPEC, DUAL_HANDLER)
+    config = load_config("quickstart.yaml")
+    config["applications"] = [a for a in config["applications"] if a["name"] in ("ingress", "management")]
+    env = {
+        "RAYTORCH_STATE_DIR": str(root / "state"),
+        "RAYTORCH_MODEL_STORE": str(store),
+        "RAYTORCH_TOKEN": TOKEN,
+    }
+    expected = {"english_input": "Hi", "german_translation": "HI", "french_translation": "iH"}
+    for first in (True, False):
+        with serve_run(config, extra_env=env) as cluster, cluster.client(timeout=300) as client:
+            cluster.wait_for(
+                lambda: client.get("/workflows", headers=AUTH).status_code == 200, 180, "the management API"
+            )
+            if first:
+                expect(client.post("/workflows?url=dual.war", headers=AUTH), 200)
+            cluster.wait_for(
+                lambda: client.post("/wfpredict/dual", content=b"Hi").status_code == 200, 240, "the workflow"
+            )
+            assert client.post("/wfpredict/dual", content=b"Hi").json() == expected
+            listed = expect(client.get("/workflows", headers=AUTH), 200).json()
+            assert listed == {"workflows": [{"workflowName": "dual", "workflowUrl": "dual.war"}]}
