@@ -15,6 +15,8 @@ from deployments.inference.ingress import Ingress
 from deployments.management.deployment import ManagementDeployment
 from deployments.model.builder import model_application
 from deployments.pool.builder import pool_application
+from deployments.workflow.builder import workflow_application
+from deployments.workflow.spec import WorkflowArgs
 
 # Pinned to the head node: the management part keeps its state directory there, and the
 # ingress listens on the address users were given (the head's, unless a config says otherwise).
@@ -30,6 +32,12 @@ def build_pool(args: PoolArgs) -> Application:
     """A model pool (no HTTP route): models registered with ``pool=NAME`` are loaded by its
     replicas on demand and share its resources."""
     return pool_application(args)
+
+
+def build_workflow(args: WorkflowArgs) -> Application:
+    """A workflow: a DAG of served models and Python functions, answering ``/wfpredict/{name}``
+    (docs/workflows.md)."""
+    return workflow_application(args)
 
 
 def build_ingress(args: IngressArgs) -> Application:

@@ -211,6 +211,51 @@ class StreamCancelled(Exception):
     producing parts (it is not an answer: nobody is left to receive one)."""
 
 
+class WorkflowNotFoundError(RaytorchError):
+    """No workflow of that name is registered (TorchServe's ``Workflow not found: name``)."""
+
+    status = 404
+    type_name = "WorkflowNotFoundException"
+
+
+class WorkflowNodeError(RaytorchError):
+    """A workflow failed at one node: that node's status, its error type and its name.
+
+    TorchServe answers every node failure with a 500 naming only the node; this keeps the
+    node's own status (a bad input stays a 400, a timeout a 504) and says which node it was.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 500,
+        node: str = "",
+        error_type: str = "InternalServerException",
+        *,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.status = status if 400 <= status <= 599 else 500
+        self.node = node
+        self.type_name = error_type
+
+    def __reduce__(self):
+        return (
+            _rebuild_node_error,
+            (self.message, self.status, self.node, self.type_name, self.retry_after_s),
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """TorchServe's error object plus the failed ``node``."""
+        return {**super().to_dict(), "node": self.node}
+
+
+def _rebuild_node_error(
+    message: str, status: int, node: str, error_type: str, retry_after_s: float | None
+) -> WorkflowNodeError:
+    return WorkflowNodeError(message, status, node, error_type, retry_after_s=retry_after_s)
+
+
 # TorchServe's wording of its routing errors: scripts compare these strings.
 RESOURCE_NOT_FOUND = "Requested resource is not found, please refer to API document."
 METHOD_NOT_ALLOWED = "Requested method is not allowed, please refer to API document."

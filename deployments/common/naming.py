@@ -9,6 +9,7 @@ from __future__ import annotations
 
 MODEL_DEPLOYMENT_PREFIX = "model:"
 POOL_DEPLOYMENT_PREFIX = "pool:"
+WORKFLOW_DEPLOYMENT_PREFIX = "workflow:"
 MANAGEMENT_APP = "management"
 MANAGEMENT_DEPLOYMENT = "Management"
 INGRESS_DEPLOYMENT = "Ingress"
@@ -53,6 +54,28 @@ def parse_pooled_model_id(model_id: str) -> tuple[str, str] | None:
     head, sep, token = model_id.rpartition("#")
     name, at, version = head.rpartition("@")
     return (name, version) if sep and at and name and version and token else None
+
+
+def workflow_deployment_name(workflow: str) -> str:
+    """Serve deployment name of a workflow (the ingress finds workflows by it)."""
+    return f"{WORKFLOW_DEPLOYMENT_PREFIX}{workflow}"
+
+
+def parse_workflow_deployment_name(deployment: str) -> str | None:
+    """Inverse of :func:`workflow_deployment_name`; None for deployments that are not workflows."""
+    if not deployment.startswith(WORKFLOW_DEPLOYMENT_PREFIX):
+        return None
+    return deployment[len(WORKFLOW_DEPLOYMENT_PREFIX) :] or None
+
+
+def registered_workflow_app_name(workflow: str) -> str:
+    """Application name of a workflow registered at runtime (``workflow:<name>``)."""
+    return f"{WORKFLOW_DEPLOYMENT_PREFIX}{workflow}"
+
+
+def workflow_model_name(workflow: str, node: str) -> str:
+    """TorchServe's name of a workflow's model node when it registers it: ``<workflow>__<node>``."""
+    return f"{workflow}__{node}"
 
 
 def registered_app_name(model: str, version: str) -> str:

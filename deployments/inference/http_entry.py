@@ -17,7 +17,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from deployments.common.forwarding import ForwardedRequest, ForwardedResponse
@@ -42,6 +42,9 @@ from deployments.inference.telemetry import (
 )
 from handlers.errors import METHOD_NOT_ALLOWED, BadInputError, MethodNotAllowedError, RaytorchError
 from handlers.spec import NAME_PATTERN, VERSION_PATTERN
+
+if TYPE_CHECKING:
+    from deployments.inference.workflow_calls import WorkflowCalls
 
 logger = logging.getLogger("raytorch.ingress")
 Asgi = Callable[[dict, Any, Any], Awaitable[None]]
@@ -96,6 +99,7 @@ class HttpEntry:
         management: Callable[[ForwardedRequest], Awaitable[ForwardedResponse]] | None = None,
         echo_request_id: bool = True,
         check_management_token: Callable[[str | None], Awaitable[None]] | None = None,
+        workflows: WorkflowCalls | None = None,
     ) -> None:
         self.predictor = predictor
         self.telemetry = telemetry
@@ -106,6 +110,7 @@ class HttpEntry:
         self.echo_request_id = echo_request_id
         self.streams = PredictionStreams(predictor.router)  # type: ignore[arg-type]
         self.check_management_token = check_management_token
+        self.workflows = workflows
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -135,7 +140,9 @@ class HttpEntry:
             path = scope["path"]
             if path.startswith("/predictions/"):
                 await self._predictions(scope, receive, send_with_id, headers, record)
-            elif self.management is not None and (path == "/models" or path.startswith("/models/")):
+            elif self.workflows is not None and path.startswith("/wfpredict/"):
+                await self._wfpredict(scope, receive, send_with_id, headers, record)
+            elif self.management is not None and path.split("/", 2)[1] in ("models", "workflows"):
                 await self._forward(scope, receive, send_with_id, headers)
             else:
                 scope[RECORD_KEY] = record
@@ -193,6 +200,26 @@ class HttpEntry:
             await _send_raw(send, content, extra)
         else:
             await _send_json(send, 200, json.dumps(content).encode(), extra)
+
+    async def _wfpredict(
+        self, scope: dict, receive: Any, send: Any, headers: dict, record: RequestRecord
+    ) -> None:
+        # TorchServe's workflow predictions: POST (or PUT) with the input as the body.
+        if scope["method"] not in ("POST", "PUT"):
+            raise MethodNotAllowedError(METHOD_NOT_ALLOWED)
+        record.protocol = "workflow"
+        name = scope["path"][len("/wfpredict/") :].rstrip("/")
+        if not _NAME.fullmatch(name):
+            raise BadInputError(f"Invalid workflow name {name[:80]!r}: use /wfpredict/{{workflow_name}}")
+        await self.authorize(headers.get("authorization"))
+        body = await read_body(receive, headers.get("content-length"), self.max_body_bytes)
+        answer = await self.workflows.predict(record, name, body, headers.get("content-type"))  # type: ignore[union-attr]
+        raw = [
+            (b"content-type", answer.content_type.encode()),
+            (b"content-length", str(len(answer.body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": answer.body})
 
     async def _forward(self, scope: dict, receive: Any, send: Any, headers: dict) -> None:
         # Every /models route needs the token: a client without it is refused before its body

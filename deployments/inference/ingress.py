@@ -31,6 +31,7 @@ from deployments.inference.router import ServeRouter
 from deployments.inference.routes import create_routes
 from deployments.inference.telemetry import Telemetry
 from deployments.inference.ts_listeners import TorchServeListeners
+from deployments.inference.workflow_calls import WorkflowCalls
 
 logger = logging.getLogger("ray.serve")
 
@@ -83,6 +84,7 @@ class Ingress:
             management=self._router.forward_to_management if plan.http else None,
             echo_request_id=plan.http,
             check_management_token=self._router.check_management_token,
+            workflows=WorkflowCalls(self._telemetry, args.request_timeout_s),
         )
         # Follow Serve now, so /ping is truthful before the first prediction.
         await self._router.start()

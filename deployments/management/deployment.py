@@ -17,7 +17,15 @@ from deployments.management.api import MOUNT_PATH, create_management_app
 from deployments.management.grpc_calls import as_http
 from deployments.management.manager import ModelManager
 from deployments.management.serve_control import ServeControl
-from deployments.management.torchserve_mode import load_startup_models, torchserve_management_app
+from deployments.management.torchserve_mode import (
+    load_startup_models,
+    management_authorizer,
+    torchserve_management_app,
+)
+from deployments.management.workflow_api import MOUNT_PATH as WORKFLOWS_PATH
+from deployments.management.workflow_api import create_workflow_app
+from deployments.management.workflow_serve import ServeWorkflows
+from deployments.management.workflows import WorkflowManager
 
 logger = logging.getLogger("ray.serve")
 # The handle call every ingress keeps open (a long poll of routing changes).
@@ -56,8 +64,14 @@ class ManagementDeployment:
             self._app = create_management_app(self._manager, self._token)
         else:  # `raytorch torchserve`: TorchServe's keys, enable_model_api, startup models
             self._token, self._app = "", torchserve_management_app(self._manager, ts)
-        # Bring registered models back as soon as the server (or this replica) starts.
-        self._restore = asyncio.get_running_loop().create_task(self._manager.restore())
+        self._workflows = WorkflowManager(
+            self._manager, ServeWorkflows(), self._manager.state_dir, self._manager.model_store,
+            self._manager.intake.download_policy, args.allow_archive_code, args.register_timeout_s,
+        )  # fmt: skip
+        workflow_auth = self._token if ts is None else management_authorizer(ts)
+        self._workflow_app = create_workflow_app(self._workflows, workflow_auth)
+        # Bring registered models (then workflows) back as soon as the server (or this replica) starts.
+        self._restore = asyncio.get_running_loop().create_task(self._restore_all())
         self._restore.add_done_callback(_log_failure)
         if ts is not None and ts.startup_models:
             self._startup = asyncio.get_running_loop().create_task(
@@ -71,6 +85,10 @@ class ManagementDeployment:
             self._manager.model_store,
             key_file,
         )
+
+    async def _restore_all(self) -> None:
+        await self._manager.restore()
+        await self._workflows.restore()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._app
@@ -89,7 +107,9 @@ class ManagementDeployment:
         return self._token
 
     async def http(self, request: ForwardedRequest) -> ForwardedResponse:
-        """A /models request the ingress received on its own HTTP port (handle call)."""
+        """A /models (or /workflows) request the ingress received on its own HTTP port (handle call)."""
+        if request.path == WORKFLOWS_PATH or request.path.startswith(WORKFLOWS_PATH + "/"):
+            return await call_asgi(self._workflow_app, request, root_path=WORKFLOWS_PATH)
         return await call_asgi(self._app, request, root_path=MOUNT_PATH)
 
     async def grpc_management(self, call: ManagementCall) -> ForwardedResponse:

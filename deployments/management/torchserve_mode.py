@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from fastapi import FastAPI
@@ -31,15 +32,22 @@ class Registers(Protocol):
     async def register(self, params: RegisterParams) -> tuple[int, dict[str, str]]: ...
 
 
-def torchserve_management_app(manager: Manager, ts: TorchServeManagement) -> FastAPI:
-    """The /models app with TorchServe's management key (None: no key asked), its
-    enable_model_api and default_workers_per_model / default_response_timeout."""
+def management_authorizer(ts: TorchServeManagement) -> Callable[[str | None], None]:
+    """A check of TorchServe's management key (raises UnauthorizedError), for /models and
+    /workflows alike; it accepts every caller when token authorization is off."""
     keys = KeyFile(ts.key_file, ts.token_expiration_min) if ts.key_file else None
 
     def authorize(header: str | None) -> None:
         if keys is not None:
             keys.check(header, "management")
 
+    return authorize
+
+
+def torchserve_management_app(manager: Manager, ts: TorchServeManagement) -> FastAPI:
+    """The /models app with TorchServe's management key (None: no key asked), its
+    enable_model_api and default_workers_per_model / default_response_timeout."""
+    authorize = management_authorizer(ts)
     defaults = {"initial_workers": ts.default_workers, "response_timeout": ts.default_response_timeout}
     return create_management_app(
         manager,

@@ -46,6 +46,7 @@ from handlers.errors import (
 from handlers.explain import ExplainRequest, heatmap_png
 from handlers.spec import ModelSpec
 from handlers.torchserve import ts_api
+from handlers.torchserve.form_fields import decode_form, request_value
 from handlers.torchserve.names import parse_torchserve_ref
 from handlers.torchserve.ts_api.context import NullMetrics
 from handlers.torchserve.ts_api.util import list_classes_from_module
@@ -64,19 +65,13 @@ class TorchServeRequest:
 
 
 def request_row(data: bytes, content_type: str | None) -> dict[str, Any]:
-    """TorchServe's request dict: JSON bodies decoded, text as str, anything else a bytearray
-    (an undecodable JSON or text body stays bytes, as TorchServe forwards it)."""
-    media = (content_type or "").split(";", 1)[0].strip().lower()
-    value: Any = bytearray(data)
-    try:
-        if media == "application/json":
-            value = json.loads(data)
-        elif media.startswith("text"):
-            value = data.decode("utf-8")
-    except ValueError:
-        pass
-    except RecursionError:  # TorchServe's worker would fail the whole batch on it
-        raise BadInputError("Invalid JSON body: nested too deeply") from None
+    """TorchServe's request dict. A multipart body (a workflow node with several parents, see
+    handlers/torchserve/form_fields.py) gives one entry per field, named by the field."""
+    if (content_type or "").lower().startswith("multipart/form-data"):
+        fields = decode_form(data, content_type or "")
+        if fields:
+            return {name: request_value(value, kind) for name, (value, kind) in fields.items()}
+    value = request_value(data, content_type)
     # TorchServe names a raw body "body" and a multipart field by its name ("data").
     return {"data": value, "body": value}
 

@@ -12,7 +12,12 @@ from fastapi.testclient import TestClient
 from deployments.common.torchserve_args import StartupModel, TorchServeManagement
 from deployments.common.ts_keys import write_new_key_file
 from deployments.management.register_params import RegisterParams
-from deployments.management.torchserve_mode import load_startup_models, torchserve_management_app
+from deployments.management.torchserve_mode import (
+    load_startup_models,
+    management_authorizer,
+    torchserve_management_app,
+)
+from deployments.management.workflow_api import create_workflow_app
 from handlers.errors import ConflictError, ModelNotFoundError
 from tests.integration.test_management_api import RecordingManager
 
@@ -112,3 +117,21 @@ def test_job_queue_size_bounds_each_registered_models_queue(tmp_path: Path) -> N
     params = RegisterParams(url="tiny.mar")
     assert app_args(found, params, max_queued_requests=10).resources.max_queued_requests == 10
     assert app_args(found, params).resources.max_queued_requests == -1  # our configs: unbounded
+
+
+class NoWorkflows:
+    """No workflow registered: what the /workflows routes list."""
+
+    def list(self, limit: int, start: int) -> dict:
+        return {"workflows": []}
+
+
+def test_workflows_take_the_management_key(keys: dict[str, str]) -> None:
+    settings = TorchServeManagement(key_file=keys["path"], model_api=True)
+    app = create_workflow_app(NoWorkflows(), management_authorizer(settings))  # type: ignore[arg-type]
+    client = TestClient(app, root_path="/workflows")
+    listed = client.get("/workflows", headers={"Authorization": f"Bearer {keys['management']}"})
+    assert listed.status_code == 200 and listed.json() == {"workflows": []}
+    for wrong in (keys["inference"], keys["API"], "made-up"):
+        refused = client.get("/workflows", headers={"Authorization": f"Bearer {wrong}"})
+        assert refused.status_code == 401 and refused.json()["type"] == "UnauthorizedException"

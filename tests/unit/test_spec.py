@@ -17,6 +17,7 @@ from deployments.common.naming import (
     pooled_model_id,
 )
 from deployments.common.settings import IngressArgs, ManagementArgs, ModelAppArgs, PoolArgs
+from deployments.workflow.spec import WorkflowArgs
 from handlers.spec import ModelSpec
 from tests.fixtures.specs import ROOT
 
@@ -78,6 +79,7 @@ def test_shipped_configs_validate(config: Path) -> None:
             "build_ingress": IngressArgs,
             "build_management": ManagementArgs,
             "build_pool": PoolArgs,
+            "build_workflow": WorkflowArgs,
         }[builder]
         args_type.model_validate(app.get("args", {}))
         assert raw["http_options"]["host"] == "127.0.0.1", "serve on loopback unless configured otherwise"

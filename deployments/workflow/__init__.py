@@ -1,0 +1,1 @@
+"""Workflows: a DAG of model deployments and Python functions, served as one application."""
