@@ -91,7 +91,7 @@ class Intake:
         try:
             args = app_args(
                 found, params, self.settings.default_num_cpus, self.settings.trusted_modules,
-                self.settings.allow_archive_code,
+                self.settings.allow_archive_code, self.settings.install_py_dep_per_model,
             )  # fmt: skip
             name, version = args.model.name, args.model.version
             current = await table() if table is not None else (await self._table())[1]

@@ -17,6 +17,7 @@ from deployments.management.code_policy import check_registered_code
 from handlers.archive import ArchiveModel, request_handler
 from handlers.errors import BadInputError, validation_message
 from handlers.registry import DEFAULT_HANDLERS, handler_class
+from handlers.requirements import read_requirements
 from handlers.spec import NAME_PATTERN, ModelSpec
 from handlers.torchserve.names import TORCHSERVE_PREFIX, check_handler_file
 
@@ -101,6 +102,7 @@ def app_args(
     default_num_cpus: float = 0.0,
     trusted_modules: Sequence[str] = (),
     allow_archive_code: bool = True,
+    install_py_dep_per_model: bool = False,
 ) -> ModelAppArgs:
     """Combine what the archive says with the request's overrides; 400 naming bad fields, or
     code the server does not let a registration run (deployments.management.code_policy)."""
@@ -121,6 +123,14 @@ def app_args(
         resources["num_cpus"] = params.num_cpus
     if params.num_gpus is not None:
         resources["num_gpus"] = params.num_gpus
+    if install_py_dep_per_model and found.requirements is not None:
+        packages = read_requirements(found.requirements)  # 400 naming a bad line
+        if packages and params.pool:
+            raise BadInputError(
+                "This archive's requirements are installed per model (install_py_dep_per_model), "
+                "which a pooled model cannot have: register it without pool="
+            )
+        resources["pip_packages"] = packages
     try:
         args = ModelAppArgs.model_validate({"model": model, "batching": batching, "resources": resources})
     except ValidationError as exc:
