@@ -124,13 +124,7 @@ def app_args(
     if params.num_gpus is not None:
         resources["num_gpus"] = params.num_gpus
     if install_py_dep_per_model and found.requirements is not None:
-        packages = read_requirements(found.requirements)  # 400 naming a bad line
-        if packages and params.pool:
-            raise BadInputError(
-                "This archive's requirements are installed per model (install_py_dep_per_model), "
-                "which a pooled model cannot have: register it without pool="
-            )
-        resources["pip_packages"] = packages
+        resources["pip_packages"] = read_requirements(found.requirements)  # 400 naming a bad line
     try:
         args = ModelAppArgs.model_validate({"model": model, "batching": batching, "resources": resources})
     except ValidationError as exc:

@@ -14,6 +14,7 @@ import pytest
 
 from deployments.common.settings import ManagementArgs, ResourcesConfig
 from deployments.management.manager import ModelManager
+from deployments.management.pools import PoolManager
 from deployments.management.register_params import RegisterParams, app_args
 from deployments.model.builder import actor_options
 from handlers.archive import extract, read_extracted
@@ -57,8 +58,10 @@ def test_the_archives_requirements_become_its_replicas_runtime_env(tmp_path: Pat
     # TorchServe's default (false): the file is ignored, the replicas get no runtime_env.
     plain = app_args(found, params)
     assert plain.resources.pip_packages == [] and "runtime_env" not in actor_options(plain.resources, 0)
+    # A pool replica's environment is every pooled model's: no packages of its own there.
     with pytest.raises(BadInputError, match="a pooled model cannot have"):
-        app_args(found, RegisterParams(url=archive.name, pool="small"), install_py_dep_per_model=True)
+        asyncio.run(PoolManager._no_own_packages(args))
+    asyncio.run(PoolManager._no_own_packages(plain))
 
 
 def test_a_bad_requirements_file_fails_the_registration_with_400(tmp_path: Path) -> None:
