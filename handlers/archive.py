@@ -46,6 +46,8 @@ class ArchiveModel:
     response_timeout_s: float | None = None
     kind: str = "raytorch"
     runtime: str = "python"
+    # A .mar's requirements file (the archiver's --requirements-file), inside the archive.
+    requirements: Path | None = None
 
 
 def request_handler(handler: str, found: ArchiveModel) -> str:
@@ -155,8 +157,12 @@ def _mar_model(folder: Path, manifest: Any) -> ArchiveModel:
     if (folder / "index_to_name.json").is_file():
         spec["labels"] = "index_to_name.json"
     result = ArchiveModel(spec, kind="mar", runtime=str(manifest.get("runtime") or "python"))
-    if (folder / MODEL_CONFIG).is_file():
-        _apply_model_config(result, _mapping(_load_yaml(folder / MODEL_CONFIG), MODEL_CONFIG))
+    if model.get("requirementsFile"):
+        result.requirements = _inside(folder, model["requirementsFile"], "model.requirementsFile")
+    # The archiver's --config-file keeps its own name, which the manifest records.
+    config = _inside(folder, model.get("configFile") or MODEL_CONFIG, "model.configFile")
+    if config.is_file():
+        _apply_model_config(result, _mapping(_load_yaml(config), MODEL_CONFIG))
     return result
 
 

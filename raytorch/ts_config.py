@@ -9,7 +9,7 @@ default. Every key TorchServe documents is in :data:`KEYS` and is one of:
 - ``mapped``: it takes effect; ``where`` says as what (docs/torchserve-compatibility.md);
 - ``ignored``: harmless here (JVM, Netty, log4j tuning...): named in a warning at start;
 - ``refused``: the server would not do what it says: the start fails, naming the key; keys
-  with ``allowed`` values are refused only for other values (``install_py_dep_per_model=true``).
+  with ``allowed`` values are refused only for other values (``ipex_enable=true``).
 
 A key TorchServe does not know is warned about (TorchServe ignores it silently; a typo should
 not go unseen). No Ray import here.
@@ -88,7 +88,11 @@ KEYS: dict[str, Key] = {
         "mapped", "always Prometheus text on metrics_address ('log' and 'legacy' too)", "log"
     ),
     "enable_metrics_api": Key("mapped", "false: no metrics listener", "true"),
-    "install_py_dep_per_model": _off("per-model requirements.txt are not installed (issue 25, item 6)"),
+    "install_py_dep_per_model": Key(
+        "mapped",
+        "management install_py_dep_per_model (a .mar's requirements.txt in Ray's runtime_env)",
+        "false",
+    ),
     "model_snapshot": Key("refused", "snapshots are not read: the registry restores models", env=False),
     "default_service_handler": Key("refused", "a server-wide default handler is not supported"),
     "service_envelope": Key("refused", "request envelopes (json, kserve) are not supported"),

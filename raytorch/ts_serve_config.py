@@ -209,6 +209,7 @@ def serve_config(
         "model_store": str(model_store),
         "allowed_urls": urls,
         "register_timeout_s": config.number("default_startup_timeout"),
+        "install_py_dep_per_model": config.flag("install_py_dep_per_model"),
         "torchserve": {
             "key_file": str(key_file) if key_file else None,
             "token_expiration_min": expiration,

@@ -32,6 +32,9 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
     load_seconds: float | None = None
     pool_event: PoolEvent | None = None
+    # What the handler emitted through TorchServe's context.metrics since the last batch
+    # (handlers.torchserve.ts_api.metrics.MetricRecord), on one answer of the batch.
+    handler_metrics: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,13 @@ class ResourcesConfig(StrictModel):
         ge=1,
         description="Autoscale between num_replicas and this many replicas (Ray Serve autoscaling).",
     )
+    pip_packages: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Python packages installed for this model's replicas only, through Ray's runtime_env "
+            "(pip): a TorchServe archive's requirements.txt with install_py_dep_per_model."
+        ),
+    )
 
     @model_validator(mode="after")
     def _range(self) -> ResourcesConfig:
@@ -228,6 +235,14 @@ class ManagementArgs(StrictModel):
             "Let registered archives bring Python code (a .mar's model.py, 'file.py:Class' "
             "handlers and factories). False: only the default handlers, TorchScript/ONNX/weights "
             "files and trusted_modules, so no Python from a registration runs."
+        ),
+    )
+    install_py_dep_per_model: bool = Field(
+        False,
+        description=(
+            "TorchServe's setting: install a .mar's requirements file (--requirements-file) in "
+            "that model's own replicas (Ray runtime_env pip), never in the server's environment. "
+            "False, as on TorchServe: the file is ignored."
         ),
     )
     register_timeout_s: float = Field(

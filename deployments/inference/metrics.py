@@ -12,6 +12,7 @@ import socket
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from deployments.common.messages import Answer
+from deployments.inference.handler_metrics import HandlerMetrics
 from deployments.inference.pool_metrics import PoolMetrics
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -70,6 +71,7 @@ class ServingMetrics:
             "raytorch_model_load_seconds", "Model load time of a replica.", LABELS, registry=r
         )
         self.pools = PoolMetrics(r)
+        self.handler_metrics = HandlerMetrics(r, self.hostname)
 
     def observe(
         self, model: str, version: str, code: int, seconds: float, answers: list[Answer], protocol: str
@@ -89,6 +91,8 @@ class ServingMetrics:
                 self.load_seconds.labels(model, version).set(answer.load_seconds)
             if answer.pool_event is not None:
                 self.pools.observe_event(model, version, answer.pool_event)
+            if answer.handler_metrics:
+                self.handler_metrics.observe(answer.handler_metrics)
 
     def set_replicas(self, ready: dict[tuple[str, str], int]) -> None:
         """Replace the replicas-ready gauge with the latest view of the cluster."""

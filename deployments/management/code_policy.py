@@ -23,7 +23,12 @@ from collections.abc import Sequence
 from handlers.errors import ConfigError
 from handlers.registry import DEFAULT_HANDLERS
 from handlers.spec import ModelSpec
-from handlers.torchserve.names import TORCHSERVE_PREFIX, parse_torchserve_ref
+from handlers.torchserve.names import (
+    TORCHSERVE_PREFIX,
+    default_handler_class,
+    mar_model_file,
+    parse_torchserve_ref,
+)
 from handlers.unpacking import leaves_archive
 
 
@@ -67,7 +72,10 @@ def check_registered_code(
     """Raise ConfigError (400) unless the spec's handler and factory are allowed (see above)."""
     if spec.handler.startswith(TORCHSERVE_PREFIX):  # a TorchServe handler file of the archive
         file = parse_torchserve_ref(spec.handler)[0]
-        _check_archive_file("handler", spec.handler, file, allow_archive_code)
+        if default_handler_class(file) is None:
+            _check_archive_file("handler", spec.handler, file, allow_archive_code)
+        elif model_file := mar_model_file(spec.base_dir):  # TorchServe's handler runs model.py
+            _check_archive_file("model file", model_file, model_file, allow_archive_code)
     elif spec.handler not in DEFAULT_HANDLERS and spec.handler not in DEFAULT_HANDLERS.values():
         if ":" not in spec.handler:
             known = ", ".join(sorted(DEFAULT_HANDLERS))

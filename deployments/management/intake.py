@@ -93,6 +93,7 @@ class Intake:
                 found, params, self.settings.default_num_cpus, self.settings.trusted_modules,
                 self.settings.allow_archive_code,
                 self.settings.torchserve.job_queue_size if self.settings.torchserve else None,
+                self.settings.install_py_dep_per_model,
             )  # fmt: skip
             name, version = args.model.name, args.model.version
             current = await table() if table is not None else (await self._table())[1]

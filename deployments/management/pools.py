@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from deployments.common.model_table import ModelTable, ModelVersionState, PoolState
 from deployments.common.naming import pooled_model_id
 from deployments.common.routing import PooledEntry
-from deployments.common.settings import ManagementArgs
+from deployments.common.settings import ManagementArgs, ModelAppArgs
 from deployments.management.code_policy import check_registered_code
 from deployments.management.describe import DEFAULT_RESPONSE_TIMEOUT_S, DeploymentFacts, describe_version
 from deployments.management.intake import Intake, record_fields
@@ -88,6 +88,16 @@ class PoolManager:
         if self._recent is None or now - self._recent[0] > RECENT_TABLE_S:
             self._recent = (now, await self._snapshot())
         return self._recent[1]
+
+    @staticmethod
+    async def _no_own_packages(args: ModelAppArgs) -> None:
+        """400 for an archive whose requirements are installed per model: a pool replica's
+        environment is shared by every model in it."""
+        if args.resources.pip_packages:
+            raise BadInputError(
+                "This archive's requirements are installed per model (install_py_dep_per_model), "
+                "which a pooled model cannot have: register it with dedicated=true"
+            )
 
     def target(self, params: RegisterParams) -> str | None:
         """The pool a registration goes to (None: a dedicated application)."""
@@ -154,7 +164,7 @@ class PoolManager:
         ``synchronous=false`` (then a failed load shows in describe)."""
         pool = self._pool(pool_name, await self._table())
         # The same intake as a dedicated registration; the pool owns the resources.
-        found, args = await self.intake.prepare(params, table=self._table)
+        found, args = await self.intake.prepare(params, check=self._no_own_packages, table=self._table)
         spec, name, version = args.model, args.model.name, args.model.version
         try:
             record = PooledVersion(

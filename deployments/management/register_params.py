@@ -17,6 +17,7 @@ from deployments.management.code_policy import check_registered_code
 from handlers.archive import ArchiveModel, request_handler
 from handlers.errors import BadInputError, validation_message
 from handlers.registry import DEFAULT_HANDLERS, handler_class
+from handlers.requirements import read_requirements
 from handlers.spec import NAME_PATTERN, ModelSpec
 from handlers.torchserve.names import TORCHSERVE_PREFIX, check_handler_file
 
@@ -102,6 +103,7 @@ def app_args(
     trusted_modules: Sequence[str] = (),
     allow_archive_code: bool = True,
     max_queued_requests: int | None = None,
+    install_py_dep_per_model: bool = False,
 ) -> ModelAppArgs:
     """Combine what the archive says with the request's overrides; 400 naming bad fields, or
     code the server does not let a registration run (deployments.management.code_policy)."""
@@ -124,6 +126,8 @@ def app_args(
         resources["num_cpus"] = params.num_cpus
     if params.num_gpus is not None:
         resources["num_gpus"] = params.num_gpus
+    if install_py_dep_per_model and found.requirements is not None:
+        resources["pip_packages"] = read_requirements(found.requirements)  # 400 naming a bad line
     try:
         args = ModelAppArgs.model_validate({"model": model, "batching": batching, "resources": resources})
     except ValidationError as exc:

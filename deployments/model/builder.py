@@ -6,6 +6,8 @@ when a version is registered at runtime, so both deploy exactly the same thing.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ray.serve import Application
 
 from deployments.common.naming import SERVE_LOGGING, model_deployment_name
@@ -38,6 +40,15 @@ def replica_options(resources: ResourcesConfig, batch_size: int) -> dict:
     }
 
 
+def actor_options(resources: ResourcesConfig, num_gpus: float) -> dict[str, Any]:
+    """Ray options of each replica; a model's own Python packages come with a runtime_env, so
+    they are installed for its replicas only (Ray caches the environment per package list)."""
+    options: dict[str, Any] = {"num_cpus": resources.num_cpus, "num_gpus": num_gpus}
+    if resources.pip_packages:
+        options["runtime_env"] = {"pip": {"packages": list(resources.pip_packages), "pip_check": False}}
+    return options
+
+
 def model_application(args: ModelAppArgs) -> Application:
     """One model version as its own application (no HTTP route: the ingress calls it)."""
     spec, resources = args.model, args.resources
@@ -48,7 +59,7 @@ def model_application(args: ModelAppArgs) -> Application:
         max_ongoing_requests=resources.max_ongoing_requests
         or ONGOING_PER_BATCH * args.batching.max_batch_size,
         max_queued_requests=resources.max_queued_requests,
-        ray_actor_options={"num_cpus": resources.num_cpus, "num_gpus": gpus.num_gpus},
+        ray_actor_options=actor_options(resources, gpus.num_gpus),
         user_config=args.batching.model_dump(),
         logging_config=SERVE_LOGGING,
     )

@@ -180,12 +180,16 @@ class ModelDeployment:
         finally:
             self._idle.set()
         inference_s = time.perf_counter() - batch_started
+        # A TorchServe handler's custom metrics (context.metrics) ride on the batch's first answer.
+        emitted = getattr(self._handler, "metrics", None)
+        custom = tuple(emitted.drain()) if emitted is not None else ()
         return [
             Answer(
                 result,
                 len(entries),
                 timings={"queue_s": batch_started - queued, "inference_s": inference_s},
                 load_seconds=self._handler.load_seconds,
+                handler_metrics=custom if index == 0 else (),
             )
-            for result, (_, queued) in zip(results, entries, strict=True)
+            for index, (result, (_, queued)) in enumerate(zip(results, entries, strict=True))
         ]

@@ -18,6 +18,7 @@ error_code)`` answers with that status.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import json
 import logging
@@ -47,8 +48,8 @@ from handlers.explain import ExplainRequest, heatmap_png
 from handlers.spec import ModelSpec
 from handlers.torchserve import ts_api
 from handlers.torchserve.form_fields import decode_form, request_value
-from handlers.torchserve.names import parse_torchserve_ref
-from handlers.torchserve.ts_api.context import NullMetrics
+from handlers.torchserve.names import default_handler_class, parse_torchserve_ref
+from handlers.torchserve.ts_api.metrics import ModelMetrics
 from handlers.torchserve.ts_api.util import list_classes_from_module
 
 logger = logging.getLogger("raytorch.handlers")
@@ -62,6 +63,15 @@ class TorchServeRequest:
     row: dict[str, Any]
     headers: dict[str, str]
     tensor: Any = None
+
+
+@dataclass
+class OneByOne:
+    """Preprocessed requests that do not join into one tensor (a text classifier's
+    ``(tensor, text)``, differently sized images): each runs through ``inference`` and
+    ``postprocess`` alone, as on TorchServe with its default batch size of 1."""
+
+    values: list[Any]
 
 
 def request_row(data: bytes, content_type: str | None) -> dict[str, Any]:
@@ -93,6 +103,8 @@ class TorchServeHandler(BaseHandler):
         self.entry: Callable[..., Any] | None = None
         self.context: Any = None
         self.per_request = False
+        # context.metrics: the handler's custom metrics (TorchServe's API), kept until drained.
+        self.metrics = ModelMetrics(spec.name)
 
     # -- loading -------------------------------------------------------------------------------
     def load(self) -> None:
@@ -104,16 +116,19 @@ class TorchServeHandler(BaseHandler):
         # As on TorchServe's worker, handler and model files import their neighbours by name,
         # but each archive gets its own (handlers.archive_imports): a pool runs many archives.
         archive = archive_modules(folder)
+        default = default_handler_class(self.file)  # a .mar naming TorchServe's default handler
         with archive.plain_names():
             try:
-                module = archive.load_file(folder / self.file)
+                module = (
+                    importlib.import_module(default[0]) if default else archive.load_file(folder / self.file)
+                )
             except Exception as exc:  # user code may raise anything while importing
                 raise ModelLoadError(
                     f"Handler {self.file} cannot be imported: {type(exc).__name__}: {exc}"
                 ) from exc
             self.context = self._context(folder)
             try:
-                self._start(module)
+                self._start(module, default[1] if default else None)
             except RaytorchError:
                 raise
             except Exception as exc:
@@ -137,18 +152,26 @@ class TorchServeHandler(BaseHandler):
     def _context(self, folder: Path) -> Any:
         from ts.context import Context  # TorchServe's, or handlers.torchserve.ts_api.context
 
-        manifest_path, config_path = folder / MAR_MANIFEST, folder / "model-config.yaml"
+        manifest_path = folder / MAR_MANIFEST
         manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else {}
+        # ctx.model_yaml_config: the archiver's --config-file, under the name the manifest records.
+        config_path = folder / ((manifest.get("model") or {}).get("configFile") or "model-config.yaml")
         config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
         gpu = 0 if self.spec.device != "cpu" and torch.cuda.is_available() else None
         return Context(
             self.spec.name, str(folder), manifest, 1, gpu, SERVER_VERSION,
-            metrics=NullMetrics(), model_yaml_config=config or {},
+            metrics=self.metrics, model_yaml_config=config or {},
         )  # fmt: skip
 
-    def _start(self, module: Any) -> None:
+    def _start(self, module: Any, class_name: str | None = None) -> None:
         from ts.torch_handler.base_handler import BaseHandler as TorchServeBase
 
+        if class_name is not None:  # TorchServe's default handler class, as its worker builds it
+            self.service = getattr(module, class_name)()
+            self.service.initialize(self.context)
+            self.entry = self.service.handle
+            self.per_request = True
+            return
         name = self.function or "handle"
         entry = getattr(module, name, None)
         if inspect.isfunction(entry):  # a function entry point: called once without data to start
@@ -170,6 +193,7 @@ class TorchServeHandler(BaseHandler):
             name == "handle"
             and isinstance(self.service, TorchServeBase)
             and type(self.service).handle is TorchServeBase.handle
+            and "handle" not in vars(self.service)  # set per instance: micro-batching's handle
         )
 
     # -- one request ---------------------------------------------------------------------------
@@ -205,16 +229,21 @@ class TorchServeHandler(BaseHandler):
             len({t.shape for t in tensors}) == 1
         ):
             return torch.cat(tensors)
-        return self.service.preprocess(rows)  # not a tensor per request: let the handler batch them
+        return OneByOne(tensors)
 
     def inference(self, batch: Any) -> Any:
         if not self.per_request:
             assert self.entry is not None
             return self.entry(batch, self.context)
+        if isinstance(batch, OneByOne):
+            return OneByOne([self.service.inference(value) for value in batch.values])
         return self.service.inference(batch)
 
     def postprocess(self, output: Any, items: list[Any]) -> list[Any]:
-        results = output if not self.per_request else self.service.postprocess(output)
+        if isinstance(output, OneByOne):
+            results = [answer for value in output.values for answer in self.service.postprocess(value)]
+        else:
+            results = output if not self.per_request else self.service.postprocess(output)
         if not isinstance(results, list):
             raise InferenceError(f"Handler {self.file} returned {type(results).__name__}, not a list")
         results = [bytes(r) if isinstance(r, bytearray) else r for r in results]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import importlib.machinery
+import json
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -34,8 +35,25 @@ TS_API_MODULES = {
     "ts.handler_utils.timer": "handlers.torchserve.ts_api.util",
     "ts.handler_utils.utils": "handlers.torchserve.ts_api.streaming",
     "ts.protocol.otf_message_handler": "handlers.torchserve.ts_api.streaming",
+    "ts.torch_handler.text_handler": "handlers.torchserve.ts_api.text",
+    "ts.torch_handler.text_classifier": "handlers.torchserve.ts_api.text",
+    "ts.handler_utils.text_utils": "handlers.torchserve.ts_api.text",
+    "ts.handler_utils.micro_batching": "handlers.torchserve.ts_api.micro_batching",
+    "ts.metrics.dimension": "handlers.torchserve.ts_api.metrics",
+    "ts.metrics.metric_type_enum": "handlers.torchserve.ts_api.metrics",
+    "ts.metrics.metric": "handlers.torchserve.ts_api.metrics",
 }
-TS_API_PACKAGES = ("ts", "ts.torch_handler", "ts.utils", "ts.handler_utils", "ts.protocol")
+TS_API_PACKAGES = ("ts", "ts.torch_handler", "ts.utils", "ts.handler_utils", "ts.protocol", "ts.metrics")
+# A .mar naming one of these default handlers runs TorchServe's class itself (ours, or
+# TorchServe's package when installed), so it answers exactly as on TorchServe: per-pixel
+# lists, unrounded boxes, source_vocab.pt. Our richer handlers of the same names serve our
+# own configs and archives. (A .mar's image_classifier already answers alike with ours.)
+TS_DEFAULT_CLASSES = {
+    "image_segmenter": "ImageSegmenter",
+    "object_detector": "ObjectDetector",
+    "text_classifier": "TextClassifier",
+}
+TS_DEFAULT_MODULE = "ts.torch_handler."
 _FUNCTION = re.compile(r"[A-Za-z_]\w*")
 
 
@@ -68,7 +86,9 @@ def mar_handler(handler: str, folder: Path) -> str:
     """What a TorchServe archive's handler (its manifest's, or the register request's) means.
 
     As TorchServe's worker does, a file name is looked up in the archive's root first
-    (the archiver copies the handler there), and a default handler's name comes next.
+    (the archiver copies the handler there), and a default handler's name comes next: the
+    segmenter, detector and text classifier become TorchServe's own classes
+    (``torchserve:ts.torch_handler.<name>``), the image classifier ours (it answers alike).
     """
     if handler.startswith(TORCHSERVE_PREFIX):
         return handler
@@ -79,12 +99,34 @@ def mar_handler(handler: str, folder: Path) -> str:
     if base and (folder / f"{base}.py").is_file():
         return f"{TORCHSERVE_PREFIX}{base}.py" + (f":{function}" if function else "")
     alias = default_handler_alias(handler) or (base if base in DEFAULT_HANDLER_NAMES else None)
+    if alias in TS_DEFAULT_CLASSES:
+        return f"{TORCHSERVE_PREFIX}{TS_DEFAULT_MODULE}{alias}"
     if alias is not None:
         return alias
     raise ConfigError(
         f"Unknown handler {handler!r}: it is neither a file in the archive nor one of TorchServe's "
         f"default handlers ({', '.join(DEFAULT_HANDLER_NAMES)})"
     )
+
+
+def default_handler_class(file: str) -> tuple[str, str] | None:
+    """``ts.torch_handler.image_segmenter`` -> (that module, ``ImageSegmenter``): the TorchServe
+    default handler a .mar's ``torchserve:`` reference names; None for a file of the archive."""
+    name = file.removeprefix(TS_DEFAULT_MODULE)
+    if file.startswith(TS_DEFAULT_MODULE) and name in TS_DEFAULT_CLASSES:
+        return file, TS_DEFAULT_CLASSES[name]
+    return None
+
+
+def mar_model_file(folder: str | None) -> str | None:
+    """The eager model file (``model.py``) an extracted .mar's manifest names, if any: the
+    archive code a default handler runs."""
+    manifest = Path(folder or ".") / "MAR-INF" / "MANIFEST.json"
+    try:
+        model = json.loads(manifest.read_text(encoding="utf-8")).get("model") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return (model.get("modelFile") or None) if isinstance(model, dict) else None
 
 
 def parse_torchserve_ref(handler: str) -> tuple[str, str | None]:
@@ -118,6 +160,9 @@ def check_handler_file(handler: str, folder: str | None) -> None:
     process): it exists in the archive, parses, defines its entry point, and imports only
     the parts of ``ts`` that are available. Raises ConfigError saying what is wrong."""
     name, function = parse_torchserve_ref(handler)
+    if default_handler_class(name) is not None:
+        uses_real_ts()  # RAYTORCH_TS_API is valid (its modules are ours or TorchServe's)
+        return
     path = Path(folder or ".") / name
     if PurePosixPath(name).name != name or not path.is_file():
         raise ConfigError(f"Handler file {name} is not in the archive")

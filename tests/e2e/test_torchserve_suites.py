@@ -12,6 +12,7 @@ purpose, the assertion says so and docs/torchserve-compatibility.md explains why
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -277,3 +278,45 @@ def test_token_authorization(server: ServeCluster) -> None:
             assert refused.status_code == 401 and refused.json()["type"] == "UnauthorizedException"
         image = ts.digit_png(0)
         assert client.post("/predictions/efficientnet_lite0", content=image, headers=AUTH).status_code == 200
+
+
+def test_torchserve_examples_answer_as_torchserve(
+    api: httpx.Client, server: ServeCluster, tmp_path: Path
+) -> None:
+    """TorchServe's examples that name its default handlers or its metrics API (issue 25):
+    image_segmenter/fcn, object_detector/fast-rcnn, text_classification and custom_metrics,
+    built as their READMEs say, answer on the server what the same archive answers through
+    our loading path in this process (tests/unit/test_torchserve_examples.py compares that
+    with TorchServe's own handler classes), and custom metrics appear on /metrics."""
+    from tests.fixtures import torchserve_examples as ex
+
+    store: Path = server.store  # type: ignore[attr-defined]
+    vocab = {"<unk>": 0}  # the sample text's words and pairs, as the handler cleans them
+    words = ex.SAMPLE_TEXT.lower().rstrip(".").split()
+    for token in [*words, *(" ".join(pair) for pair in itertools.pairwise(words))]:
+        vocab.setdefault(token, len(vocab))
+    cases = [
+        (ex.build_segmenter(store, tmp_path / "fcn", "fcn"), ex.photo(), "image/jpeg"),
+        (ex.build_detector(store, tmp_path / "frcnn", "fast-rcnn"), ex.photo(seed=3), "image/jpeg"),
+        (ex.build_text_classifier(store, tmp_path / "text", vocab), ex.SAMPLE_TEXT.encode(), "text/plain"),
+        (ex.build_custom_metrics(store, tmp_path / "metrics"), ts.digit_png(3), "image/png"),
+    ]
+    for archive, body, content_type in cases:
+        name = archive.stem
+        expect(api.post(f"/models?url={archive.name}&initial_workers=1&synchronous=true"), 200)
+        try:
+            answer = expect(
+                api.post(f"/predictions/{name}", content=body, headers={"Content-Type": content_type}), 200
+            )
+            found = read_extracted(extract(archive, tmp_path / f"x-{name}"))
+            local = create_handler(ModelSpec.model_validate(found.model))
+            local.load()
+            assert answer.json() == local.predict(body, content_type), name
+        finally:
+            if name == "mnist_custom_metrics":
+                metrics = expect(api.get("/metrics"), 200).text
+                assert "InferenceRequestCount_total{" in metrics
+                assert (
+                    'RequestBatchSize{Hostname="' in metrics and 'ModelName="mnist_custom_metrics"' in metrics
+                )
+            expect(api.delete(f"/models/{name}"), 200)

@@ -97,3 +97,22 @@ def test_a_torchserve_handler_file_is_archive_code() -> None:
     for outside in ("torchserve:../evil.py", "torchserve:/tmp/evil.py:handle"):
         with pytest.raises(ConfigError, match="points outside the archive"):
             check_registered_code(tiny_spec(handler=outside), trusted)
+
+
+def test_torchserves_default_handler_runs_the_archives_model_file(tmp_path: Path) -> None:
+    """A .mar naming TorchServe's segmenter runs TorchServe's class over the archive's model.py:
+    that file is archive code; a TorchScript archive has none."""
+    import json
+
+    (tmp_path / "MAR-INF").mkdir()
+    manifest = {"model": {"modelName": "fcn", "handler": "image_segmenter", "serializedFile": "w.pth"}}
+    (tmp_path / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest))
+    spec = tiny_spec(
+        handler="torchserve:ts.torch_handler.image_segmenter", base_dir=str(tmp_path), source=None
+    )
+    check_registered_code(spec, [], allow_archive_code=False)  # no Python file of the archive runs
+    manifest["model"]["modelFile"] = "model.py"
+    (tmp_path / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"model file 'model\.py' is Python code from the archive"):
+        check_registered_code(spec, [], allow_archive_code=False)
+    check_registered_code(spec, [])

@@ -159,7 +159,15 @@ def test_mar_handler_rules(tmp_path: Path) -> None:
     # The archiver copies a handler to the archive's root: only its base name counts.
     assert mar_handler("examples/x/mine.py", tmp_path) == "torchserve:mine.py"
     assert mar_handler("mine:handle", tmp_path) == "torchserve:mine.py:handle"
-    assert mar_handler("object_detector", tmp_path) == "object_detector"
+    # A .mar's segmenter, detector and text classifier are TorchServe's classes; its image
+    # classifier is ours (it answers alike).
+    assert mar_handler("object_detector", tmp_path) == "torchserve:ts.torch_handler.object_detector"
+    assert (
+        mar_handler("ts.torch_handler.text_classifier", tmp_path)
+        == "torchserve:ts.torch_handler.text_classifier"
+    )
+    assert mar_handler("image_segmenter:handle", tmp_path) == "torchserve:ts.torch_handler.image_segmenter"
+    assert mar_handler("image_classifier", tmp_path) == "image_classifier"
     with pytest.raises(ConfigError, match="neither a file in the archive"):
         mar_handler("invalidHandler", tmp_path)
 

@@ -118,12 +118,12 @@ def test_token_expiration_variable_is_torchserves_name() -> None:
 
 def test_refused_keys_are_named_all_at_once() -> None:
     with pytest.raises(ConfigRefused) as refused:
-        resolve({"keystore": "ks.p12", "install_py_dep_per_model": "true", "model_snapshot": "{}"}, {}, {})
+        resolve({"keystore": "ks.p12", "ipex_enable": "true", "model_snapshot": "{}"}, {}, {})
     text = "\n".join(refused.value.problems)
     assert "keystore" in text and "openssl pkcs12" in text and "keytool" in text
-    assert "install_py_dep_per_model" in text and "model_snapshot" in text
+    assert "ipex_enable" in text and "model_snapshot" in text
     # A switch we cannot honour is fine while it is off.
-    resolve({"install_py_dep_per_model": "false", "ipex_enable": "false"}, {}, {})
+    resolve({"ipex_enable": "false"}, {}, {})
 
 
 def test_ignored_and_unknown_keys_are_warned_by_name() -> None:
@@ -208,6 +208,7 @@ def test_serve_config_mapped_settings(tmp_path: Path) -> None:
         "default_response_timeout": "30",
         "default_workers_per_model": "2",
         "allowed_urls": "file://.*,https://models\\.example/.*",
+        "install_py_dep_per_model": "true",
         "load_models": "noop.mar",
         "models": '{"noop": {"1.0": {"minWorkers": 3, "batchSize": 4, "maxBatchDelay": 50}}}',
     }
@@ -220,6 +221,7 @@ def test_serve_config_mapped_settings(tmp_path: Path) -> None:
     assert ingress["torchserve"]["cors"]["allow_origins"] == ["https://a.example", "https://b.example"]
     assert (ingress["max_body_bytes"], ingress["request_timeout_s"]) == (1000, 30)
     assert management["allowed_urls"] == ["https://models\\.example/.*"]
+    assert management["install_py_dep_per_model"] is True
     ts = management["torchserve"]
     assert ts["model_api"] is True and ts["default_workers"] == 2 and ts["job_queue_size"] == 10
     assert ts["startup_models"] == [

@@ -1,0 +1,55 @@
+"""A TorchServe archive's ``requirements.txt``, checked before anything is installed.
+
+With ``install_py_dep_per_model`` TorchServe pip-installs an archive's requirements file (the
+archiver's ``--requirements-file``) for that model. raytorch installs them in the model's own
+replicas only, through Ray's ``runtime_env`` (``pip``), never in the server's environment.
+Registering reads the file here first: each line must be a plain requirement
+(``name[extras] <specifiers> ; marker``); pip options (``-r``, ``-e``, ``--index-url``, ...),
+URLs and paths are refused, so a registration can neither point pip at another index nor
+install code from a place ``allowed_urls`` would refuse. No Ray here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+
+from handlers.errors import BadInputError
+
+MAX_REQUIREMENTS_BYTES = 64 * 1024
+MAX_REQUIREMENTS = 200
+
+
+def parse_requirements(text: str, source: str = "requirements.txt") -> list[str]:
+    """The requirements of ``text``, one normalised string each; BadInputError naming the
+    first line that is not a plain requirement."""
+    found = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{source} line {number} ({line!r})"
+        if line.startswith("-"):
+            raise BadInputError(f"{where}: pip options are not accepted, only package requirements")
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement as exc:
+            raise BadInputError(f"{where} is not a valid requirement: {exc}") from None
+        if requirement.url:
+            raise BadInputError(f"{where}: requirements from URLs or paths are not accepted")
+        found.append(str(requirement))
+    if len(found) > MAX_REQUIREMENTS:
+        raise BadInputError(f"{source} lists {len(found)} requirements, over the limit of {MAX_REQUIREMENTS}")
+    return found
+
+
+def read_requirements(path: Path) -> list[str]:
+    """:func:`parse_requirements` of a file of the archive."""
+    if path.stat().st_size > MAX_REQUIREMENTS_BYTES:
+        raise BadInputError(f"{path.name} is over {MAX_REQUIREMENTS_BYTES} bytes: refused")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path.name} is not UTF-8 text") from None
+    return parse_requirements(text, path.name)
