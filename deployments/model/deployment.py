@@ -125,7 +125,7 @@ class ModelDeployment:
         self._idle.clear()
         try:
             results = await self._executor.run_batch(
-                self._handler.predict_batch, [item for item, _ in entries]
+                self._handler.predict_batch, [item for item, _ in entries], inputs=len(entries)
             )
         finally:
             self._idle.set()
