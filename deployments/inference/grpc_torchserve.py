@@ -24,11 +24,11 @@ import grpc
 
 from deployments.common.forwarding import ForwardedResponse, ManagementCall
 from deployments.common.http_errors import grpc_code_name
+from deployments.inference.directory import Directory
 from deployments.inference.grpc_server import as_error, generic_handler, handle_call, metadata_of, open_record
 from deployments.inference.oip_infer import as_bytes
 from deployments.inference.predictions import Predictor
 from deployments.inference.request_body import RequestInput
-from deployments.inference.routes import Directory
 from deployments.inference.telemetry import Telemetry
 from deployments.protos import TORCHSERVE_INFERENCE, TORCHSERVE_MANAGEMENT, message, service_methods
 from handlers.errors import BadInputError, RaytorchError, UnauthorizedError

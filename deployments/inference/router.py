@@ -26,10 +26,10 @@ from deployments.common.forwarding import ForwardedRequest, ForwardedResponse, M
 from deployments.common.messages import Answer, Rejected
 from deployments.common.model_table import ModelTable, ModelVersionState, PoolState
 from deployments.common.naming import MANAGEMENT_APP, MANAGEMENT_DEPLOYMENT
+from deployments.common.pool_calls import PoolCalls
 from deployments.common.settings import IngressArgs
 from deployments.inference.call_groups import CallGrouper
 from deployments.inference.model_directory import ModelDirectory
-from deployments.pool.calls import PoolCalls
 from handlers.errors import (
     ModelNotFoundError,
     ModelNotReadyError,

@@ -1,4 +1,4 @@
-"""The management deployment: TorchServe's /models API over a persisted registry."""
+"""The management deployment: TorchServe's /models API over the state store."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class QuietPolling(logging.Filter):
 )
 @serve.ingress()
 class ManagementDeployment:
-    """Owns the registry; restores registered models when it starts (or restarts)."""
+    """Owns the state store; restores registered models when it starts (or restarts)."""
 
     async def __init__(self, args: ManagementArgs) -> None:
         serve_logger = logging.getLogger("ray.serve")

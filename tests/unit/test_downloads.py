@@ -160,6 +160,6 @@ def test_a_download_does_not_hold_up_other_management_calls(manager: ModelManage
         return late, await registering
 
     late, (status, _) = asyncio.run(scenario())
-    assert status == 200 and manager.registry.defaults() == {"remote": "1.0"}
+    assert status == 200 and manager.store.defaults() == {"remote": "1.0"}
     assert late < 0.3, f"a 0.1 s timer fired {late:.2f} s late during the download"
     assert leftovers(manager.downloads_dir) == []  # the unpacked copy is what counts
