@@ -137,3 +137,33 @@ def test_the_checks_see_what_they_claim_to() -> None:
         part("deployments.management.manager") == "deployments.management"
         and part("deployments.app") == "deployments"
     )
+
+
+def test_every_file_the_architecture_names_exists_and_each_path_has_at_most_8_steps() -> None:
+    import re
+
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`([\w/]+\.py)`", doc))
+    ours = {
+        str(path.relative_to(ROOT))
+        for package in (*PACKAGES, "tests")
+        for path in (ROOT / package).rglob("*.py")
+    }
+    # A path names a file from the repository root, from deployments/, or (a bare name, in the
+    # paragraph of its part) from any of our folders.
+    missing = [
+        name
+        for name in sorted(named)
+        if not {name, f"deployments/{name}"} & ours and not any(path.endswith(f"/{name}") for path in ours)
+    ]
+    assert len(named) > 30 and missing == []
+    sections = re.split(r"^## ", doc, flags=re.MULTILINE)
+    paths = {s.splitlines()[0]: s for s in sections if s.splitlines()[0].endswith("file by file")}
+    assert set(paths) == {
+        "One prediction, file by file",
+        "One registration, file by file",
+        "One unregistration, file by file",
+    }
+    for title, text in paths.items():
+        steps = re.findall(r"^(\d+)\. ", text, flags=re.MULTILINE)
+        assert 1 <= len(steps) <= 8, f"{title}: {len(steps)} steps"
