@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from deployments.common.environment import Environment
 from deployments.common.model_table import ModelTable
 from deployments.common.naming import registered_app_name
 from deployments.common.routing import RoutingUpdate
@@ -57,8 +57,9 @@ class ModelManager:
     ) -> None:
         self.settings = settings
         self.serve = serve
-        self.state_dir = Path(os.environ.get("RAYTORCH_STATE_DIR") or settings.state_dir).resolve()
-        self.model_store = Path(os.environ.get("RAYTORCH_MODEL_STORE") or settings.model_store).resolve()
+        env = Environment()
+        self.state_dir = Path(env.state_dir or settings.state_dir).resolve()
+        self.model_store = Path(env.model_store or settings.model_store).resolve()
         self.models_dir = self.state_dir / "models"
         self.downloads_dir = self.state_dir / "downloads"
         self.store = StateStore(self.state_dir)
