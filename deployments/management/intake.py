@@ -14,6 +14,7 @@ No Ray here.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -23,7 +24,7 @@ from typing import Any
 from deployments.common.model_table import ModelTable
 from deployments.common.naming import registered_app_name
 from deployments.common.settings import ManagementArgs, ModelAppArgs
-from deployments.management.archive_sources import is_remote, local_archive, settle, unpack
+from deployments.management.archive_sources import clear_scratch, is_remote, local_archive, settle, unpack
 from deployments.management.capacity import ResourceCheck
 from deployments.management.downloads import DownloadPolicy, download
 from deployments.management.register_params import RegisterParams, app_args, our_defaults
@@ -32,6 +33,8 @@ from deployments.management.state_records import VersionRecord
 from deployments.management.state_store import StateStore
 from handlers.archive import ArchiveModel
 from handlers.errors import ConflictError, ModelNotFoundError
+
+logger = logging.getLogger("ray.serve")
 
 
 class Intake:
@@ -57,6 +60,13 @@ class Intake:
         # store yet: a second registration of the same version is refused before it can
         # move any file.
         self._reserved: set[tuple[str, str]] = set()
+        left = clear_scratch(models_dir, downloads_dir)
+        if left:
+            logger.warning(
+                "Removed what %d unfinished registrations left behind: %s",
+                len(left),
+                ", ".join(map(str, left)),
+            )
 
     async def accept(self, params: RegisterParams) -> tuple[ModelAppArgs, VersionRecord]:
         """The args and store record of a registration whose files are in place; its

@@ -1,6 +1,7 @@
 """The management part's state in one SQLite database, ``state.db`` in the state directory:
 what is registered (dedicated and pooled versions), each model's default version and its
-traffic policy. :data:`SCHEMA` is the whole schema.
+traffic policy. Its schema, and the statements each change runs, are in
+:mod:`deployments.management.state_schema`.
 
 Every change (register, scale, set-default, a traffic policy, unregister) is one transaction:
 a crash leaves the last committed state, never half a change (WAL journal; ``synchronous=FULL``,
@@ -33,38 +34,15 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from deployments.common.routing import TrafficPolicy
-from deployments.common.settings import ModelAppArgs
 from deployments.common.state_files import aside_path, move_aside
+from deployments.management import state_schema as schema
 from deployments.management.legacy_state import LEGACY_FILES, read_legacy
 from deployments.management.state_records import PooledVersion, Record, VersionRecord
 from handlers.errors import ConflictError, validation_message
 
 logger = logging.getLogger("ray.serve")
-FILE_NAME = "state.db"
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS versions (
-    model TEXT NOT NULL,
-    version TEXT NOT NULL,
-    pool TEXT,                       -- NULL: a dedicated Serve application
-    record TEXT NOT NULL,            -- VersionRecord (dedicated) or PooledVersion as JSON
-    registered_at REAL NOT NULL,
-    PRIMARY KEY (model, version)
-);
-CREATE TABLE IF NOT EXISTS defaults (model TEXT PRIMARY KEY, version TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS policies (model TEXT PRIMARY KEY, policy TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS migrated (file TEXT PRIMARY KEY, at REAL NOT NULL);
-"""
 Subscriber = Callable[[list[str]], None]
 POLICY = "(traffic policy)"  # what a bad policy row is called in the log
-
-
-def _parse(pool: str | None, text: str) -> Record:
-    if pool is None:
-        record = VersionRecord.model_validate_json(text)
-        ModelAppArgs.model_validate(record.args)  # describe and restore need them
-        return record
-    return PooledVersion.model_validate_json(text)
 
 
 class StateStore:
@@ -74,7 +52,7 @@ class StateStore:
     """
 
     def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / FILE_NAME
+        self.path = state_dir / schema.FILE_NAME
         self._versions: dict[str, dict[str, Record]] = {}
         self._defaults: dict[str, str] = {}
         self._policies: dict[str, TrafficPolicy] = {}
@@ -103,8 +81,8 @@ class StateStore:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            db.executescript(SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.executescript(schema.SCHEMA)
+            db.execute(f"PRAGMA user_version={schema.SCHEMA_VERSION}")
             db.execute("SELECT count(*) FROM versions").fetchone()
         except sqlite3.DatabaseError:
             db.close()
@@ -159,47 +137,33 @@ class StateStore:
 
         def change(db: sqlite3.Connection) -> None:
             try:
-                _insert(db, model, record)
+                schema.add(db, model, record)
             except sqlite3.IntegrityError:
                 raise ConflictError(
                     f"Model version {record.version} is already registered for model {model}"
                 ) from None
-            db.execute("INSERT OR IGNORE INTO defaults VALUES (?, ?)", (model, record.version))
 
         await self._change([model], change)
 
     async def update(self, model: str, record: VersionRecord) -> None:
         """Replace a registered version's record (after scaling)."""
-        await self._change(
-            [model],
-            lambda db: db.execute(
-                "UPDATE versions SET record = ? WHERE model = ? AND version = ?",
-                (record.model_dump_json(), model, record.version),
-            ),
-        )
+        await self._change([model], lambda db: schema.update(db, model, record))
 
     async def remove(self, model: str, version: str, routing: bool = True) -> None:
         """Forget ``version``: its registration, and (``routing``) its place as the default
         (the latest registered version left takes over) and in the traffic policy. Without
         ``routing`` only the registration goes: the version still runs (from the config)."""
-        await self._change([model], lambda db: _forget(db, model, version, routing))
+        await self._change([model], lambda db: schema.forget(db, model, version, routing))
 
     async def set_default(self, model: str, version: str) -> None:
         """Make ``version`` the default. A split ends (everything goes to the new default); a
         shadow of another version stays."""
 
-        def change(db: sqlite3.Connection) -> None:
-            db.execute("INSERT OR REPLACE INTO defaults VALUES (?, ?)", (model, version))
-            policy = _policy(db, model)
-            if policy is not None:
-                kept = TrafficPolicy((), policy.shadow, policy.shadow_percent)
-                _set_policy(db, model, kept if policy.shadow not in (None, version) else None)
-
-        await self._change([model], change)
+        await self._change([model], lambda db: schema.set_default(db, model, version))
 
     async def set_policy(self, model: str, policy: TrafficPolicy | None) -> None:
         """Replace the model's traffic policy (None: requests go to the default again)."""
-        await self._change([model], lambda db: _set_policy(db, model, policy))
+        await self._change([model], lambda db: schema.set_policy(db, model, policy))
 
     async def _change(self, models: list[str], change: Callable[[sqlite3.Connection], object]) -> None:
         if self._write_lock is None:
@@ -223,7 +187,7 @@ class StateStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-            return {model: _rows(db, model) for model in models}
+            return {model: schema.rows(db, model) for model in models}
 
     def _apply(self, models: Iterable[str], rows: dict[str, tuple]) -> None:
         for model in models:
@@ -234,7 +198,7 @@ class StateStore:
             self._defaults.pop(model, None)
             self._policies.pop(model, None)
             for _, pool, text in versions:
-                self._remember(model, _parse(pool, text))
+                self._remember(model, schema.parse(pool, text))
             if default is not None:
                 self._defaults[model] = default
             if policy is not None:
@@ -259,10 +223,10 @@ class StateStore:
 
             def move_in(db: sqlite3.Connection) -> None:
                 for model, record in legacy.versions:
-                    _insert(db, model, record, replace=True)
+                    schema.insert(db, model, record, replace=True)
                 db.executemany("INSERT OR REPLACE INTO defaults VALUES (?, ?)", legacy.defaults.items())
                 for model, policy in legacy.policies.items():
-                    _set_policy(db, model, policy)
+                    schema.set_policy(db, model, policy)
                 db.executemany("INSERT INTO migrated VALUES (?, ?)", [(name, time.time()) for name in todo])
 
             self._transaction([], move_in)
@@ -280,7 +244,7 @@ class StateStore:
         rows = self._db.execute("SELECT model, version, pool, record FROM versions ORDER BY registered_at")
         for model, version, pool, text in rows.fetchall():
             try:
-                self._remember(model, _parse(pool, text))
+                self._remember(model, schema.parse(pool, text))
             except ValidationError as exc:
                 bad.append((model, version, validation_message(exc.errors())[:200]))
         self._defaults = dict(self._db.execute("SELECT model, version FROM defaults").fetchall())
@@ -305,7 +269,7 @@ class StateStore:
                 if version == POLICY:
                     db.execute("DELETE FROM policies WHERE model = ?", (model,))
                 else:
-                    _forget(db, model, version, routing=True)
+                    schema.forget(db, model, version, routing=True)
 
         models = sorted({model for model, _, _ in bad})
         self._apply(models, self._transaction(models, drop))
@@ -314,51 +278,3 @@ class StateStore:
             "it was is kept in %s.",
             self.path, "; ".join(f"{m} {v} ({why})" for m, v, why in bad), aside,
         )  # fmt: skip
-
-
-def _insert(db: sqlite3.Connection, model: str, record: Record, replace: bool = False) -> None:
-    verb = "INSERT OR REPLACE" if replace else "INSERT"
-    pool = record.pool if isinstance(record, PooledVersion) else None
-    db.execute(
-        f"{verb} INTO versions VALUES (?, ?, ?, ?, ?)",
-        (model, record.version, pool, record.model_dump_json(), record.registered_at),
-    )
-
-
-def _rows(db: sqlite3.Connection, model: str) -> tuple:
-    """(versions [(version, pool, record)], default, policy) of ``model`` as stored."""
-    versions = db.execute(
-        "SELECT version, pool, record FROM versions WHERE model = ? ORDER BY registered_at", (model,)
-    ).fetchall()
-    default = db.execute("SELECT version FROM defaults WHERE model = ?", (model,)).fetchone()
-    return versions, default[0] if default else None, _policy(db, model)
-
-
-def _policy(db: sqlite3.Connection, model: str) -> TrafficPolicy | None:
-    row = db.execute("SELECT policy FROM policies WHERE model = ?", (model,)).fetchone()
-    return TrafficPolicy.from_dict(json.loads(row[0])) if row else None
-
-
-def _set_policy(db: sqlite3.Connection, model: str, policy: TrafficPolicy | None) -> None:
-    if policy is None:
-        db.execute("DELETE FROM policies WHERE model = ?", (model,))
-    else:
-        db.execute("INSERT OR REPLACE INTO policies VALUES (?, ?)", (model, json.dumps(policy.to_dict())))
-
-
-def _forget(db: sqlite3.Connection, model: str, version: str, routing: bool) -> None:
-    db.execute("DELETE FROM versions WHERE model = ? AND version = ?", (model, version))
-    if not routing:
-        return
-    default = db.execute("SELECT version FROM defaults WHERE model = ?", (model,)).fetchone()
-    if default is not None and default[0] == version:
-        latest = db.execute(
-            "SELECT version FROM versions WHERE model = ? ORDER BY registered_at DESC LIMIT 1", (model,)
-        ).fetchone()
-        if latest is None:
-            db.execute("DELETE FROM defaults WHERE model = ?", (model,))
-        else:
-            db.execute("UPDATE defaults SET version = ? WHERE model = ?", (latest[0], model))
-    policy = _policy(db, model)
-    if policy is not None and (version == policy.shadow or version in dict(policy.split)):
-        _set_policy(db, model, policy.without(version))

@@ -430,6 +430,9 @@ def test_management_killed_in_the_middle_of_a_registration_loses_nothing_committ
     print(f"\nmanagement killed: back with its state after {time.monotonic() - killed_at:.1f}s")
     in_flight.join(timeout=REQUEST_TIMEOUT_S + 30)
     assert _stored_versions(state) == committed  # all that was committed, and nothing half-done
+    # The partial download and its scratch space were removed when management came back.
+    assert list((state / "downloads").glob(".download-*")) == []
+    assert list((state / "models" / ".incoming").glob("*")) == []
     assert _replica_pid(cluster, "management") != victim
     with cluster.client() as client:
         described = client.get("/models/registered", headers=auth).json()[0]

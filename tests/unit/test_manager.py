@@ -347,3 +347,19 @@ def test_a_corrupt_state_file_does_not_stop_the_manager(
     else:  # what the database held is still there
         assert run(fresh.restore()) == ["m/1.0"]
     register(fresh, make_archive(fresh.model_store, "n", "1.0"))  # registering works again
+
+
+def test_what_an_unfinished_registration_left_is_removed_at_start(
+    manager: ModelManager, serve: FakeServe, caplog: pytest.LogCaptureFixture
+) -> None:
+    register(manager, make_archive(manager.model_store, "m", "1.0"))
+    scratch = manager.models_dir / ".incoming" / "123"  # killed while unpacking...
+    scratch.mkdir(parents=True)
+    partial = manager.downloads_dir / ".download-abc.part"  # ...or while downloading
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(b"half")
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        ModelManager(manager.settings, serve)
+    assert not scratch.exists() and not partial.exists()
+    assert "Removed what 2 unfinished registrations left behind" in caplog.text
+    assert (manager.models_dir / "m" / "1.0" / "tiny.pth").is_file()  # registered files stay

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from deployments.common.routing import TrafficPolicy
-from deployments.management import state_store
+from deployments.management import state_schema
 from deployments.management.state_records import PooledVersion, VersionRecord
 from deployments.management.state_store import StateStore
 from handlers.errors import ConflictError
@@ -45,7 +45,7 @@ def test_the_schema_is_one_database_with_one_table_per_kind_of_state(tmp_path: P
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert tables == {"versions", "defaults", "policies", "migrated"}
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert db.execute("PRAGMA user_version").fetchone() == (state_store.SCHEMA_VERSION,)
+        assert db.execute("PRAGMA user_version").fetchone() == (state_schema.SCHEMA_VERSION,)
 
 
 def test_versions_defaults_and_policies_survive_a_restart(tmp_path: Path) -> None:
