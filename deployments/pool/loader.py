@@ -1,7 +1,7 @@
 """How a pool replica turns a model id into a loaded model: the spec from the management part,
 the handler built from it, loaded on the replica's inference thread, and its memory estimate.
 
-The management part is the one owner of registrations (its registry on the head node), so a
+The management part is the one owner of registrations (its state store on the head node), so a
 replica asks it for a model's spec when it first needs the model; nothing about a pooled model
 lives in Serve or in the replica until then.
 """
