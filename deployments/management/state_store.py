@@ -62,8 +62,12 @@ class StateStore:
         self._write_lock: asyncio.Lock | None = None
         state_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = self._open()
+            self._start(state_dir)
         except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
+            opened = getattr(self, "_db", None)
+            if opened is not None:
+                opened.close()
+            self._versions, self._defaults, self._policies, self._by_id = {}, {}, {}, {}
             aside = move_aside(self.path)
             for suffix in ("-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
@@ -72,7 +76,10 @@ class StateStore:
                 "empty one; registered models were not restored.",
                 self.path, exc, aside,
             )  # fmt: skip
-            self._db = self._open()
+            self._start(state_dir)
+
+    def _start(self, state_dir: Path) -> None:
+        self._db: sqlite3.Connection = self._open()
         self._migrate(state_dir)
         self._load()
 

@@ -308,3 +308,23 @@ def test_many_registrations_cost_one_row_each(tmp_path: Path) -> None:
         assert db.execute("SELECT count(*) FROM versions").fetchone() == (200,)
     db.close()
     assert len(StateStore(tmp_path).models()) == 200
+
+
+def test_a_database_damaged_inside_is_kept_aside_and_the_store_starts_empty(tmp_path: Path, caplog) -> None:
+    store = StateStore(tmp_path)
+    for i in range(300):  # enough rows for several pages
+        run(store.add(f"m{i}", dedicated("1.0", i, model=f"m{i}")))
+    store._db.close()
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    data = bytearray(path.read_bytes())
+    data[4096 * 2 : 4096 * 4] = b"\xff" * 8192  # pages in the middle: the header still reads
+    path.write_bytes(bytes(data))
+    with caplog.at_level("ERROR", logger="ray.serve"):
+        again = StateStore(tmp_path)
+    assert again.models() == set() and "cannot be read" in caplog.text
+    assert len(list(tmp_path.glob("state.db.bad-*"))) == 1
+    run(again.add("m", dedicated("1.0", 1)))
+    assert StateStore(tmp_path).default("m") == "1.0"
