@@ -26,7 +26,7 @@ from deployments.common.messages import Answer, Rejected
 from deployments.common.settings import BatchingConfig, ModelAppArgs
 from deployments.model.executor import InferenceExecutor, decode_pool, machine_cores
 from handlers.errors import RaytorchError
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.tensor_data import TensorRequest
 
 logger = logging.getLogger("ray.serve")

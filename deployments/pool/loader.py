@@ -18,7 +18,7 @@ from typing import Any
 from deployments.model.executor import InferenceExecutor
 from deployments.pool.cache import MIB, LoadedModel
 from handlers.errors import ModelNotFoundError, ModelNotReadyError, RaytorchError
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 
 SPEC_TIMEOUT_S = 10.0

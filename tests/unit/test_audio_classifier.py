@@ -21,7 +21,7 @@ from handlers.errors import (
     RaytorchError,
     UnsupportedMediaTypeError,
 )
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from tests.fixtures.audio import make_wav, riff, sine
 

@@ -117,7 +117,7 @@ def test_decoded_pixels_are_bounded_whatever_the_thread_count(
     from concurrent.futures import ThreadPoolExecutor
 
     from handlers import image_io
-    from handlers.registry import create_handler
+    from handlers.handler_catalog import create_handler
     from tests.fixtures.specs import tiny_spec
 
     budget = image_io.PixelBudget(2_500_000)

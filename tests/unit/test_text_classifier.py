@@ -18,7 +18,7 @@ from handlers.errors import (
     RaytorchError,
     UnsupportedMediaTypeError,
 )
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from handlers.text_classifier import TextClassifier
 from handlers.text_io import Vocabulary, read_text, read_vocabulary
