@@ -213,7 +213,7 @@ class ServeRouter:
             return await self.resolve(model, version), None
         except ModelNotReadyError as exc:
             table = self.directory.table
-            state = table.versions[model].get(version) if version else table.default_version(model)
+            state = table.versions[model].get(version) if version else table.default_target(model)
             assert state is not None  # lookup raises ModelNotFoundError otherwise
             return state, exc.message
 

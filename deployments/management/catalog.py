@@ -68,7 +68,7 @@ class Catalog:
         live, registered = table.versions.get(model, {}), self.store.dedicated(model)
         if not live and not registered:
             raise ModelNotFoundError(f"Model not found: {model}")
-        default = table.default_name(model)
+        default = table.default_version(model)
         versions = sorted(set(live) | set(registered)) if version == "all" else [version or default]
         for v in versions:
             if v not in live and v not in registered:
@@ -121,7 +121,7 @@ class Catalog:
         """Every model (registered or from the config), with the URL it came from."""
         result = []
         for name in sorted(set(table.versions) | {model for model, _ in self.store.registered()}):
-            default = table.default_name(name) or ""
+            default = table.default_version(name) or ""
             entry = self.store.versions(name).get(default)
             state = table.versions.get(name, {}).get(default)
             url = entry.url if entry else f"config:{state.app_name if state else name}"

@@ -189,7 +189,7 @@ class ModelManager:
 
     async def _registered_or_explain(self, model: str, version: str | None) -> VersionRecord:
         _, table = await self.routing.table()
-        chosen = version or table.default_name(model)
+        chosen = version or table.default_version(model)
         registered = self.store.dedicated(model)
         if chosen in registered:
             return registered[chosen]

@@ -96,7 +96,7 @@ class PoolManager:
     @staticmethod
     def refuse_scaling(table: ModelTable, model: str, version: str | None) -> None:
         """400 when the version (None: the default) is pooled: its pool's replicas are shared."""
-        state = table.versions.get(model, {}).get(version or table.default_name(model) or "")
+        state = table.versions.get(model, {}).get(version or table.default_version(model) or "")
         if state is not None and state.pool is not None:
             raise BadInputError(
                 f'Model "{model}" version {state.version} is in pool {state.pool}, whose replicas serve '

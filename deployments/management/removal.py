@@ -55,7 +55,7 @@ def version_to_remove(
     known = {v for v in set(table.versions.get(model, {})) | set(registered) if (model, v) not in draining}
     if not known:
         raise ModelNotFoundError(f"Model not found: {model}")
-    default = table.default_name(model)
+    default = table.default_version(model)
     version = version or default
     if version not in known:
         raise ModelVersionNotFoundError.of(model, version)

@@ -73,7 +73,7 @@ class TrafficControl:
     async def get(self, model: str) -> dict[str, Any]:
         """The model's traffic: default version, effective split, shadow."""
         table, _ = await self._versions(model)
-        return self.summary(model, table.default_name(model))
+        return self.summary(model, table.default_version(model))
 
     def summary(self, model: str, default: str | None) -> dict[str, Any]:
         """What GET /models/{model}/traffic answers."""
@@ -98,7 +98,7 @@ class TrafficControl:
         policy = TrafficPolicy(pairs, shadow, shadow_percent if shadow else 0.0)
         await self.store.set_policy(model, policy)
         await self._announced(model)
-        return self.summary(model, table.default_name(model))
+        return self.summary(model, table.default_version(model))
 
     async def set_default(self, model: str, version: str, registered: Collection[str]) -> dict[str, str]:
         """set-default: ``version`` (registered, pooled or from the config) takes the requests
@@ -119,7 +119,7 @@ class TrafficControl:
         table, _ = await self._versions(model)
         await self.store.set_policy(model, None)
         await self._announced(model)
-        return self.summary(model, table.default_name(model))
+        return self.summary(model, table.default_version(model))
 
     async def _announced(self, model: str) -> None:
         # The store announced the change; answer once every ingress routes by it.
