@@ -48,14 +48,15 @@ class OpenInferenceSplit:
         await self.main(scope, receive, send)
 
 
-def create_routes(
+def create_inference_app(
     directory: Directory,
     predictor: Predictor,
     telemetry: Telemetry,
     authorize: Callable[[str | None], Awaitable[None]],
     max_body_bytes: int,
 ) -> OpenInferenceSplit:
-    """The ASGI app behind the entry point."""
+    """The ASGI app behind the entry point: TorchServe's and KServe v1's routes, and OIP v2's
+    app, dispatched by path (:class:`OpenInferenceSplit`)."""
     app = FastAPI(
         title="raytorch inference API",
         description="TorchServe-compatible inference API served by Ray Serve.",
