@@ -76,7 +76,7 @@ def forward_rate(
 def _feed_worker(image: bytes, seconds: float) -> int:
     import torch
 
-    from handlers.registry import create_handler
+    from handlers.handler_catalog import create_handler
     from handlers.spec import ModelSpec
 
     torch.set_num_threads(1)

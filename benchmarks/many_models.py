@@ -5,7 +5,7 @@ configs/model_pool.yaml's pool and two versions of a dedicated tiny model, then:
 
 1. registers ``--models`` small distinct models (the tiny CNN, each with weights of its own) into
    the pool; the memory the server grew by, divided by their number, is ``idle_mb_per_model``
-   (an idle pooled model is a file and a registry entry, not a process). Memory is the private
+   (an idle pooled model is a file and a row of the state database, not a process). Memory is the private
    memory (USS) of every process of the server: PSS would move with other programs on the
    machine that map the same libraries (torch's), RSS counts shared pages once per process;
 2. sends a mixed load for ``--duration-s``: ``--rate`` requests per second over the ``--hot`` hot

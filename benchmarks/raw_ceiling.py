@@ -41,7 +41,7 @@ def _worker(
     """Body of one measuring process: load, warm up, wait for the others, then count."""
     import torch
 
-    from handlers.registry import create_handler
+    from handlers.handler_catalog import create_handler
     from handlers.spec import ModelSpec
 
     torch.set_num_threads(threads)

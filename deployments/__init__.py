@@ -1,5 +1,5 @@
 """Ray Serve wiring of raytorch: ``app`` holds the typed builders named in configs/*.yaml;
-``inference``, ``model`` and ``management`` are the three parts; ``common`` sits below them."""
+``model``, ``pool``, ``management`` and ``inference`` are the parts; ``common`` sits below them."""
 
 from deployments.common.serve_loopback import keep_replica_servers_on_loopback
 

@@ -11,12 +11,13 @@ from ray.serve import Application
 from deployments.common.auth import token_from_env
 from deployments.common.naming import INGRESS_DEPLOYMENT, MANAGEMENT_DEPLOYMENT, SERVE_LOGGING
 from deployments.common.settings import IngressArgs, ManagementArgs, ModelAppArgs, PoolArgs
+from deployments.common.workflow_spec import WorkflowArgs
 from deployments.inference.ingress import Ingress
 from deployments.management.deployment import ManagementDeployment
 from deployments.model.builder import model_application
 from deployments.pool.builder import pool_application
 from deployments.workflow.builder import workflow_application
-from deployments.workflow.spec import WorkflowArgs
+from deployments.workflow.serve_calls import ServeWorkflows
 
 # Pinned to the head node: the management part keeps its state directory there, and the
 # ingress listens on the address users were given (the head's, unless a config says otherwise).
@@ -68,4 +69,4 @@ def build_management(args: ManagementArgs) -> Application:
         name=MANAGEMENT_DEPLOYMENT,
         ray_actor_options={"num_cpus": 0, "resources": HEAD_NODE},
         logging_config=SERVE_LOGGING,
-    ).bind(args)
+    ).bind(args, ServeWorkflows())  # workflow applications are built above management

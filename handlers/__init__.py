@@ -1,5 +1,5 @@
 """Model handlers: plain PyTorch + Pillow + pydantic, no Ray.
 
 Import the pieces from their modules: ``handlers.spec.ModelSpec``,
-``handlers.registry.create_handler``, ``handlers.base.BaseHandler``.
+``handlers.handler_catalog.create_handler``, ``handlers.base.BaseHandler``.
 """

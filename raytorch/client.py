@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from deployments.common.environment import Environment
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -28,9 +29,10 @@ def find_token(explicit: str | None, state_dir: str | None) -> str | None:
     """Token from the flag, RAYTORCH_TOKEN, or the server's key_file.json."""
     if explicit:
         return explicit
-    if os.environ.get("RAYTORCH_TOKEN"):
-        return os.environ["RAYTORCH_TOKEN"]
-    key_file = Path(state_dir or os.environ.get("RAYTORCH_STATE_DIR") or ".raytorch") / "key_file.json"
+    env = Environment()
+    if env.token:
+        return env.token
+    key_file = Path(state_dir or env.state_dir or ".raytorch") / "key_file.json"
     if key_file.is_file():
         return str(json.loads(key_file.read_text())["management"]["key"])
     return None

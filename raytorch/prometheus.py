@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from deployments.common.environment import Environment
+
 DEFAULT_PORT = 9090
 APT_PACKAGE = "prometheus"
 SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "prometheus.yml"
@@ -126,9 +128,10 @@ def start(
     ``data_dir`` defaults to ``$RAYTORCH_STATE_DIR/prometheus`` (``.raytorch/prometheus``),
     ``log_dir`` to ``$RAYTORCH_LOG_DIR`` (``.raytorch/logs``), as the server's own files.
     """
-    state = Path(os.environ.get("RAYTORCH_STATE_DIR") or ".raytorch")
+    env = Environment()
+    state = Path(env.state_dir or ".raytorch")
     data_dir = Path(data_dir or state / "prometheus").resolve()
-    log_dir = Path(log_dir or os.environ.get("RAYTORCH_LOG_DIR") or state / "logs").resolve()
+    log_dir = Path(log_dir or env.log_dir or state / "logs").resolve()
     if _port_taken(port):
         raise PrometheusError(
             f"port {port} is taken (Debian's own prometheus service? `systemctl disable --now "

@@ -22,6 +22,7 @@ import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from deployments.common.environment import Environment
 from deployments.common.state_files import atomic_write, move_aside
 from handlers.errors import ConfigError, UnauthorizedError
 
@@ -42,7 +43,7 @@ def check_token_strength(token: str, origin: str) -> None:
 
 def token_from_env() -> str | None:
     """``RAYTORCH_TOKEN`` when set (checked for strength), else None."""
-    token = os.environ.get(TOKEN_ENV, "").strip()
+    token = (Environment().token or "").strip()
     if not token:
         return None
     check_token_strength(token, f"The {TOKEN_ENV} environment variable")

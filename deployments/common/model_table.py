@@ -175,22 +175,22 @@ class ModelTable:
         """Ready and not being removed."""
         return state.ready and (state.model, state.version) not in self.draining
 
-    def default_name(self, model: str) -> str | None:
-        """The model's default version: the registry's choice when it has one, else the
-        highest version. The one rule for "the default", used by routing and management."""
+    def default_version(self, model: str) -> str | None:
+        """The model's default version (its name): the management part's choice when it has one,
+        else the highest version. The one rule for "the default", used by routing and management."""
         versions = self.versions.get(model, {})
         chosen = self.defaults.get(model)
         if chosen is not None and (chosen in versions or not versions):
             return chosen
         return max(versions, key=_version_key) if versions else None
 
-    def default_version(self, model: str) -> ModelVersionState | None:
+    def default_target(self, model: str) -> ModelVersionState | None:
         """Where a request without a version goes: the default version if it can serve,
         else the highest routable version (so a failed new default does not take the model down)."""
         candidates = list(self.versions.get(model, {}).values())
         if not candidates:
             return None
-        chosen = self.versions[model].get(self.default_name(model) or "")
+        chosen = self.versions[model].get(self.default_version(model) or "")
         if chosen is not None and self.routable(chosen):
             return chosen
         return max(candidates, key=lambda s: (self.routable(s), _version_key(s.version)))
@@ -201,7 +201,7 @@ class ModelTable:
         versions = self.versions.get(model)
         if not versions:
             return UNKNOWN, UNKNOWN
-        chosen = version or self.default_name(model)
+        chosen = version or self.default_version(model)
         return model, chosen if chosen in versions else UNKNOWN
 
     def lookup(self, model: str, version: str | None) -> ModelVersionState:
@@ -224,7 +224,7 @@ class ModelTable:
         return state
 
     def _lookup(self, model: str, version: str | None) -> ModelVersionState:
-        state = self.versions.get(model, {}).get(version) if version else self.default_version(model)
+        state = self.versions.get(model, {}).get(version) if version else self.default_target(model)
         if state is None:
             if model not in self.versions:
                 raise ModelNotFoundError(f"Model not found: {model}")

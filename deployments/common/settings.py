@@ -195,7 +195,7 @@ class ManagementArgs(StrictModel):
     """``args`` of the management application (``deployments.app:build_management``)."""
 
     state_dir: str = Field(
-        ".raytorch", description="Registry, key file and extracted archives (env RAYTORCH_STATE_DIR wins)."
+        ".raytorch", description="State database, key file, unpacked archives (env RAYTORCH_STATE_DIR wins)."
     )
     model_store: str = Field(
         "model_store", description="Where `url=` archives are looked up (env RAYTORCH_MODEL_STORE wins)."

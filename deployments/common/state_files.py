@@ -1,4 +1,5 @@
-"""Files the server keeps across restarts (registry, key file): written atomically.
+"""Files the server keeps across restarts (the key file; the state database is kept aside the
+same way): written atomically.
 
 A crash while writing leaves either the old or the new file, never half of one; a file that
 cannot be used anyway is moved aside, never deleted, so nothing is lost by starting without it.
@@ -29,14 +30,20 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
         raise
 
 
-def move_aside(path: Path, copy: bool = False) -> Path:
-    """Keep an unusable state file as ``<name>.bad-<UTC time>`` (``copy``: leave it in place too)."""
+def aside_path(path: Path) -> Path:
+    """Where an unusable state file is kept: ``<name>.bad-<UTC time>``, a name not taken yet."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aside = path.with_name(f"{path.name}.bad-{stamp}")
     suffix = 1
     while aside.exists():
         aside = path.with_name(f"{path.name}.bad-{stamp}-{suffix}")
         suffix += 1
+    return aside
+
+
+def move_aside(path: Path, copy: bool = False) -> Path:
+    """Keep an unusable state file as :func:`aside_path` (``copy``: leave it in place too)."""
+    aside = aside_path(path)
     if copy:
         shutil.copy2(path, aside)
     else:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
-import os
 import queue
 import sys
 from pathlib import Path
 from typing import Any
+
+from deployments.common.environment import Environment
 
 MAX_BYTES = 20 * 1024 * 1024
 BACKUPS = 5
@@ -46,7 +47,7 @@ class AccessLog:
         self._logger.propagate = False
         if fmt == "off":
             return
-        directory = Path(os.environ.get("RAYTORCH_LOG_DIR") or log_dir).resolve()
+        directory = Path(Environment().log_dir or log_dir).resolve()
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "access.log"
         to_file = logging.handlers.RotatingFileHandler(

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from deployments.inference.directory import Directory
 from deployments.inference.grpc_server import generic_handler, handle_call, metadata_of, open_record
 from deployments.inference.off_loop import parse_off_loop
 from deployments.inference.oip_codec import checked_shape, tensor_from_raw, tensor_to_raw
@@ -27,7 +28,6 @@ from deployments.inference.oip_infer import (
 )
 from deployments.inference.open_inference import server_metadata
 from deployments.inference.predictions import Predictor
-from deployments.inference.routes import Directory
 from deployments.inference.telemetry import Telemetry
 from deployments.protos import OIP_SERVICE, service_methods
 from handlers.errors import BadInputError, ModelNotFoundError

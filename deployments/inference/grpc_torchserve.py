@@ -27,6 +27,7 @@ import grpc
 from deployments.common.forwarding import ForwardedResponse, ManagementCall
 from deployments.common.http_errors import grpc_code_name
 from deployments.common.messages import Rejected
+from deployments.inference.directory import Directory
 from deployments.inference.grpc_server import (
     abort_with,
     as_error,
@@ -38,7 +39,6 @@ from deployments.inference.grpc_server import (
 from deployments.inference.oip_infer import as_bytes
 from deployments.inference.predictions import Predictor
 from deployments.inference.request_body import RequestInput
-from deployments.inference.routes import Directory
 from deployments.inference.telemetry import REQUEST_ID_HEADER, Telemetry
 from deployments.protos import TORCHSERVE_INFERENCE, TORCHSERVE_MANAGEMENT, message, service_methods
 from handlers.errors import BadInputError, RaytorchError, UnauthorizedError

@@ -28,7 +28,7 @@ from deployments.inference.http_server import HttpServer, bind
 from deployments.inference.listener_limits import limited_http_server
 from deployments.inference.predictions import Predictor
 from deployments.inference.router import ServeRouter
-from deployments.inference.routes import create_routes
+from deployments.inference.routes import create_inference_app
 from deployments.inference.telemetry import Telemetry
 from deployments.inference.ts_listeners import TorchServeListeners
 from deployments.inference.workflow_calls import WorkflowCalls
@@ -73,7 +73,9 @@ class Ingress:
         self._telemetry = Telemetry(args.access_log, args.log_dir, args.access_log_console)
         self._router = ServeRouter(args, on_shadow=self._telemetry.metrics.pools.observe_shadow)
         predictor = Predictor(self._router, self._telemetry.metrics.in_flight)
-        routes = create_routes(self._router, predictor, self._telemetry, self._authorize, args.max_body_bytes)
+        routes = create_inference_app(
+            self._router, predictor, self._telemetry, self._authorize, args.max_body_bytes
+        )
         plan = await listen_plan()
         self._entry = HttpEntry(
             predictor,

@@ -36,7 +36,7 @@ from handlers.errors import BadInputError
 from handlers.spec import NAME_PATTERN, VERSION_PATTERN
 
 if TYPE_CHECKING:
-    from deployments.inference.routes import Directory
+    from deployments.inference.directory import Directory
 
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN)]
 Version = Annotated[str, Path(pattern=VERSION_PATTERN)]

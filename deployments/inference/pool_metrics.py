@@ -100,7 +100,7 @@ class PoolMetrics:
                 self.memory.labels(pool_name, replica).set(report.get("used_bytes", 0))
                 self.budget.labels(pool_name, replica).set(report.get("budget_bytes", 0))
         for model, policy in table.traffic.items():
-            default = table.default_name(model)
+            default = table.default_version(model)
             live = policy.percents() if policy.split else ({default: 100.0} if default else {})
             for version, percent in live.items():
                 self.traffic.labels(model, version, "live").set(percent)

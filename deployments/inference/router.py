@@ -27,11 +27,11 @@ from deployments.common.forwarding import ForwardedRequest, ForwardedResponse, M
 from deployments.common.messages import Answer, Rejected
 from deployments.common.model_table import ModelTable, ModelVersionState, PoolState
 from deployments.common.naming import MANAGEMENT_APP, MANAGEMENT_DEPLOYMENT
+from deployments.common.pool_calls import PoolCalls
 from deployments.common.settings import IngressArgs
 from deployments.inference.cached_call import CachedCall
 from deployments.inference.call_groups import CallGrouper
 from deployments.inference.model_directory import ModelDirectory
-from deployments.pool.calls import PoolCalls
 from handlers.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
@@ -249,7 +249,7 @@ class ServeRouter:
             return await self.resolve(model, version), None
         except ModelNotReadyError as exc:
             table = self.directory.table
-            state = table.versions[model].get(version) if version else table.default_version(model)
+            state = table.versions[model].get(version) if version else table.default_target(model)
             assert state is not None  # lookup raises ModelNotFoundError otherwise
             return state, exc.message
 

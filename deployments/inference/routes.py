@@ -11,7 +11,7 @@ whole API.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 import prometheus_client
 from fastapi import FastAPI, Query, Request
@@ -20,25 +20,13 @@ from fastapi.responses import JSONResponse, Response
 
 from deployments.common.auth import may_see_details
 from deployments.common.http_errors import install_error_handlers
-from deployments.common.model_table import ModelTable, ModelVersionState
+from deployments.inference.directory import Directory
 from deployments.inference.explanations import Explainer, add_explanation_routes
 from deployments.inference.kserve_v1 import add_kserve_v1_routes
 from deployments.inference.open_inference import create_open_inference_app
 from deployments.inference.predictions import Predictor
 from deployments.inference.telemetry import RECORD_KEY, Telemetry
 from handlers.errors import ModelVersionNotFoundError
-
-
-class Directory(Protocol):
-    """What the routes read of the model table (the router)."""
-
-    async def health_table(self) -> ModelTable: ...
-    async def versions(self, model: str) -> list[str]: ...
-    async def pool_reports(self) -> dict[str, list[dict]]: ...
-    async def signature(
-        self, model: str, version: str | None
-    ) -> tuple[ModelVersionState, dict[str, Any]]: ...
-    async def readiness(self, model: str, version: str | None) -> tuple[ModelVersionState, str | None]: ...
 
 
 class OpenInferenceSplit:
@@ -61,14 +49,15 @@ class OpenInferenceSplit:
         await self.main(scope, receive, send)
 
 
-def create_routes(
+def create_inference_app(
     directory: Directory,
     predictor: Predictor,
     telemetry: Telemetry,
     authorize: Callable[[str | None], Awaitable[None]],
     max_body_bytes: int,
 ) -> OpenInferenceSplit:
-    """The ASGI app behind the entry point."""
+    """The ASGI app behind the entry point: TorchServe's and KServe v1's routes, and OIP v2's
+    app, dispatched by path (:class:`OpenInferenceSplit`)."""
     app = FastAPI(
         title="raytorch inference API",
         description="TorchServe-compatible inference API served by Ray Serve.",

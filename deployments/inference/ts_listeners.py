@@ -26,7 +26,7 @@ from deployments.inference.http_server import HttpServer, bind
 from deployments.inference.listener_limits import limited_http_server
 from deployments.inference.predictions import Predictor
 from deployments.inference.router import ServeRouter
-from deployments.inference.routes import create_routes
+from deployments.inference.routes import create_inference_app
 from deployments.inference.telemetry import Telemetry
 
 logger = logging.getLogger("ray.serve")
@@ -61,8 +61,10 @@ class TorchServeListeners:
             if self.keys is not None:
                 self.keys.check(header, "management")
 
-        inference_routes = create_routes(router, predictor, telemetry, inference_key, args.max_body_bytes)
-        metrics_routes = create_routes(router, predictor, telemetry, no_key, args.max_body_bytes)
+        inference_routes = create_inference_app(
+            router, predictor, telemetry, inference_key, args.max_body_bytes
+        )
+        metrics_routes = create_inference_app(router, predictor, telemetry, no_key, args.max_body_bytes)
         self._http: list[tuple[str, int, object, TlsFiles | None]] = []
         for listener in front.listeners:
             apis = set(listener.apis)

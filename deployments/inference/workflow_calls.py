@@ -20,9 +20,9 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 
 from deployments.common.naming import parse_workflow_deployment_name
+from deployments.common.workflow_answer import WorkflowAnswer, WorkflowRequest
 from deployments.inference.metrics import LATENCY_BUCKETS
 from deployments.inference.telemetry import RequestRecord, Telemetry
-from deployments.workflow.answer import WorkflowAnswer, WorkflowRequest
 from handlers.errors import ModelNotReadyError, RaytorchError, RequestTimeoutError, WorkflowNotFoundError
 
 SNAPSHOT_EVERY_S = 1.0

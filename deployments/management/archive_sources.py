@@ -46,6 +46,19 @@ def unpack(archive: Path, models_dir: Path, hint: str) -> tuple[ArchiveModel, Pa
         raise
 
 
+def clear_scratch(models_dir: Path, downloads_dir: Path) -> list[Path]:
+    """Remove what registrations that never finished (the management replica was killed in
+    the middle) left behind: unpacked scratch folders and partial downloads. Called when the
+    management part starts, before it accepts a registration; returns what it removed."""
+    leftovers = [*(models_dir / ".incoming").glob("*"), *downloads_dir.glob(".download-*.part")]
+    for path in leftovers:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return leftovers
+
+
 def settle(folder: Path, models_dir: Path, name: str, version: str) -> Path:
     """Move an extracted archive to ``models/<name>/<version>``; returns the new folder.
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from deployments.common.placement import decide_gpus
 from deployments.common.settings import ModelAppArgs
+from deployments.management.serve_control import Serve
+from handlers.errors import InsufficientResourcesError
 
 
 def missing_resources(
@@ -28,3 +31,24 @@ def missing_resources(
         f"{args.model.name}: {parts}. Lower num_cpus/num_gpus or initial_workers, "
         "free capacity, or add nodes."
     )
+
+
+class ResourceCheck:
+    """Refuses what the cluster cannot start now: Serve would leave the replicas pending forever
+    and requests to them would hang. ``wait_for_resources``: the operator chose to wait instead
+    (an autoscaling cluster adds nodes)."""
+
+    def __init__(self, serve: Serve, wait_for_resources: bool) -> None:
+        self.serve = serve
+        self.wait_for_resources = wait_for_resources
+
+    async def check(self, args: ModelAppArgs, replicas: int | None = None) -> None:
+        """Check ``replicas`` more replicas (default: all of them); raises
+        :class:`InsufficientResourcesError` naming what is missing."""
+        if self.wait_for_resources:
+            return
+        available, total_gpus = await self.serve.resources()
+        gpus = decide_gpus(args.resources, total_gpus, args.model.name).num_gpus
+        problem = missing_resources(args, available, replicas, gpus)
+        if problem:
+            raise InsufficientResourcesError(problem)

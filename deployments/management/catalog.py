@@ -1,6 +1,6 @@
 """TorchServe's read-only management calls: list the models, describe their versions.
 
-Describe joins three sources: the registries (what was registered, dedicated or into a pool,
+Describe joins three sources: the state store (what was registered, dedicated or into a pool,
 with which parameters), Serve's model table (what runs and whether it serves) and Serve's
 replica details (workers, pending requests: a pooled version's are its pool's); with
 ``customized=true`` it also asks one replica for its handler's metadata (a pool replica loads
@@ -17,8 +17,8 @@ from typing import Any
 from deployments.common.model_table import ModelTable, ModelVersionState
 from deployments.management.describe import DeploymentFacts, describe_version
 from deployments.management.pools import PoolManager
-from deployments.management.registry import RegistryStore
 from deployments.management.serve_control import Serve
+from deployments.management.state_store import StateStore
 from deployments.management.traffic import TrafficControl
 from handlers.errors import (
     ModelNotFoundError,
@@ -32,36 +32,30 @@ logger = logging.getLogger("ray.serve")
 HANDLER_METADATA_TIMEOUT_S = 10.0
 
 
-def not_found(
-    model: str, version: str | None, table: ModelTable, registry: RegistryStore
-) -> ModelNotFoundError:
+def not_found(model: str, version: str | None, table: ModelTable, store: StateStore) -> ModelNotFoundError:
     """404 for an unknown model, or for an unknown version of a known one (TorchServe's wording).
     ``table`` has the routing applied: pooled versions are in it."""
-    if model not in table.versions and model not in registry.state.models:
+    if model not in table.versions and not store.versions(model):
         return ModelNotFoundError(f"Model not found: {model}")
     return ModelVersionNotFoundError.of(model, version)
 
 
 class Catalog:
-    """Answers list and describe from the registries, the traffic policies and Serve's state."""
+    """Answers list and describe from the state store, the traffic policies and Serve's state."""
 
     def __init__(
         self,
         serve: Serve,
-        registry: RegistryStore,
+        store: StateStore,
         startup_timeout_s: float,
         pools: PoolManager,
         traffic: TrafficControl,
     ) -> None:
         self.serve = serve
-        self.registry = registry
+        self.store = store
         self.startup_timeout_s = startup_timeout_s
         self.pools = pools
         self.traffic = traffic
-
-    def _registered(self, model: str) -> dict[str, Any]:
-        record = self.registry.state.models.get(model)
-        return record.versions if record else {}
 
     async def describe(
         self, table: ModelTable, model: str, version: str | None, customized: bool = False
@@ -71,15 +65,15 @@ class Catalog:
         With ``customized`` (one version), the handler's own metadata is added from one of the
         version's replicas as ``customizedMetadata``: 503 when it has none running.
         """
-        live, registered = table.versions.get(model, {}), self._registered(model)
+        live, registered = table.versions.get(model, {}), self.store.dedicated(model)
         if not live and not registered:
             raise ModelNotFoundError(f"Model not found: {model}")
-        default = table.default_name(model)
+        default = table.default_version(model)
         versions = sorted(set(live) | set(registered)) if version == "all" else [version or default]
         for v in versions:
             if v not in live and v not in registered:
-                raise not_found(model, v, table, self.registry)
-        pooled = self.pools.registry.versions(model)
+                raise not_found(model, v, table, self.store)
+        pooled = self.store.pooled(model)
         described = []
         for v in versions:
             state = live.get(v)
@@ -103,7 +97,7 @@ class Catalog:
             return None
         try:
             return await self.serve.deployment_facts(state.app_name, state.deployment_name)
-        except Exception as exc:  # describe still answers from the registry and the table
+        except Exception as exc:  # describe still answers from the state store and the table
             logger.warning("No replica details for %s: %s", state.app_name, exc)
             return None
 
@@ -126,9 +120,9 @@ class Catalog:
     def list_models(self, table: ModelTable) -> list[dict[str, str]]:
         """Every model (registered or from the config), with the URL it came from."""
         result = []
-        for name in sorted(set(table.versions) | set(self.registry.state.models)):
-            default = table.default_name(name) or ""
-            entry = self._registered(name).get(default) or self.pools.registry.versions(name).get(default)
+        for name in sorted(set(table.versions) | {model for model, _ in self.store.registered()}):
+            default = table.default_version(name) or ""
+            entry = self.store.versions(name).get(default)
             state = table.versions.get(name, {}).get(default)
             url = entry.url if entry else f"config:{state.app_name if state else name}"
             result.append({"modelName": name, "modelUrl": url})

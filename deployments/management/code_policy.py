@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from handlers.errors import ConfigError
-from handlers.registry import DEFAULT_HANDLERS
+from handlers.handler_catalog import DEFAULT_HANDLERS
 from handlers.spec import ModelSpec
 from handlers.torchserve.names import (
     TORCHSERVE_PREFIX,

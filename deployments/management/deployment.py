@@ -1,4 +1,4 @@
-"""The management deployment: TorchServe's /models API over a persisted registry."""
+"""The management deployment: TorchServe's /models API over the state store."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from deployments.management.torchserve_mode import (
 )
 from deployments.management.workflow_api import MOUNT_PATH as WORKFLOWS_PATH
 from deployments.management.workflow_api import create_workflow_app
-from deployments.management.workflow_serve import ServeWorkflows
+from deployments.management.workflow_serve import WorkflowServe
 from deployments.management.workflows import WorkflowManager
 
 logger = logging.getLogger("ray.serve")
@@ -51,9 +51,9 @@ class QuietPolling(logging.Filter):
 )
 @serve.ingress()
 class ManagementDeployment:
-    """Owns the registry; restores registered models when it starts (or restarts)."""
+    """Owns the state store; restores registered models when it starts (or restarts)."""
 
-    async def __init__(self, args: ManagementArgs) -> None:
+    async def __init__(self, args: ManagementArgs, workflow_serve: WorkflowServe) -> None:
         serve_logger = logging.getLogger("ray.serve")
         if not any(isinstance(f, QuietPolling) for f in serve_logger.filters):
             serve_logger.addFilter(QuietPolling())
@@ -65,7 +65,7 @@ class ManagementDeployment:
         else:  # `raytorch torchserve`: TorchServe's keys, enable_model_api, startup models
             self._token, self._app = "", torchserve_management_app(self._manager, ts)
         self._workflows = WorkflowManager(
-            self._manager, ServeWorkflows(), self._manager.state_dir, self._manager.model_store,
+            self._manager, workflow_serve, self._manager.state_dir, self._manager.model_store,
             self._manager.intake.download_policy, args.allow_archive_code, args.register_timeout_s,
         )  # fmt: skip
         workflow_auth = self._token if ts is None else management_authorizer(ts)

@@ -1,4 +1,4 @@
-"""TorchServe's describe object of one model version, from Serve's state and our registry.
+"""TorchServe's describe object of one model version, from Serve's state and our state store.
 
 No Ray here: :class:`DeploymentFacts` (what Serve says of the version's replicas and settings)
 is gathered by the management part's Serve control and passed in.
@@ -14,7 +14,7 @@ from typing import Any
 from deployments.common.model_table import ModelVersionState
 from deployments.common.settings import ModelAppArgs
 from deployments.management.register_params import default_note
-from deployments.management.registry import VersionRecord
+from deployments.management.state_records import VersionRecord
 
 DEFAULT_RESPONSE_TIMEOUT_S = 120  # TorchServe's default_response_timeout, shown when none was set
 

@@ -1,79 +1,56 @@
-"""What the ingresses route on, composed from the management part's stores, and the feed that
-tells them when it changes.
+"""What the ingresses route on, read from the state store, and the feed that tells them when it
+changes.
 
-Per model name: its default version (the one set with set-default, else the default of the
-registry that registered the model first), its pooled versions and its traffic policy. An
-ingress asks for the models changed since the version it has, so a change costs one record
-however many models are registered. No Ray here.
+Per model name: its default version, its pooled versions and its traffic policy, plus the
+versions being removed (hidden). An ingress asks for the models changed since the version it
+has, so a change costs one record however many models are registered. No Ray here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from deployments.common.model_table import ModelTable
 from deployments.common.routing import ModelRouting, RoutingState, RoutingUpdate
 from deployments.management.pools import PoolManager
-from deployments.management.registry import RegistryStore
+from deployments.management.removal import VersionRemoval
 from deployments.management.routing_feed import RoutingFeed
-from deployments.management.traffic_store import TrafficStore
+from deployments.management.serve_control import Serve
+from deployments.management.state_store import StateStore
 
 
 class IngressRouting:
-    """Routing records from the dedicated registry, the pool registry and the traffic store.
-
-    ``draining()`` returns the dedicated versions being removed (pooled ones come from the pools).
-    """
+    """Routing records from the state store; versions being removed, dedicated (``removal``)
+    or pooled (``pools``), are hidden. :meth:`table` is Serve's table as the ingresses see it."""
 
     def __init__(
         self,
-        registry: RegistryStore,
+        store: StateStore,
         pools: PoolManager,
-        traffic: TrafficStore,
-        draining: Callable[[], set[tuple[str, str]]],
+        removal: VersionRemoval,
+        serve: Serve,
+        feed: RoutingFeed,
     ) -> None:
-        self.registry = registry
+        self.store = store
         self.pools = pools
-        self.traffic = traffic
-        self._draining = draining
-        self.feed = RoutingFeed()
+        self.removal = removal
+        self.serve = serve
+        self.feed = feed
 
     def model(self, name: str) -> ModelRouting | None:
         """What the ingresses route on for ``name`` (None: nothing beyond what Serve runs)."""
         pooled = self.pools.routing(name)
-        policy = self.traffic.policies.get(name)
-        default = self.default_of(name)
+        policy = self.store.policy(name)
+        default = self.store.default(name)
         if not pooled and policy is None and default is None:
             return None
         return ModelRouting(default, pooled, policy)
 
-    def default_of(self, name: str) -> str | None:
-        """The set-default choice, else the default of the registry that has the model's
-        earliest registration (None: the ingress takes the highest version)."""
-        explicit = self.traffic.defaults.get(name)
-        if explicit is not None:
-            return explicit
-        candidates = []
-        record = self.registry.state.models.get(name)
-        if record is not None:
-            candidates.append((record.versions[record.default_version].registered_at, record.default_version))
-        pooled = self.pools.registry.defaults.get(name)
-        if pooled is not None:
-            candidates.append((self.pools.registry.versions(name)[pooled].registered_at, pooled))
-        return min(candidates)[1] if candidates else None
-
     def draining(self) -> frozenset[tuple[str, str]]:
         """Versions being removed: hidden from the ingresses."""
-        return frozenset(self._draining() | self.pools.draining)
+        return frozenset(self.removal.draining | self.pools.draining)
 
     def state(self) -> RoutingState:
         """Everything the ingresses route on, now."""
-        names = (
-            set(self.registry.state.models)
-            | set(self.pools.registry.models)
-            | set(self.traffic.defaults)
-            | set(self.traffic.policies)
-        )
-        models = {name: routing for name in names if (routing := self.model(name)) is not None}
+        models = {name: routing for name in self.store.models() if (routing := self.model(name)) is not None}
         return RoutingState(self.feed.epoch, self.feed.version, models, self.draining())
 
     def update(self, since: int, epoch: str) -> RoutingUpdate:
@@ -84,3 +61,10 @@ class IngressRouting:
             return RoutingUpdate(state.epoch, state.version, True, True, dict(state.models), state.draining)
         models = {name: self.model(name) for name in names}
         return RoutingUpdate(self.feed.epoch, self.feed.version, False, serve, models, self.draining())
+
+    async def table(self) -> tuple[dict[str, str], ModelTable]:
+        """Serve's applications (name -> status) and its table with this routing applied
+        (pooled versions, defaults, policies, versions being removed)."""
+        snapshot = await self.serve.snapshot()
+        snapshot.table.apply_routing(self.state())
+        return snapshot.apps, snapshot.table

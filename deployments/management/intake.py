@@ -5,7 +5,7 @@ to ``models/<name>/<version>``.
 
 The claim keeps racing registrations apart: (name, version) is reserved right after the
 conflict check, with no await between them, before any file moves, and held until the
-version is in the registry (two racing registrations once mixed their files). Registrations into
+version is in the state store (two racing registrations once mixed their files). Registrations into
 a model pool (deployments.management.pools) take the same steps, except the resource check: the
 same parsing, code policy and claims, so a version is either pooled or dedicated, never both.
 No Ray here.
@@ -14,6 +14,7 @@ No Ray here.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -23,12 +24,17 @@ from typing import Any
 from deployments.common.model_table import ModelTable
 from deployments.common.naming import registered_app_name
 from deployments.common.settings import ManagementArgs, ModelAppArgs
-from deployments.management.archive_sources import is_remote, local_archive, settle, unpack
+from deployments.management.archive_sources import clear_scratch, is_remote, local_archive, settle, unpack
+from deployments.management.capacity import ResourceCheck
 from deployments.management.downloads import DownloadPolicy, download
 from deployments.management.register_params import RegisterParams, app_args, our_defaults
-from deployments.management.registry import RegistryStore, VersionRecord
+from deployments.management.serve_control import Serve
+from deployments.management.state_records import VersionRecord
+from deployments.management.state_store import StateStore
 from handlers.archive import ArchiveModel
 from handlers.errors import ConflictError, ModelNotFoundError
+
+logger = logging.getLogger("ray.serve")
 
 
 class Intake:
@@ -40,28 +46,32 @@ class Intake:
         model_store: Path,
         models_dir: Path,
         downloads_dir: Path,
-        registry: RegistryStore,
-        table: Callable[[], Awaitable[tuple[dict[str, str], ModelTable]]],
-        check_resources: Callable[[ModelAppArgs], Awaitable[None]],
-        pooled: Callable[[str, str], bool] = lambda model, version: False,
+        store: StateStore,
+        serve: Serve,
     ) -> None:
-        self.settings, self.registry = settings, registry
+        self.settings, self.store, self.serve = settings, store, serve
         self.model_store, self.models_dir, self.downloads_dir = model_store, models_dir, downloads_dir
         self.download_policy = DownloadPolicy.create(
             settings.allowed_urls, settings.allowed_networks, settings.download_timeout_s,
             settings.max_download_bytes,
         )  # fmt: skip
-        self._table, self._check_resources = table, check_resources
-        self._pooled = pooled  # (model, version) -> registered into a pool
+        self.resources = ResourceCheck(serve, settings.wait_for_resources)
         # (name, version) of registrations past their conflict check that are not in the
-        # registry yet: a second registration of the same version is refused before it can
+        # store yet: a second registration of the same version is refused before it can
         # move any file.
         self._reserved: set[tuple[str, str]] = set()
+        left = clear_scratch(models_dir, downloads_dir)
+        if left:
+            logger.warning(
+                "Removed what %d unfinished registrations left behind: %s",
+                len(left),
+                ", ".join(map(str, left)),
+            )
 
     async def accept(self, params: RegisterParams) -> tuple[ModelAppArgs, VersionRecord]:
-        """The args and registry entry of a registration whose files are in place; its
+        """The args and store record of a registration whose files are in place; its
         (name, version) stays claimed until :meth:`release`."""
-        found, args = await self.prepare(params, self._check_resources)
+        found, args = await self.prepare(params, self.resources.check)
         name, version = args.model.name, args.model.version
         entry = VersionRecord(
             version=version,
@@ -83,7 +93,7 @@ class Intake:
         claim (name, version), run ``check(args)`` and move the files to
         ``models/<name>/<version>`` (the args' base_dir). The claim holds until :meth:`release`;
         nothing is left behind on failure. ``table()``: Serve's versions for the conflict check
-        (default: the manager's current table)."""
+        (default: a fresh snapshot)."""
         if not params.url:  # `url=` names no archive: TorchServe answers 404 too
             raise ModelNotFoundError('Model not found at: ""')
         found, folder = await self._unpack(params.url)
@@ -96,7 +106,7 @@ class Intake:
                 self.settings.install_py_dep_per_model,
             )  # fmt: skip
             name, version = args.model.name, args.model.version
-            current = await table() if table is not None else (await self._table())[1]
+            current = await table() if table is not None else (await self.serve.snapshot()).table
             reserved = self._reserve(current, name, version)
             if check is not None:
                 await check(args)
@@ -110,7 +120,7 @@ class Intake:
         return found, args
 
     def release(self, name: str, version: str) -> None:
-        """Drop the claim of an accepted registration (once it is in the registry, or failed)."""
+        """Drop the claim of an accepted registration (once it is in the store, or failed)."""
         self._reserved.discard((name, version))
 
     async def _unpack(self, url: str) -> tuple[ArchiveModel, Path]:
@@ -125,16 +135,12 @@ class Intake:
             archive.unlink(missing_ok=True)  # what counts is the unpacked copy
 
     def _reserve(self, table: ModelTable, name: str, version: str) -> tuple[str, str]:
-        """Claim (name, version), or 409 when it exists (dedicated, pooled or in the config) or
-        is claimed. Synchronous: no other registration runs between the check and the claim."""
+        """Claim (name, version), or 409 when it exists (registered, dedicated or pooled, or in
+        the config) or is claimed. Synchronous: no other registration runs between the check and
+        the claim."""
         key = (name, version)
-        record = self.registry.state.models.get(name)
-        if (
-            key in self._reserved
-            or version in table.versions.get(name, {})
-            or (record is not None and version in record.versions)
-            or self._pooled(name, version)
-        ):
+        taken = version in table.versions.get(name, {}) or version in self.store.versions(name)
+        if taken or key in self._reserved:
             raise ConflictError(f"Model version {version} is already registered for model {name}")
         self._reserved.add(key)
         return key

@@ -15,101 +15,77 @@ live beside it: accepting a registration (intake.py), describe and list (catalog
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
+from deployments.common.environment import Environment
 from deployments.common.model_table import ModelTable
 from deployments.common.naming import registered_app_name
 from deployments.common.routing import RoutingUpdate
 from deployments.common.settings import ManagementArgs, ModelAppArgs
-from deployments.management.capacity import missing_resources
 from deployments.management.catalog import Catalog, not_found
 from deployments.management.ingress_routing import IngressRouting
 from deployments.management.intake import Intake
 from deployments.management.pools import PoolCallsProtocol, PoolManager
+from deployments.management.readiness import Readiness
 from deployments.management.register_params import RegisterParams
-from deployments.management.registry import RegistryStore, VersionRecord
 from deployments.management.removal import VersionRemoval, version_to_remove
 from deployments.management.restore import Restorer
+from deployments.management.routing_feed import RoutingFeed
 from deployments.management.serve_control import Serve
+from deployments.management.state_records import VersionRecord
+from deployments.management.state_store import StateStore
 from deployments.management.traffic import TrafficControl
-from deployments.management.traffic_store import TrafficStore
-from deployments.model.placement import decide_gpus
-from handlers.errors import (
-    BadInputError,
-    InsufficientResourcesError,
-    ModelLoadError,
-    ModelNotFoundError,
-    RequestTimeoutError,
-)
+from handlers.errors import BadInputError, ModelLoadError, ModelNotFoundError
 
 logger = logging.getLogger("ray.serve")
 SCALE_POLL_S = 0.5
 
 
 class ModelManager:
-    """The management API's operations over Serve and the persisted registry."""
+    """The management API's operations over Serve and the state store.
+
+    Its parts, each built from the ones above it (nothing calls back into the manager): the
+    state store, whose committed changes the routing feed announces to the ingresses; intake
+    (archive, args, code policy, claims, resources); pools; removal; what the ingresses route on
+    (routing); readiness; traffic; catalog.
+    """
 
     def __init__(
         self, settings: ManagementArgs, serve: Serve, pool_calls: PoolCallsProtocol | None = None
     ) -> None:
         self.settings = settings
         self.serve = serve
-        self.state_dir = Path(os.environ.get("RAYTORCH_STATE_DIR") or settings.state_dir).resolve()
-        self.model_store = Path(os.environ.get("RAYTORCH_MODEL_STORE") or settings.model_store).resolve()
+        env = Environment()
+        self.state_dir = Path(env.state_dir or settings.state_dir).resolve()
+        self.model_store = Path(env.model_store or settings.model_store).resolve()
         self.models_dir = self.state_dir / "models"
         self.downloads_dir = self.state_dir / "downloads"
-        self.registry = RegistryStore(self.state_dir / "registry.json")
+        self.store = StateStore(self.state_dir)
+        self.feed = RoutingFeed()
+        self.store.subscribe(self.feed.announce_models)  # every committed change reaches the ingresses
         self.intake = Intake(
-            settings, self.model_store, self.models_dir, self.downloads_dir, self.registry,
-            self._table, self._check_resources, lambda m, v: v in self.pools.registry.versions(m),
-        )  # fmt: skip
+            settings, self.model_store, self.models_dir, self.downloads_dir, self.store, serve
+        )
         self._lock = asyncio.Lock()
-        self.removal = VersionRemoval(serve, self.announce, settings.propagation_s)
-        self.draining = self.removal.draining  # dedicated (model, version) pairs being removed
-        self._watchers: set[asyncio.Task[None]] = set()
+        self.removal = VersionRemoval(serve, self.store, self.feed, self.models_dir, settings.propagation_s)
         if pool_calls is None:
-            from deployments.pool.calls import PoolCalls
+            from deployments.common.pool_calls import PoolCalls
 
             pool_calls = PoolCalls()
         self.pools = PoolManager(
-            settings, self.state_dir, pool_calls, self.intake, self._serve_table, self._models_changed
+            settings, self.models_dir, pool_calls, self.intake, self.store, serve, self.feed
         )
-        self.traffic = TrafficControl(
-            TrafficStore(self.state_dir / "traffic.json"), self._current_table, self._models_changed,
-            settings.propagation_s,
-        )  # fmt: skip
-        self.routing = IngressRouting(self.registry, self.pools, self.traffic.store, lambda: self.draining)
-        self.catalog = Catalog(serve, self.registry, settings.register_timeout_s, self.pools, self.traffic)
-
-    # -- routing, as the ingresses see it ------------------------------------------------------
-    def announce(self) -> None:
-        """Wake every ingress waiting in :meth:`routing_changes`: Serve's applications changed."""
-        self.routing.feed.announce()
-
-    def _models_changed(self, models: list[str]) -> None:
-        """Announce a change of these models' routing that did not touch Serve's applications."""
-        self.routing.feed.announce(models, serve=False)
+        self.routing = IngressRouting(self.store, self.pools, self.removal, serve, self.feed)
+        self.readiness = Readiness(serve, self.feed, settings.register_timeout_s)
+        self.traffic = TrafficControl(self.store, self.routing, settings.propagation_s)
+        self.catalog = Catalog(serve, self.store, settings.register_timeout_s, self.pools, self.traffic)
 
     async def routing_changes(self, since: int, timeout_s: float, epoch: str = "") -> RoutingUpdate:
         """What changed after version ``since``, as soon as something did, or after ``timeout_s``."""
-        await self.routing.feed.wait_past(since, timeout_s, epoch)
+        await self.feed.wait_past(since, timeout_s, epoch)
         return self.routing.update(since, epoch)
-
-    async def _table(self) -> tuple[dict[str, str], ModelTable]:
-        snapshot = await self.serve.snapshot()
-        snapshot.table.apply_routing(self.routing.state())
-        return snapshot.apps, snapshot.table
-
-    async def _current_table(self) -> ModelTable:
-        return (await self._table())[1]
-
-    async def _serve_table(self) -> ModelTable:
-        return (await self.serve.snapshot()).table
 
     # -- operations ----------------------------------------------------------------------------
     async def restore(self) -> list[str]:
@@ -117,13 +93,15 @@ class ModelManager:
         on its own, retried, and never one that a config file's application already serves
         (see :class:`deployments.management.restore.Restorer`)."""
         restorer = Restorer(
-            self.registry, self.serve, self.models_dir, self.settings, self._table,
-            self._watch_until_ready, self.announce, self.pools,
+            self.store, self.serve, self.models_dir, self.settings, self.routing, self.readiness,
+            self.pools,
         )  # fmt: skip
         return await restorer.run()
 
     async def register(self, params: RegisterParams) -> tuple[int, dict[str, str]]:
-        """TorchServe's register: 200 when ready (synchronous) or 202 at once."""
+        """TorchServe's register: 200 when ready (synchronous) or 202 at once. The steps:
+        resolve, unpack and check the archive, claim its version and check the cluster's
+        resources (intake), record it (one transaction of the state store), deploy it, wait."""
         pool = self.pools.target(params)
         if pool is not None:
             return await self.pools.register(params, pool)
@@ -131,11 +109,11 @@ class ModelManager:
         name, version = args.model.name, args.model.version
         try:
             async with self._lock:
-                self.registry.add(name, entry)
+                await self.store.add(name, entry)
                 await self.serve.deploy(entry.app_name, args)
         finally:
             self.intake.release(name, version)
-        self.announce()
+        self.feed.announce()
         workers = args.resources.num_replicas
         if params.synchronous or workers == 0:  # no worker to wait for: TorchServe answers 200 at once
             # startup_timeout is about workers starting: with none, only the app's creation counts.
@@ -143,12 +121,12 @@ class ModelManager:
             if timeout is None or workers == 0:
                 timeout = self.settings.register_timeout_s
             try:
-                await self.wait_ready(name, version, timeout, workers)
+                await self.readiness.wait(name, version, timeout, workers)
             except BaseException:
                 await self._remove(name, version, drain=False)
                 raise
         else:
-            self._watch_until_ready(name, version)
+            self.readiness.watch(name, version)
             return 202, {"status": "Processing worker updates..."}
         if workers == 0:
             return 200, {
@@ -157,57 +135,11 @@ class ModelManager:
             }
         return 200, {"status": f'Model "{name}" Version: {version} registered with {workers} initial workers'}
 
-    async def wait_ready(self, model: str, version: str, timeout_s: float, workers: int = 1) -> None:
-        """Return once ``workers`` replicas are up (just the application, for 0), and tell the
-        ingresses; raise with Serve's reason when the model fails to load."""
-        message = ""
-
-        def ready(table: ModelTable) -> bool:
-            nonlocal message
-            state = table.versions.get(model, {}).get(version)
-            if state is None:
-                return False
-            message = state.message
-            if state.app_status == "DEPLOY_FAILED":
-                raise ModelLoadError(f'Model "{model}" version {version} failed to load: {message}')
-            if workers == 0:
-                return state.app_status == "RUNNING"
-            return state.ready and state.running_replicas >= workers
-
-        try:
-            await self.serve.wait_until(ready, timeout_s, f'Model "{model}" version {version} was not ready')
-        except RequestTimeoutError as exc:
-            raise RequestTimeoutError(f"{exc.message}: {message}" if message else exc.message) from None
-        self.announce()
-
-    def _watch_until_ready(self, model: str, version: str) -> None:
-        async def watch() -> None:
-            with contextlib.suppress(Exception):  # failures show in describe and /ping
-                await self.wait_ready(model, version, self.settings.register_timeout_s)
-
-        task = asyncio.get_running_loop().create_task(watch())
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
-
-    async def _check_resources(self, args: ModelAppArgs, replicas: int | None = None) -> None:
-        # Serve would leave replicas pending forever (requests to them hang): refuse up front.
-        if self.settings.wait_for_resources:
-            return
-        available, total_gpus = await self.serve.resources()
-        gpus = decide_gpus(args.resources, total_gpus, args.model.name).num_gpus
-        problem = missing_resources(args, available, replicas, gpus)
-        if problem:
-            raise InsufficientResourcesError(problem)
-
-    def _registered(self, model: str) -> dict[str, VersionRecord]:
-        record = self.registry.state.models.get(model)
-        return record.versions if record else {}
-
     async def scale(
         self, model: str, version: str | None, low: int, high: int, synchronous: bool
     ) -> tuple[int, dict]:
         """Set replicas (low == high) or an autoscaling range for a registered version."""
-        _, table = await self._table()
+        _, table = await self.routing.table()
         self.pools.refuse_scaling(table, model, version)
         entry = await self._registered_or_explain(model, version)
         args = ModelAppArgs.model_validate(entry.args)
@@ -217,7 +149,7 @@ class ModelManager:
         extra = max(0, low - args.resources.num_replicas)
         args = args.model_copy(update={"resources": resources})
         if extra:
-            await self._check_resources(args, replicas=extra)
+            await self.intake.resources.check(args, replicas=extra)
         entry = entry.model_copy(
             update={
                 "args": args.model_dump(mode="json"),
@@ -227,9 +159,9 @@ class ModelManager:
             }
         )
         async with self._lock:
-            self.registry.update(model, entry)
+            await self.store.update(model, entry)
             await self.serve.deploy(entry.app_name, args)
-        self.announce()
+        self.feed.announce()
         if not synchronous:
             return 202, {"status": "Processing worker updates..."}
 
@@ -252,15 +184,16 @@ class ModelManager:
             f'Model "{model}" did not reach {low} workers',
             SCALE_POLL_S,
         )
-        self.announce()
+        self.feed.announce()
         status = f"Workers scaled to {low} for model: {model}" + (f", version: {version}" if version else "")
         return 200, {"status": status}
 
     async def _registered_or_explain(self, model: str, version: str | None) -> VersionRecord:
-        _, table = await self._table()
-        chosen = version or table.default_name(model)
-        if chosen in self._registered(model):
-            return self._registered(model)[chosen]
+        _, table = await self.routing.table()
+        chosen = version or table.default_version(model)
+        registered = self.store.dedicated(model)
+        if chosen in registered:
+            return registered[chosen]
         if chosen in table.versions.get(model, {}):
             raise BadInputError(
                 f'Model "{model}" comes from the server\'s config file: change its '
@@ -269,52 +202,42 @@ class ModelManager:
         raise self._not_found(model, chosen, table)
 
     def _not_found(self, model: str, version: str | None, table: ModelTable) -> ModelNotFoundError:
-        return not_found(model, version, table, self.registry)
+        return not_found(model, version, table, self.store)
 
     async def set_default(self, model: str, version: str) -> dict[str, str]:
         """Make ``version`` the one /predictions/{model} uses (any version: registered, pooled
         or from the config); a traffic split of the model ends (traffic.py)."""
-        registered = self._registered(model)
-        if version in registered:
-            self.registry.set_default(model, version)
-        return await self.traffic.set_default(model, version, registered)
+        return await self.traffic.set_default(model, version, self.store.dedicated(model))
 
     async def unregister(self, model: str, version: str | None) -> dict[str, str]:
         """Hide the version from the ingress, let it drain, then delete its application (or
         forget it and unload it from its pool). As in TorchServe, the default version goes only
         when it is the model's last one (403 otherwise: set another default first); a version a
         traffic split sends requests to, likewise (removal.version_to_remove)."""
-        _, table = await self._table()
-        version = version_to_remove(table, model, version, self._registered(model), self.routing.draining())
-        if version in self.pools.registry.versions(model):
+        _, table = await self.routing.table()
+        registered = self.store.dedicated(model)
+        version = version_to_remove(table, model, version, registered, self.routing.draining())
+        if version in self.store.pooled(model):
             await self.pools.unregister(model, version)
         else:
             await self._remove(model, version, drain=True, table=table)
-        if await asyncio.to_thread(self.traffic.store.forget_version, model, version):
-            self._models_changed([model])
         return {"status": f'Model "{model}" unregistered'}
 
     async def _remove(self, model: str, version: str, drain: bool, table: ModelTable | None = None) -> None:
         if table is None:
-            _, table = await self._table()
+            _, table = await self.routing.table()
         state = table.versions.get(model, {}).get(version)
         app_name = state.app_name if state else registered_app_name(model, version)
-
-        def forget() -> None:  # once the application is being deleted
-            if version in self._registered(model):
-                self.registry.remove(model, version)
-                shutil.rmtree(self.models_dir / model / version, ignore_errors=True)
-
-        await self.removal.remove(model, version, app_name, drain, forget)
+        await self.removal.remove(model, version, app_name, drain)
 
     async def describe(
         self, model: str, version: str | None, customized: bool = False
     ) -> list[dict[str, Any]]:
         """TorchServe's describe (deployments.management.catalog.Catalog.describe)."""
-        _, table = await self._table()
+        _, table = await self.routing.table()
         return await self.catalog.describe(table, model, version, customized)
 
     async def list_models(self) -> list[dict[str, str]]:
         """Every model (registered or from the config), with the URL it came from."""
-        _, table = await self._table()
+        _, table = await self.routing.table()
         return self.catalog.list_models(table)

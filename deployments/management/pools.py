@@ -1,7 +1,7 @@
 """Pooled registrations: archives registered into a model pool instead of an application.
 
-Registering one unpacks its archive into the state directory, records it in the pool journal
-and announces it to the ingresses; no Serve application is created. With ``synchronous=true``
+Registering one unpacks its archive into the state directory, records it in the state store
+(which announces it to the ingresses); no Serve application is created. With ``synchronous=true``
 (the default) one pool replica loads it once first, so a broken archive or a model too big for
 the pool's budget is refused at registration, as a dedicated model would be. Unregistering hides
 the version from the ingresses, waits for them to notice, forgets it and unloads it from every
@@ -16,7 +16,6 @@ import logging
 import secrets
 import shutil
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,8 +28,11 @@ from deployments.common.settings import ManagementArgs, ModelAppArgs
 from deployments.management.code_policy import check_registered_code
 from deployments.management.describe import DEFAULT_RESPONSE_TIMEOUT_S, DeploymentFacts, describe_version
 from deployments.management.intake import Intake, record_fields
-from deployments.management.pool_registry import PooledVersion, PoolRegistry
 from deployments.management.register_params import TORCHSERVE_DEFAULTS, RegisterParams
+from deployments.management.routing_feed import RoutingFeed
+from deployments.management.serve_control import Serve
+from deployments.management.state_records import PooledVersion
+from deployments.management.state_store import StateStore
 from handlers.errors import BadInputError, ConfigError, RaytorchError, validation_message
 from handlers.spec import ModelSpec
 
@@ -41,7 +43,7 @@ RECENT_TABLE_S = 1.0
 
 
 class PoolCallsProtocol(Protocol):
-    """Calls to pool replicas (deployments.pool.calls.PoolCalls; a fake in tests)."""
+    """Calls to pool replicas (deployments.common.pool_calls.PoolCalls; a fake in tests)."""
 
     async def validate(
         self, pool: PoolState, model_id: str, spec: dict[str, Any], timeout_s: float
@@ -54,28 +56,29 @@ class PoolManager:
     """Register, describe and unregister pooled versions.
 
     ``intake`` takes registrations in as for a dedicated model (unpacking, parsing, the code
-    policy, claims shared with dedicated registrations); ``snapshot()`` returns Serve's table
-    (its pools and the versions Serve runs), read here at most every ``RECENT_TABLE_S``;
-    ``changed(models)`` announces routing changes of ``models`` to the ingresses.
+    policy, claims shared with dedicated registrations); Serve's table (its pools and the
+    versions Serve runs) is read here at most every ``RECENT_TABLE_S``; ``feed`` tells the
+    ingresses which versions are being removed (the store announces what it records).
     """
 
     def __init__(
         self,
         settings: ManagementArgs,
-        state_dir: Path,
+        models_dir: Path,
         calls: PoolCallsProtocol,
         intake: Intake,
-        snapshot: Callable[[], Awaitable[ModelTable]],
-        changed: Callable[[list[str]], None],
+        store: StateStore,
+        serve: Serve,
+        feed: RoutingFeed,
     ) -> None:
         self.settings = settings
-        self.models_dir = state_dir / "models"
-        self.registry = PoolRegistry(state_dir / "pooled.jsonl")
+        self.models_dir = models_dir
+        self.store = store
         self.calls = calls
         self.intake = intake
-        self._snapshot = snapshot
+        self.serve = serve
         self._recent: tuple[float, ModelTable] | None = None
-        self._changed = changed
+        self.feed = feed
         self.draining: set[tuple[str, str]] = set()
         self.failed: dict[tuple[str, str], str] = {}  # asynchronous registrations that did not load
         self.checking: set[tuple[str, str]] = set()  # asynchronous registrations being loaded once
@@ -86,7 +89,7 @@ class PoolManager:
         """Serve's table (no routing applied), at most ``RECENT_TABLE_S`` old."""
         now = time.monotonic()
         if self._recent is None or now - self._recent[0] > RECENT_TABLE_S:
-            self._recent = (now, await self._snapshot())
+            self._recent = (now, (await self.serve.snapshot()).table)
         return self._recent[1]
 
     @staticmethod
@@ -108,7 +111,7 @@ class PoolManager:
     @staticmethod
     def refuse_scaling(table: ModelTable, model: str, version: str | None) -> None:
         """400 when the version (None: the default) is pooled: its pool's replicas are shared."""
-        state = table.versions.get(model, {}).get(version or table.default_name(model) or "")
+        state = table.versions.get(model, {}).get(version or table.default_version(model) or "")
         if state is not None and state.pool is not None:
             raise BadInputError(
                 f'Model "{model}" version {state.version} is in pool {state.pool}, whose replicas serve '
@@ -118,12 +121,12 @@ class PoolManager:
 
     def routing(self, model: str) -> dict[str, PooledEntry]:
         """The pooled versions of ``model`` the ingresses route to."""
-        return {v: PooledEntry(r.pool, r.model_id) for v, r in self.registry.versions(model).items()}
+        return {v: PooledEntry(r.pool, r.model_id) for v, r in self.store.pooled(model).items()}
 
     def spec(self, model_id: str) -> dict[str, Any] | None:
         """The spec a pool replica loads for ``model_id`` (None: not registered; ConfigError:
         its code is no longer allowed, see :meth:`refuse_disallowed_code`)."""
-        found = self.registry.by_model_id(model_id)
+        found = self.store.by_model_id(model_id)
         if found is None:
             return None
         refused = self.refused.get((found[0], found[1].version))
@@ -137,8 +140,8 @@ class PoolManager:
         refuses are never handed to a pool replica again and describe says why. Returns
         (model, version, reason) of each."""
         refused = []
-        for model, versions in list(self.registry.models.items()):
-            for version, record in list(versions.items()):
+        for model in sorted(self.store.models()):
+            for version, record in self.store.pooled(model).items():
                 try:
                     spec = ModelSpec.model_validate(record.spec)
                     check_registered_code(
@@ -174,14 +177,13 @@ class PoolManager:
                 spec=spec.model_dump(mode="json"),
                 **record_fields(found, params),
             )
-            await asyncio.to_thread(self.registry.add, name, record)
+            await self.store.add(name, record)  # announced to the ingresses
         except BaseException:
             if spec.base_dir:
                 shutil.rmtree(spec.base_dir, ignore_errors=True)
             raise
         finally:
             self.intake.release(name, version)
-        self._changed([name])
         if not params.synchronous:
             self._check_later(pool, name, record)
             return 202, {"status": "Processing worker updates..."}
@@ -218,24 +220,23 @@ class PoolManager:
     async def unregister(self, model: str, version: str) -> None:
         """Hide the version from the ingresses, let them notice, forget it, unload it."""
         self.draining.add((model, version))
-        self._changed([model])
+        self.feed.announce([model], serve=False)
         try:
             await asyncio.sleep(self.settings.propagation_s)
-            record = self.registry.versions(model).get(version)
+            record = self.store.pooled(model).get(version)
             await self._forget(model, version)
             table = await self._table()
             if record is not None and record.pool in table.pools:
                 await self.calls.unload(table.pools[record.pool], record.model_id)
         finally:
             self.draining.discard((model, version))
-            self._changed([model])
+            self.feed.announce([model], serve=False)
 
     async def _forget(self, model: str, version: str) -> None:
-        await asyncio.to_thread(self.registry.remove, model, version)
+        await self.store.remove(model, version)  # announced to the ingresses
         self.failed.pop((model, version), None)
         self.refused.pop((model, version), None)
         shutil.rmtree(self.models_dir / model / version, ignore_errors=True)
-        self._changed([model])
 
     async def describe(
         self,
@@ -250,7 +251,7 @@ class PoolManager:
         """TorchServe's describe object of a pooled version: the pool's workers, batching and
         queue (``facts``: the pool deployment's), plus ``pool``, which replicas hold it now
         (``loadedOn``, and ``loaded`` per worker) and the settings the pool decided for it."""
-        record = self.registry.versions(model)[version]
+        record = self.store.pooled(model)[version]
         pool = table.pools.get(record.pool)
         reports: list[dict[str, Any]] = []
         if pool is not None:

@@ -16,7 +16,7 @@ from deployments.common.settings import ModelAppArgs
 from deployments.management.code_policy import check_registered_code
 from handlers.archive import ArchiveModel, request_handler
 from handlers.errors import BadInputError, validation_message
-from handlers.registry import DEFAULT_HANDLERS, handler_class
+from handlers.handler_catalog import DEFAULT_HANDLERS, handler_class
 from handlers.requirements import read_requirements
 from handlers.spec import NAME_PATTERN, ModelSpec
 from handlers.torchserve.names import TORCHSERVE_PREFIX, check_handler_file

@@ -12,11 +12,15 @@ to. No Ray here: Serve is reached through the management part's Serve control.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import shutil
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
+from pathlib import Path
 
 from deployments.common.model_table import ModelTable
+from deployments.management.routing_feed import RoutingFeed
 from deployments.management.serve_control import Serve
+from deployments.management.state_store import StateStore
 from handlers.errors import (
     DefaultVersionError,
     ModelNotFoundError,
@@ -51,7 +55,7 @@ def version_to_remove(
     known = {v for v in set(table.versions.get(model, {})) | set(registered) if (model, v) not in draining}
     if not known:
         raise ModelNotFoundError(f"Model not found: {model}")
-    default = table.default_name(model)
+    default = table.default_version(model)
     version = version or default
     if version not in known:
         raise ModelVersionNotFoundError.of(model, version)
@@ -70,29 +74,32 @@ def version_to_remove(
 
 
 class VersionRemoval:
-    """Hides, deletes and waits out model versions; ``draining`` is what the ingresses skip."""
+    """Hides, deletes and waits out model versions; ``draining`` is what the ingresses skip.
+    ``models_dir``: where registered versions' files are."""
 
-    def __init__(self, serve: Serve, announce: Callable[[], None], propagation_s: float) -> None:
-        self.serve = serve
-        self.announce = announce
+    def __init__(
+        self, serve: Serve, store: StateStore, feed: RoutingFeed, models_dir: Path, propagation_s: float
+    ) -> None:
+        self.serve, self.store, self.feed = serve, store, feed
+        self.models_dir = models_dir
         self.propagation_s = propagation_s
         self.draining: set[tuple[str, str]] = set()
 
-    async def remove(
-        self, model: str, version: str, app_name: str, drain: bool, forget: Callable[[], None]
-    ) -> None:
+    async def remove(self, model: str, version: str, app_name: str, drain: bool) -> None:
         """Hide the version, wait ``propagation_s`` when requests may be in flight (``drain``),
-        delete its application, call ``forget`` (the registry's part), and return once Serve
-        no longer has the application; 504 ``Timed out while cleaning resources`` otherwise."""
+        delete its application, forget it (its registration, files, default and share of the
+        traffic: one change of the state store), and return once Serve no longer has the
+        application; 504 ``Timed out while cleaning resources`` otherwise."""
         key = (model, version)
         self.draining.add(key)
-        self.announce()
+        self.feed.announce()
         gone = False
         try:
             if drain:
                 await asyncio.sleep(self.propagation_s)
             await self.serve.delete(app_name)
-            forget()
+            await self.store.remove(model, version)
+            shutil.rmtree(self.models_dir / model / version, ignore_errors=True)
 
             def removed(table: ModelTable) -> bool:
                 return all(s.app_name != app_name for s in table.versions.get(model, {}).values())
@@ -111,4 +118,4 @@ class VersionRemoval:
 
     def _undrain(self, key: tuple[str, str]) -> None:
         self.draining.discard(key)
-        self.announce()
+        self.feed.announce()

@@ -6,7 +6,7 @@ Rules, each with a log line that says what happened:
   show which model version it holds, so restoring waits (up to :data:`BUILD_WAIT_S`) for them;
 - a registered version that a config application already serves is not started: the config
   file wins (it is what the operator runs now), and the registration is removed from the
-  registry, so the two can never both start and compete for the cluster;
+  state store, so the two can never both start and compete for the cluster;
 - each version is restored on its own: one that cannot be (its record no longer validates, its
   code is no longer allowed) is logged and skipped, and one whose deploy fails for a passing
   reason (Serve busy) is retried :data:`ATTEMPTS` times with a growing pause;
@@ -22,7 +22,6 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,11 @@ from pydantic import ValidationError
 from deployments.common.model_table import ModelTable
 from deployments.common.settings import ManagementArgs, ModelAppArgs
 from deployments.management.code_policy import check_registered_code
+from deployments.management.ingress_routing import IngressRouting
 from deployments.management.pools import PoolManager
-from deployments.management.registry import RegistryStore
+from deployments.management.readiness import Readiness
+from deployments.management.state_records import VersionRecord
+from deployments.management.state_store import StateStore
 from handlers.errors import RaytorchError, validation_message
 
 logger = logging.getLogger("ray.serve")
@@ -48,17 +50,16 @@ class Restorer:
 
     def __init__(
         self,
-        registry: RegistryStore,
+        store: StateStore,
         serve: Any,
         models_dir: Path,
         settings: ManagementArgs,
-        table: Callable[[], Awaitable[tuple[dict[str, str], ModelTable]]],
-        watch: Callable[[str, str], None],
-        announce: Callable[[], None],
+        routing: IngressRouting,
+        readiness: Readiness,
         pools: PoolManager | None = None,
     ) -> None:
-        self.registry, self.serve, self.models_dir, self.settings = registry, serve, models_dir, settings
-        self._table, self._watch, self._announce, self.pools = table, watch, announce, pools
+        self.store, self.serve, self.models_dir, self.settings = store, serve, models_dir, settings
+        self.routing, self.readiness, self.pools = routing, readiness, pools
 
     async def run(self) -> list[str]:
         """Restore what is missing; returns ``model/version`` of each version deployed."""
@@ -67,13 +68,13 @@ class Restorer:
         for model, version, reason in self.pools.refuse_disallowed_code() if self.pools else []:
             logger.error("Registered model %s version %s cannot be restored: %s", model, version, reason)
         await self._wait_for_config_apps()
-        pending = [(m, v) for m, record in self.registry.state.models.items() for v in record.versions]
+        pending = [(m, r.version) for m, r in self.store.registered() if isinstance(r, VersionRecord)]
         restored: list[str] = []
         for attempt in range(ATTEMPTS):
             if attempt:
                 await asyncio.sleep(FIRST_RETRY_S * 2 ** (attempt - 1))
             try:
-                apps, table = await self._table()
+                apps, table = await self.routing.table()
             except Exception as exc:  # Serve not answering yet: the whole pass is retried
                 logger.warning("Restoring registered models: cannot read Serve's state (%s); retrying", exc)
                 continue
@@ -119,8 +120,7 @@ class Restorer:
         return again
 
     async def _restore_one(self, model: str, version: str, apps: dict[str, str], table: ModelTable) -> bool:
-        record = self.registry.state.models.get(model)
-        entry = record.versions.get(version) if record else None
+        entry = self.store.dedicated(model).get(version)
         if entry is None or entry.app_name in apps:  # unregistered meanwhile, or still running
             return False
         live = table.versions.get(model, {}).get(version)
@@ -131,12 +131,11 @@ class Restorer:
                 "is removed; register the archive again under another version to serve both.",
                 model, version, entry.url, live.app_name, model, version,
             )  # fmt: skip
-            self.registry.remove(model, version)
+            await self.store.remove(model, version, routing=False)  # announced; the config's version stays
             shutil.rmtree(self.models_dir / model / version, ignore_errors=True)
-            self._announce()
             return False
         args = ModelAppArgs.model_validate(entry.args)
         check_registered_code(args.model, self.settings.trusted_modules, self.settings.allow_archive_code)
         await self.serve.deploy(entry.app_name, args)
-        self._watch(model, version)
+        self.readiness.watch(model, version)
         return True

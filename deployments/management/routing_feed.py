@@ -43,6 +43,11 @@ class RoutingFeed:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def announce_models(self, models: Iterable[str]) -> None:
+        """Record a change of ``models`` that left Serve's applications as they were (a state
+        store change: a registration recorded, a default, a policy)."""
+        self.announce(models, serve=False)
+
     def changes_since(self, since: int, epoch: str) -> tuple[set[str] | None, bool]:
         """The models changed after version ``since`` of ``epoch`` (None: send everything), and
         whether any of those changes touched Serve's applications."""

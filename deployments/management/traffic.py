@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 from deployments.common.model_table import ModelTable
 from deployments.common.routing import TrafficPolicy
-from deployments.management.traffic_store import TrafficStore
+from deployments.management.ingress_routing import IngressRouting
+from deployments.management.state_store import StateStore
 from handlers.errors import BadInputError, ModelNotFoundError, ModelVersionNotFoundError
 from handlers.spec import VERSION_PATTERN
 
@@ -51,20 +52,16 @@ def parse_split(text: str) -> tuple[tuple[str, float], ...]:
 
 
 class TrafficControl:
-    """The traffic routes' operations. ``table()`` is the management part's current table of
-    versions; ``changed(models)`` announces routing changes to the ingresses."""
+    """The traffic routes' operations: checked against the versions the ingresses route to
+    (``routing``), recorded in the state store (which announces them)."""
 
-    def __init__(
-        self,
-        store: TrafficStore,
-        table: Callable[[], Awaitable[ModelTable]],
-        changed: Callable[[list[str]], None],
-        propagation_s: float,
-    ) -> None:
+    def __init__(self, store: StateStore, routing: IngressRouting, propagation_s: float) -> None:
         self.store = store
-        self._table = table
-        self._changed = changed
+        self.routing = routing
         self._propagation_s = propagation_s
+
+    async def _table(self) -> ModelTable:
+        return (await self.routing.table())[1]
 
     async def _versions(self, model: str) -> tuple[ModelTable, set[str]]:
         table = await self._table()
@@ -76,11 +73,11 @@ class TrafficControl:
     async def get(self, model: str) -> dict[str, Any]:
         """The model's traffic: default version, effective split, shadow."""
         table, _ = await self._versions(model)
-        return self.summary(model, table.default_name(model))
+        return self.summary(model, table.default_version(model))
 
     def summary(self, model: str, default: str | None) -> dict[str, Any]:
         """What GET /models/{model}/traffic answers."""
-        policy = self.store.policies.get(model)
+        policy = self.store.policy(model)
         split = policy.percents() if policy and policy.split else ({default: 100.0} if default else {})
         shadow = policy.to_dict()["shadow"] if policy else None
         return {"modelName": model, "defaultVersion": default, "split": split, "shadow": shadow}
@@ -99,9 +96,9 @@ class TrafficControl:
         if shadow is not None and dict(pairs).get(shadow, 0) > 0:
             raise BadInputError(f"Version {shadow} cannot be the shadow: the split sends it live traffic")
         policy = TrafficPolicy(pairs, shadow, shadow_percent if shadow else 0.0)
-        await asyncio.to_thread(self.store.set_policy, model, policy)
+        await self.store.set_policy(model, policy)
         await self._announced(model)
-        return self.summary(model, table.default_name(model))
+        return self.summary(model, table.default_version(model))
 
     async def set_default(self, model: str, version: str, registered: Collection[str]) -> dict[str, str]:
         """set-default: ``version`` (registered, pooled or from the config) takes the requests
@@ -113,26 +110,25 @@ class TrafficControl:
                 raise ModelNotFoundError(f"Model not found: {model}")
             # TorchServe's sentence for this call (unlike its others, without colons).
             raise ModelVersionNotFoundError(f"Model version {version} does not exist for model {model}")
-        await asyncio.to_thread(self.store.set_default, model, version)
+        await self.store.set_default(model, version)
         await self._announced(model)
         return {"status": f'Default version successfully updated for model "{model}" to "{version}"'}
 
     async def clear(self, model: str) -> dict[str, Any]:
         """Remove the model's policy: requests without a version go to the default again."""
         table, _ = await self._versions(model)
-        await asyncio.to_thread(self.store.set_policy, model, None)
+        await self.store.set_policy(model, None)
         await self._announced(model)
-        return self.summary(model, table.default_name(model))
+        return self.summary(model, table.default_version(model))
 
     async def _announced(self, model: str) -> None:
-        self._changed([model])
-        # Answer once every ingress routes by it, as set-default does.
+        # The store announced the change; answer once every ingress routes by it.
         await asyncio.sleep(self._propagation_s)
 
     def version_fields(self, model: str, version: str, default: str | None) -> dict[str, float]:
         """Describe's view of one version: its share of the traffic without a version, and of
         the shadow copies."""
-        policy = self.store.policies.get(model)
+        policy = self.store.policy(model)
         if policy is not None and policy.split:
             live = policy.percents().get(version, 0.0)
         else:

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployments.workflow.spec import TorchServeSpec, parse_torchserve_spec
+from deployments.common.workflow_spec import TorchServeSpec, parse_torchserve_spec
 from handlers.errors import BadInputError, ConfigError
 from handlers.spec import NAME_PATTERN
 from handlers.unpacking import extract, leaves_archive

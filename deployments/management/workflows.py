@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from deployments.common.naming import registered_workflow_app_name, workflow_model_name
+from deployments.common.workflow_spec import ModelNode, WorkflowArgs, dag_nodes, validate_args
 from deployments.management.archive_sources import is_remote
 from deployments.management.downloads import download
 from deployments.management.register_params import RegisterParams
 from deployments.management.war_archive import WarContents, check_functions, read_war
 from deployments.management.workflow_serve import WorkflowServe
 from deployments.management.workflow_store import WorkflowRecord, WorkflowStore
-from deployments.workflow.spec import ModelNode, WorkflowArgs, dag_nodes, validate_args
 from handlers.errors import (
     ConflictError,
     ModelLoadError,

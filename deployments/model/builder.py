@@ -11,9 +11,9 @@ from typing import Any
 from ray.serve import Application
 
 from deployments.common.naming import SERVE_LOGGING, model_deployment_name
+from deployments.common.placement import cluster_gpu_count, decide_gpus
 from deployments.common.settings import ModelAppArgs, ResourcesConfig
 from deployments.model.deployment import ModelDeployment
-from deployments.model.placement import cluster_gpu_count, decide_gpus
 
 # Requests a model replica accepts at once, per batch slot. Waiting requests cost a replica
 # almost nothing (decoded, parked until the model is idle), while requests that Serve's router

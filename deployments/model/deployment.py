@@ -31,7 +31,7 @@ from deployments.model.input_failures import rejection
 from deployments.model.stepwise import run_steps, stream_parts
 from handlers.errors import InferenceError, RaytorchError
 from handlers.explain_request import ExplainRequest
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.tensor_data import TensorRequest
 
 logger = logging.getLogger("ray.serve")
@@ -175,7 +175,7 @@ class ModelDeployment:
         self._idle.clear()
         try:
             results = await self._executor.run_batch(
-                self._handler.predict_batch, [item for item, _ in entries]
+                self._handler.predict_batch, [item for item, _ in entries], inputs=len(entries)
             )
         finally:
             self._idle.set()

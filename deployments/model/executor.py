@@ -185,9 +185,10 @@ class InferenceExecutor:
         finally:
             self.last_threads = 0  # fn may have set torch's threads itself (a spec's torch_threads)
 
-    async def run_batch(self, fn: Callable[..., T], *args: Any, inputs: int = 1) -> T:
+    async def run_batch(self, fn: Callable[..., T], *args: Any, inputs: int) -> T:
         """Run one batch of ``inputs`` on the inference thread with the threads the machine's
-        load allows."""
+        load allows. ``inputs`` is required: the thread choice compares seconds per input, so a
+        batch counted as one input would look slower the larger it is."""
         return await asyncio.wrap_future(self._pool.submit(self._batch, fn, args, inputs))
 
     def _batch(self, fn: Callable[..., T], args: tuple, inputs: int) -> T:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from ray.serve import Application
 
 from deployments.common.naming import SERVE_LOGGING, pool_deployment_name
+from deployments.common.placement import cluster_gpu_count, decide_gpus
 from deployments.common.settings import PoolArgs
 from deployments.model.builder import ONGOING_PER_BATCH, replica_options
-from deployments.model.placement import cluster_gpu_count, decide_gpus
 from deployments.pool.deployment import PoolDeployment
 
 

@@ -1,7 +1,7 @@
 """How a pool replica turns a model id into a loaded model: the spec from the management part,
 the handler built from it, loaded on the replica's inference thread, and its memory estimate.
 
-The management part is the one owner of registrations (its registry on the head node), so a
+The management part is the one owner of registrations (its state store on the head node), so a
 replica asks it for a model's spec when it first needs the model; nothing about a pooled model
 lives in Serve or in the replica until then.
 """
@@ -19,7 +19,7 @@ from deployments.model.executor import InferenceExecutor
 from deployments.pool.admission import weights_bytes
 from deployments.pool.cache import MIB, LoadedModel
 from handlers.errors import ModelNotFoundError, ModelNotReadyError, RaytorchError
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 
 SPEC_TIMEOUT_S = 10.0

@@ -6,8 +6,8 @@ from __future__ import annotations
 from ray.serve import Application
 
 from deployments.common.naming import SERVE_LOGGING, workflow_deployment_name
+from deployments.common.workflow_spec import WorkflowArgs
 from deployments.workflow.deployment import WorkflowDeployment
-from deployments.workflow.spec import WorkflowArgs
 
 
 def workflow_application(args: WorkflowArgs) -> Application:

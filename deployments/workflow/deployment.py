@@ -16,9 +16,10 @@ from ray import serve
 
 from deployments.common.messages import Answer
 from deployments.common.settings import IngressArgs
+from deployments.common.workflow_answer import WorkflowAnswer, WorkflowRequest, compose, start_input
+from deployments.common.workflow_dag import DagRunner, Node, NodeCall, NodeInput, Payload
+from deployments.common.workflow_spec import ModelNode, WorkflowArgs, dag_nodes
 from deployments.inference.router import ServeRouter
-from deployments.workflow.answer import WorkflowAnswer, WorkflowRequest, compose, start_input
-from deployments.workflow.dag import DagRunner, Node, NodeCall, NodeInput, Payload
 from deployments.workflow.functions import (
     OCTETS,
     encode_output,
@@ -28,7 +29,6 @@ from deployments.workflow.functions import (
     initialize,
     load_functions,
 )
-from deployments.workflow.spec import ModelNode, WorkflowArgs, dag_nodes
 from handlers.torchserve.form_fields import encode_form
 
 logger = logging.getLogger("ray.serve")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deployments.workflow.dag import NodeCall, NodeInput, Payload
+from deployments.common.workflow_dag import NodeCall, NodeInput, Payload
 from handlers.errors import HandlerStatusError, InferenceError, ModelLoadError
 from handlers.torchserve.form_fields import request_value
 

@@ -3,16 +3,18 @@ and attacks on what the server keeps and fetches.
 
 One server with tiny models: `tiny` (fast), `slow` (0.5 s per request, one at a time, a queue
 of two) and the management API. It starts on a damaged state directory (a truncated key file,
-a registry with a bad entry, an unknown field, and a registration of the config's own `tiny`
-1.0). The server must stay up and answer every request with the right status within bounded
-time, whatever happens to it.
+the registry file of an earlier version, to migrate, with a bad entry, an unknown field, and a
+registration of the config's own `tiny` 1.0). The server must stay up and answer every request
+with the right status within bounded time, whatever happens to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import threading
 import time
 import zipfile
@@ -27,7 +29,7 @@ import torch
 import yaml
 
 from deployments.management.register_params import RegisterParams, app_args
-from deployments.management.registry import VersionRecord
+from deployments.management.state_records import VersionRecord
 from handlers.archive import extract, read_extracted, write_archive
 from tests.e2e.serve_cluster import ROOT, ServeCluster, load_config, serve_run, trust_test_fixtures
 from tests.fixtures.models import tiny_classifier
@@ -380,12 +382,37 @@ def test_failed_registrations_are_clear_and_bounded(cluster: ServeCluster, auth:
         assert client.get("/models/broken", headers=auth).status_code == 404
 
 
-def test_killed_management_comes_back_with_its_registry(
-    cluster: ServeCluster, cat_png: bytes, auth: dict[str, str]
+def _stored_versions(state: Path) -> set[tuple[str, str]]:
+    """The registrations committed to the state database (read beside the running server)."""
+    with sqlite3.connect(f"file:{state / 'state.db'}?mode=ro", uri=True) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = {(model, version) for model, version in db.execute("SELECT model, version FROM versions")}
+    db.close()
+    return rows
+
+
+def test_management_killed_in_the_middle_of_a_registration_loses_nothing_committed(
+    cluster: ServeCluster, cat_png: bytes, auth: dict[str, str], remote: Site
 ) -> None:
+    state = Path(cluster.root) / "state"  # type: ignore[attr-defined]
     with cluster.client() as client:
         registered = client.post("/models?url=registered.zip&num_cpus=0.1", headers=auth, timeout=120)
         assert registered.status_code == 200, registered.text
+    committed = _stored_versions(state)
+    assert ("registered", "1.0") in committed
+
+    # A second registration is in flight (its archive arrives a byte at a time) when the
+    # management replica is killed.
+    def register_slowly() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # its answer, if any, does not matter here
+            _timed(cluster, "POST", f"/models?url={remote.base}/trickle.zip", headers=auth)
+
+    in_flight = threading.Thread(target=register_slowly)
+    in_flight.start()
+    deadline = time.monotonic() + 30
+    while "/trickle.zip" not in remote.requested and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "/trickle.zip" in remote.requested
     victim = _replica_pid(cluster, "management")
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -400,7 +427,12 @@ def test_killed_management_comes_back_with_its_registry(
         return listed.status_code == 200 and "registered" in {m["modelName"] for m in listed.json()["models"]}
 
     cluster.wait_for(back, timeout=60, what="the management API to come back")
-    print(f"\nmanagement killed: back with its registry after {time.monotonic() - killed_at:.1f}s")
+    print(f"\nmanagement killed: back with its state after {time.monotonic() - killed_at:.1f}s")
+    in_flight.join(timeout=REQUEST_TIMEOUT_S + 30)
+    assert _stored_versions(state) == committed  # all that was committed, and nothing half-done
+    # The partial download and its scratch space were removed when management came back.
+    assert list((state / "downloads").glob(".download-*")) == []
+    assert list((state / "models" / ".incoming").glob("*")) == []
     assert _replica_pid(cluster, "management") != victim
     with cluster.client() as client:
         described = client.get("/models/registered", headers=auth).json()[0]
@@ -422,6 +454,8 @@ def test_a_damaged_state_directory_does_not_keep_the_server_down(
     # The truncated key file was kept aside and replaced: /models answers with the new key.
     assert [p.read_text() for p in state.glob("key_file.json.bad-*")] == ['{"management": {"ke']
     assert len(list(state.glob("registry.json.bad-*"))) == 1  # the file as it was, half a record in it
+    # The registry of an earlier version was migrated into the state database, once.
+    assert (state / "registry.json.migrated").is_file() and not (state / "registry.json").exists()
 
     def restored() -> bool:
         with cluster.client() as client:

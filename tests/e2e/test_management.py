@@ -2,7 +2,7 @@
 
 One story: auth, register a real torch-model-archiver .mar and one of our archives, predict,
 scale, a second version and a new default, unregister under traffic with nothing hanging,
-then a full restart that brings the registry back.
+then a full restart that brings them back from the state database.
 """
 
 from __future__ import annotations
@@ -172,3 +172,5 @@ def test_management_story(setup: dict, cat_png: bytes) -> None:
             assert client.put("/predictions/resnet18", content=cat_png).headers["x-model-version"] == "2.0"
             names = {m["modelName"] for m in client.get("/models", headers=AUTH).json()["models"]}
             assert names == {"resnet18", "tiny"}
+        state = Path(setup["env"]["RAYTORCH_STATE_DIR"])  # one database holds it all
+        assert (state / "state.db").is_file() and not (state / "registry.json").exists()

@@ -21,7 +21,7 @@ import pytest
 import torchvision
 
 from handlers.archive import extract, read_extracted
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from tests.e2e.serve_cluster import ROOT, ServeCluster, load_config, serve_run
 from tests.fixtures import torchserve_archives as ts

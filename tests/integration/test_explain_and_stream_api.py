@@ -16,7 +16,7 @@ from PIL import Image
 from deployments.common.settings import IngressArgs
 from handlers.base import BaseHandler
 from handlers.errors import InferenceError
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from handlers.torchserve.names import TS_API_ENV
 from tests.fixtures.inference import LocalRouter, inference_app

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deployments.common.settings import IngressArgs
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from tests.fixtures.inference import LocalRouter, inference_app
 from tests.fixtures.specs import tiny_spec
 

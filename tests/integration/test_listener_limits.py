@@ -24,7 +24,7 @@ from deployments.common.settings import IngressArgs
 from deployments.inference.http_entry import HttpEntry
 from deployments.inference.listener_limits import ListenerLimits
 from deployments.inference.predictions import Predictor
-from deployments.inference.routes import create_routes
+from deployments.inference.routes import create_inference_app
 from deployments.inference.telemetry import Telemetry
 from tests.fixtures.inference import LocalRouter
 from tests.fixtures.live_servers import live_servers
@@ -144,7 +144,7 @@ def test_models_without_the_token_is_refused_before_its_body_is_read() -> None:
     async def check_token(header: str | None) -> None:
         check_bearer(header, token)
 
-    routes = create_routes(router, predictor, telemetry, authorize, settings.max_body_bytes)
+    routes = create_inference_app(router, predictor, telemetry, authorize, settings.max_body_bytes)
     entry = HttpEntry(
         predictor, telemetry, routes, authorize, settings.max_body_bytes, management=management,
         check_management_token=check_token,

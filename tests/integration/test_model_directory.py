@@ -114,7 +114,7 @@ def test_an_announced_change_is_followed_at_once(fake: FakeServe) -> None:
         router = router_over(fake, management)
         await router.start()
         await asyncio.sleep(0.05)
-        before = router.directory.table.default_name("tiny")
+        before = router.directory.table.default_version("tiny")
         fake.calls = 0
         management.models = {"tiny": ModelRouting(default="2.0")}
         management.feed.announce()  # e.g. a new version deployed

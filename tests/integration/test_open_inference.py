@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deployments.common.settings import IngressArgs
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.tensor_json import bf16_bits, bf16_values
 from tests.fixtures.inference import LocalRouter, inference_app
 from tests.fixtures.specs import TENSOR_DATATYPES, echo_spec, expected_scores, scorer_spec, tiny_spec

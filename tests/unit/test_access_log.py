@@ -15,7 +15,7 @@ from deployments.common.settings import IngressArgs
 from deployments.inference import access_log
 from deployments.inference.access_log import AccessLog, format_line
 from deployments.inference.telemetry import request_id_from
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from tests.fixtures.inference import LocalRouter, inference_app
 from tests.fixtures.specs import tiny_spec
 

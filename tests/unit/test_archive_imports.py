@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 
 # A TorchServe handler file that imports its archive's model file by name, as TorchServe's

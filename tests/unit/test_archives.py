@@ -14,7 +14,7 @@ from deployments.management.capacity import missing_resources
 from deployments.management.register_params import RegisterParams, app_args
 from handlers.archive import extract, read_extracted, write_archive
 from handlers.errors import BadInputError, ConfigError, ModelNotFoundError
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from tests.fixtures.models import tiny_classifier
 

@@ -21,7 +21,7 @@ from handlers.errors import (
     RaytorchError,
     UnsupportedMediaTypeError,
 )
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from tests.fixtures.audio import make_wav, riff, sine
 
@@ -168,12 +168,34 @@ wav_headers = st.builds(
 )
 
 
-@given(body=st.one_of(st.binary(max_size=200), wav_headers, wav_headers.map(lambda b: b[: len(b) // 2])))
+def real_wav(
+    frames: int, channels: int, rate: int, bits: int, as_float: bool
+) -> tuple[tuple[int, int], bytes]:
+    waves = [sine(220.0 * (c + 1), rate, frames / rate)[:frames] for c in range(channels)]
+    return (frames, rate), make_wav(waves, rate, bits=bits, as_float=as_float)
+
+
+real_wavs = st.one_of(
+    st.builds(real_wav, st.integers(1, 400), st.integers(1, 4), st.sampled_from([8000, 16000, 44100]),
+              st.sampled_from([8, 16, 24, 32]), st.just(False)),
+    st.builds(real_wav, st.integers(1, 400), st.integers(1, 4), st.sampled_from([8000, 16000, 44100]),
+              st.sampled_from([32, 64]), st.just(True)),
+)  # fmt: skip
+broken_wavs = st.one_of(st.binary(max_size=200), wav_headers, wav_headers.map(lambda b: b[: len(b) // 2]))
+
+
+@given(case=st.one_of(broken_wavs.map(lambda body: (None, body)), real_wavs))
 @settings(max_examples=300, deadline=None)
-def test_any_bytes_give_samples_or_a_project_error(body: bytes) -> None:
+def test_real_wavs_decode_and_any_bytes_give_samples_or_a_project_error(
+    case: tuple[tuple[int, int] | None, bytes],
+) -> None:
+    expected, body = case  # expected: (frames, rate) of a real WAV, which must decode
     try:
         samples, rate = decode_wav(body, max_seconds=5.0)
-    except RaytorchError:
+    except RaytorchError as exc:
+        assert expected is None, f"a real WAV {expected} was refused: {exc.message}"
         return
     assert samples.dim() == 1 and samples.numel() > 0 and rate > 0
     assert torch.isfinite(samples).all()
+    if expected is not None:
+        assert (samples.numel(), rate) == expected

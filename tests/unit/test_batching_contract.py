@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from handlers.errors import InferenceError
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from tests.fixtures.specs import tiny_spec
 
 

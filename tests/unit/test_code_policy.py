@@ -52,7 +52,7 @@ def test_a_handler_file_outside_the_archive_is_never_run(manager: ModelManager, 
         with pytest.raises(ConfigError, match="points outside the archive"):
             register(manager, url, handler=handler)
     assert not marker.exists()
-    assert manager.registry.defaults() == {} and list((manager.models_dir / ".incoming").iterdir()) == []
+    assert manager.store.defaults() == {} and list((manager.models_dir / ".incoming").iterdir()) == []
 
 
 @pytest.mark.parametrize(

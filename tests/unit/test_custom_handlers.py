@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from handlers.errors import ConfigError
-from handlers.registry import create_handler, handler_class
+from handlers.handler_catalog import create_handler, handler_class
 from tests.fixtures.specs import ROOT, tiny_spec
 
 HANDLER_FILES = ROOT / "tests" / "fixtures" / "custom_handlers"

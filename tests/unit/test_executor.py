@@ -30,7 +30,7 @@ def test_load_and_every_batch_run_on_one_thread(tmp_path: Path) -> None:
 
     async def batches() -> None:
         for _ in range(5):
-            seen.add(await executor.run_batch(threading.get_ident))
+            seen.add(await executor.run_batch(threading.get_ident, inputs=1))
 
     asyncio.run(batches())
     executor.shutdown()
@@ -41,11 +41,11 @@ def test_a_replica_alone_gets_every_core_and_shares_them_when_others_are_busy(tm
     busy = BusyReplicas(tmp_path)
     executor = InferenceExecutor("m", busy=busy)
     executor.cores = 4  # a 4-core machine, whatever this one has
-    alone = asyncio.run(executor.run_batch(torch.get_num_threads))
+    alone = asyncio.run(executor.run_batch(torch.get_num_threads, inputs=1))
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         (tmp_path / str(other.pid)).touch()  # another live replica is running a batch
-        shared = asyncio.run(executor.run_batch(torch.get_num_threads))
+        shared = asyncio.run(executor.run_batch(torch.get_num_threads, inputs=1))
     finally:
         other.kill()
         other.wait()
@@ -66,9 +66,9 @@ def test_markers_of_dead_replicas_are_ignored_and_removed(tmp_path: Path) -> Non
 
 def test_pinned_threads_ignore_the_machine(tmp_path: Path) -> None:
     executor = InferenceExecutor("m", fixed_threads=1, busy=BusyReplicas(tmp_path))
-    assert asyncio.run(executor.run_batch(torch.get_num_threads)) == 1
+    assert asyncio.run(executor.run_batch(torch.get_num_threads, inputs=1)) == 1
     executor.pin_threads(2)
-    assert asyncio.run(executor.run_batch(torch.get_num_threads)) == 2
+    assert asyncio.run(executor.run_batch(torch.get_num_threads, inputs=1)) == 2
     executor.shutdown()
     assert os.listdir(tmp_path) == []  # pinned executors do not count themselves busy
 

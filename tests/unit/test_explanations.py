@@ -13,8 +13,8 @@ from PIL import Image
 
 from handlers.errors import BadInputError, NotImplementedFeatureError
 from handlers.explain import ExplainRequest, integrated_gradients, run_to_end
+from handlers.handler_catalog import create_handler
 from handlers.image_classifier import ImageClassifier
-from handlers.registry import create_handler
 from handlers.spec import ModelSpec
 from handlers.text_classifier import TextClassifier
 from tests.fixtures import torchserve_archives as ts

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from handlers.errors import ConfigError
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from tests.fixtures.specs import tiny_spec
 
 

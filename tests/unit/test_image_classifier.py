@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from handlers.errors import BadInputError, ConfigError
+from handlers.handler_catalog import create_handler, handler_class
 from handlers.image_classifier import ImageClassifier
-from handlers.registry import create_handler, handler_class
 from handlers.spec import ModelSpec
 from tests.fixtures.specs import quickstart_model_args, tiny_spec
 

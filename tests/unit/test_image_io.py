@@ -61,12 +61,39 @@ def test_types_that_may_carry_images_pass(content_type: str | None) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=2048))
-def test_arbitrary_bytes_never_escape_as_other_errors(data: bytes) -> None:
+def encoded(width: int, height: int, mode: str, file_format: str) -> tuple[tuple[int, int], bytes]:
+    image = Image.new(mode, (width, height), 77)
+    if file_format == "JPEG" and mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format=file_format)
+    return (width, height), buffer.getvalue()
+
+
+real_images = st.builds(
+    encoded,
+    st.integers(1, 64),
+    st.integers(1, 64),
+    st.sampled_from(["RGB", "L", "RGBA", "P"]),
+    st.sampled_from(["PNG", "JPEG", "BMP", "GIF", "WEBP"]),
+)
+
+
+@given(st.one_of(st.binary(max_size=2048).map(lambda data: (None, data)), real_images))
+@settings(max_examples=300, deadline=None)
+def test_images_decode_and_arbitrary_bytes_get_a_client_error(
+    case: tuple[tuple[int, int] | None, bytes],
+) -> None:
+    size, data = case  # size: a real image of that size, which must decode
     try:
-        decode_image(data, LIMIT)
+        image = decode_image(data, LIMIT)
     except RaytorchError as exc:
+        assert size is None, f"a real {size} image was refused: {exc.message}"
         assert exc.status in (400, 413)
+        return
+    assert image.mode == "RGB"
+    if size is not None:
+        assert image.size == size
 
 
 def test_the_default_pixel_limit_refuses_a_6300_square_png() -> None:
@@ -90,7 +117,7 @@ def test_decoded_pixels_are_bounded_whatever_the_thread_count(
     from concurrent.futures import ThreadPoolExecutor
 
     from handlers import image_io
-    from handlers.registry import create_handler
+    from handlers.handler_catalog import create_handler
     from tests.fixtures.specs import tiny_spec
 
     budget = image_io.PixelBudget(2_500_000)

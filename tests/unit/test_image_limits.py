@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from handlers.errors import BadInputError, UnsupportedMediaTypeError
+from handlers.handler_catalog import create_handler
 from handlers.image_io import decode_image
-from handlers.registry import create_handler
 from handlers.torchserve import ts_api
 from tests.fixtures.specs import tiny_spec
 

@@ -13,8 +13,8 @@ from torch.nn import functional as nnf
 
 import handlers.image_segmenter as segmenter_module
 from handlers.errors import BadInputError, ConfigError, UnsupportedMediaTypeError
+from handlers.handler_catalog import create_handler
 from handlers.image_segmenter import ImageSegmenter, upsampled_argmax
-from handlers.registry import create_handler
 from handlers.spec import ModelSpec
 
 

@@ -13,7 +13,7 @@ from deployments.common.settings import PoolArgs
 from deployments.model.deployment import ModelDeployment
 from deployments.pool.deployment import PoolDeployment
 from handlers.errors import BadInputError
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from handlers.torchserve.adapter import request_row
 from tests.fixtures.specs import scorer_spec

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def test_register_deploys_persists_and_answers_like_torchserve(
     assert (status, body) == (200, {"status": 'Model "m" Version: 1.0 registered with 1 initial workers'})
     assert serve.deployed == ["m@1.0"]
     assert (manager.models_dir / "m" / "1.0" / "tiny.pth").is_file()
-    assert ModelManager(manager.settings, serve).registry.defaults() == {"m": "1.0"}  # survives a restart
+    assert ModelManager(manager.settings, serve).store.defaults() == {"m": "1.0"}  # survives a restart
 
 
 def test_a_second_registration_of_a_version_is_409(manager: ModelManager, serve: FakeServe) -> None:
@@ -94,7 +95,7 @@ def test_explicit_cpus_and_gpus_are_reserved_and_checked(manager: ModelManager, 
     serve.free, serve.total_gpus = {"CPU": 2.0, "GPU": 0.25}, 1.0
     with pytest.raises(InsufficientResourcesError, match=r"GPU 0\.5 needed, 0\.25 free"):
         register(manager, make_archive(manager.model_store, "m", "1.0"), num_gpus=0.5)
-    assert serve.deployed == [] and manager.registry.defaults() == {}
+    assert serve.deployed == [] and manager.store.defaults() == {}
     register(manager, make_archive(manager.model_store, "m", "1.0"), num_gpus=0.25, num_cpus=1)
     resources = serve.deployed_args["m@1.0"].resources
     assert (resources.num_cpus, resources.num_gpus) == (1.0, 0.25)
@@ -106,7 +107,7 @@ def test_a_model_that_fails_to_load_is_removed_with_the_reason(
     serve.fail.add("m@1.0")
     with pytest.raises(ModelLoadError, match="weights missing"):
         register(manager, make_archive(manager.model_store, "m", "1.0"))
-    assert serve.deleted == ["m@1.0"] and manager.registry.defaults() == {}
+    assert serve.deleted == ["m@1.0"] and manager.store.defaults() == {}
 
 
 def test_default_version_rules(manager: ModelManager, serve: FakeServe) -> None:
@@ -121,10 +122,10 @@ def test_default_version_rules(manager: ModelManager, serve: FakeServe) -> None:
     for version in (None, "2.0"):
         with pytest.raises(DefaultVersionError, match=r"^Cannot remove default version for model m$"):
             run(manager.unregister("m", version))
-    assert serve.deleted == [] and manager.registry.defaults() == {"m": "2.0"}
+    assert serve.deleted == [] and manager.store.defaults() == {"m": "2.0"}
     run(manager.unregister("m", "1.0"))
     run(manager.unregister("m", None))  # now the last one
-    assert serve.deleted == ["m@1.0", "m@2.0"] and manager.registry.defaults() == {}
+    assert serve.deleted == ["m@1.0", "m@2.0"] and manager.store.defaults() == {}
 
 
 def test_set_default_errors_use_torchserve_wording(manager: ModelManager) -> None:
@@ -187,7 +188,7 @@ def test_zero_initial_workers_answers_at_once(manager: ModelManager, serve: Fake
 def test_a_startup_deadline_that_passes_removes_the_version(manager: ModelManager, serve: FakeServe) -> None:
     with pytest.raises(RequestTimeoutError):
         register(manager, make_archive(manager.model_store, "m", "1.0"), startup_timeout=0)
-    assert serve.deleted == ["m@1.0"] and manager.registry.defaults() == {}
+    assert serve.deleted == ["m@1.0"] and manager.store.defaults() == {}
     # No worker to start, no startup to time out (TorchServe's Postman case).
     url = make_archive(manager.model_store, "m", "1.0")
     assert register(manager, url, startup_timeout=0, initial_workers=0)[0] == 200
@@ -250,7 +251,7 @@ def test_racing_registrations_of_one_version_never_mix_files(manager: ModelManag
         "200",
         "ConflictError",
     ]
-    winner = manager.registry.get("m", "1.0").url
+    winner = manager.store.dedicated("m")["1.0"].url
     assert (manager.models_dir / "m" / "1.0" / "marker.txt").read_text() == winner  # its own files
     assert serve.deployed == ["m@1.0"]
     assert list((manager.models_dir / ".incoming").iterdir()) == []  # the loser left nothing
@@ -269,7 +270,7 @@ def test_a_registered_version_the_config_also_serves_is_not_started(
         assert run(fresh.restore()) == ["m/2.0"]
     assert serve.deployed == ["m@2.0"]  # never m@1.0: one winner, the config
     assert "config file wins" in caplog.text and "'m' serves m version 1.0" in caplog.text
-    assert set(fresh.registry.state.models["m"].versions) == {"2.0"}
+    assert set(fresh.store.versions("m")) == {"2.0"}
     assert not (fresh.models_dir / "m" / "1.0").exists()
 
 
@@ -303,12 +304,17 @@ def test_each_version_is_restored_on_its_own_and_retried(
     monkeypatch.setattr(restore, "FIRST_RETRY_S", 0.01)
     for name in ("a", "b", "c"):
         register(manager, make_archive(manager.model_store, name, "1.0"))
-    registry = manager.registry.path
-    document = json.loads(registry.read_text())
-    document["models"]["a"]["versions"]["1.0"]["args"]["model"]["source"] = {"factory": "os:system"}
-    document["models"]["b"]["versions"]["1.0"]["args"]["resources"]["num_replicas"] = "many"
-    document["written_by"] = "a newer raytorch"  # unknown fields are ignored
-    registry.write_text(json.dumps(document))
+    with sqlite3.connect(manager.store.path) as db:
+        for name, edit in (
+            ("a", lambda r: r["args"]["model"].update(source={"factory": "os:system"})),
+            ("b", lambda r: r["args"]["resources"].update(num_replicas="many")),
+            ("c", lambda r: r.update(written_by="a newer raytorch")),  # unknown fields are ignored
+        ):
+            (text,) = db.execute("SELECT record FROM versions WHERE model = ?", (name,)).fetchone()
+            record = json.loads(text)
+            edit(record)
+            db.execute("UPDATE versions SET record = ? WHERE model = ?", (json.dumps(record), name))
+    db.close()
     serve.apps.clear()
     serve.deployed.clear()
     serve.deploy_failures = 1  # Serve busy once: c is retried
@@ -317,18 +323,43 @@ def test_each_version_is_restored_on_its_own_and_retried(
     assert serve.deployed == ["c@1.0"]
     assert "model a version 1.0 cannot be restored: source.factory 'os:system' is not allowed" in caplog.text
     assert "left out: b 1.0 (resources.num_replicas" in caplog.text  # unreadable: dropped on load
+    assert len(list(manager.state_dir.glob("state.db.bad-*"))) == 1  # the database as it was
     assert "Restoring model c version 1.0 failed (Serve controller busy); will retry" in caplog.text
 
 
-def test_a_corrupt_registry_does_not_stop_the_manager(
-    manager: ModelManager, serve: FakeServe, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("name", ["state.db", "registry.json"])
+def test_a_corrupt_state_file_does_not_stop_the_manager(
+    manager: ModelManager, serve: FakeServe, caplog: pytest.LogCaptureFixture, name: str
 ) -> None:
-    manager.registry.path.parent.mkdir(parents=True, exist_ok=True)
-    manager.registry.path.write_text('{"models": {"m": {"default_ver')
+    register(manager, make_archive(manager.model_store, "m", "1.0"))
+    broken = manager.state_dir / name  # the database, or a file of an earlier version to migrate
+    garbage = '{"models": {"m": {"default_ver'
+    broken.write_text(garbage)
+    Path(f"{broken}-wal").unlink(missing_ok=True)
     with caplog.at_level("ERROR", logger="ray.serve"):
         fresh = ModelManager(manager.settings, serve)
-    assert run(fresh.restore()) == [] and run(fresh.list_models()) == []
-    assert not fresh.registry.path.exists()
-    assert len(list(fresh.registry.path.parent.glob("registry.json.bad-*"))) == 1
     assert "cannot be read" in caplog.text
-    register(fresh, make_archive(fresh.model_store, "m", "1.0"))  # registering works again
+    (aside,) = manager.state_dir.glob(f"{name}.bad-*")
+    assert aside.read_text() == garbage  # kept for the operator
+    serve.apps.clear()
+    if name == "state.db":  # what it held is lost (and kept aside for the operator)
+        assert run(fresh.restore()) == [] and run(fresh.list_models()) == []
+    else:  # what the database held is still there
+        assert run(fresh.restore()) == ["m/1.0"]
+    register(fresh, make_archive(fresh.model_store, "n", "1.0"))  # registering works again
+
+
+def test_what_an_unfinished_registration_left_is_removed_at_start(
+    manager: ModelManager, serve: FakeServe, caplog: pytest.LogCaptureFixture
+) -> None:
+    register(manager, make_archive(manager.model_store, "m", "1.0"))
+    scratch = manager.models_dir / ".incoming" / "123"  # killed while unpacking...
+    scratch.mkdir(parents=True)
+    partial = manager.downloads_dir / ".download-abc.part"  # ...or while downloading
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(b"half")
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        ModelManager(manager.settings, serve)
+    assert not scratch.exists() and not partial.exists()
+    assert "Removed what 2 unfinished registrations left behind" in caplog.text
+    assert (manager.models_dir / "m" / "1.0" / "tiny.pth").is_file()  # registered files stay

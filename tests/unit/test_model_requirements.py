@@ -76,7 +76,7 @@ def test_a_bad_requirements_file_fails_the_registration_with_400(tmp_path: Path)
     manager = ModelManager(settings, FakeServe())
     with pytest.raises(BadInputError, match=r"requirements\.txt line 2"):
         asyncio.run(manager.register(RegisterParams(url=archive.name)))
-    assert manager.registry.defaults() == {}
+    assert manager.store.defaults() == {}
 
 
 def test_resources_without_packages_need_no_runtime_env() -> None:

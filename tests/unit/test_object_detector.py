@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from handlers.errors import BadInputError, ConfigError, PayloadTooLargeError, UnsupportedMediaTypeError
+from handlers.handler_catalog import create_handler
 from handlers.object_detector import ObjectDetector
-from handlers.registry import create_handler
 from handlers.spec import ModelSpec
 
 

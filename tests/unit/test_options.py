@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from handlers.errors import ConfigError
+from handlers.handler_catalog import DEFAULT_HANDLERS, handler_class
 from handlers.options import HANDLER_OPTIONS, validate_options
-from handlers.registry import DEFAULT_HANDLERS, handler_class
 from tests.fixtures.specs import ROOT
 
 

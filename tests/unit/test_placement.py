@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from deployments.common.placement import decide_gpus
 from deployments.common.settings import ResourcesConfig
-from deployments.model.placement import decide_gpus
 
 
 def test_no_gpu_cluster_falls_back_to_cpu_and_says_so() -> None:

@@ -4,7 +4,6 @@ pool replicas: no Serve application per pooled model, the same API as dedicated 
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +131,7 @@ def test_the_pool_must_run_and_choices_must_agree(
     with pytest.raises(BadInputError, match="either pool= or dedicated=true"):
         register(manager, "m", "1.0", pool="small", dedicated=True)
     incoming = manager.models_dir / ".incoming"  # the pool is checked before any unpacking
-    assert not (incoming.exists() and list(incoming.iterdir())) and manager.pools.registry.models == {}
+    assert not (incoming.exists() and list(incoming.iterdir())) and manager.store.registered() == []
     with_default = make_manager(tmp_path / "second", serve, calls, default_pool="small")
     assert register(with_default, "p", "1.0")[0] == 200 and serve.deployed == []
     assert register(with_default, "d", "1.0", dedicated=True)[0] == 200 and serve.deployed == ["d@1.0"]
@@ -155,7 +154,7 @@ def test_a_model_that_does_not_load_is_refused_and_forgotten(
     calls.broken = True
     with pytest.raises(ModelLoadError, match="does not match"):
         register(manager, "m", "1.0", pool="small")
-    assert manager.pools.registry.models == {} and not (manager.models_dir / "m" / "1.0").exists()
+    assert manager.store.registered() == [] and not (manager.models_dir / "m" / "1.0").exists()
 
 
 def test_an_asynchronous_registration_that_does_not_load_shows_in_describe(
@@ -232,8 +231,8 @@ def test_set_default_and_a_canary_split_between_pooled_versions(manager: ModelMa
     # Promoting the canary ends the split; the choice survives a restart.
     run(manager.set_default("m", "2.0"))
     assert run(manager.traffic.get("m"))["split"] == {"2.0": 100.0}
-    stored = json.loads((manager.state_dir / "traffic.json").read_text())
-    assert stored == {"defaults": {"m": "2.0"}, "policies": {}}
+    restarted = make_manager(manager.state_dir.parent, serve, calls).store
+    assert (restarted.default("m"), restarted.policy("m")) == ("2.0", None)
     # As TorchServe, the default goes last (403); so does a version a split sends requests to.
     with pytest.raises(DefaultVersionError, match=r"^Cannot remove default version for model m$"):
         run(manager.unregister("m", "2.0"))
@@ -244,7 +243,7 @@ def test_set_default_and_a_canary_split_between_pooled_versions(manager: ModelMa
     run(manager.unregister("m", "1.0"))
     assert manager.routing.state().models["m"].traffic is None  # nothing left to control
     run(manager.unregister("m", None))  # the last version, the default
-    assert "m" not in manager.routing.state().models and manager.traffic.store.defaults == {}
+    assert "m" not in manager.routing.state().models and manager.store.defaults() == {}
 
 
 def test_traffic_requests_are_checked(manager: ModelManager, serve: PoolServe) -> None:
@@ -312,8 +311,8 @@ def test_a_pooled_archive_whose_code_is_no_longer_allowed_is_not_served_after_a_
         archive.writestr("net.py", "from tests.fixtures.models import tiny_classifier as build\n")
     assert register(manager, "m", "1.0", pool="small")[0] == 200  # trusted code only
     assert run(manager.register(RegisterParams(url=url, pool="small")))[0] == 200
-    coded_id = manager.pools.registry.versions("coded")["1.0"].model_id
-    plain_id = manager.pools.registry.versions("m")["1.0"].model_id
+    coded_id = manager.store.pooled("coded")["1.0"].model_id
+    plain_id = manager.store.pooled("m")["1.0"].model_id
 
     # The operator turns archive code off and restarts the server.
     restarted = make_manager(tmp_path, serve, calls, allow_archive_code=False)

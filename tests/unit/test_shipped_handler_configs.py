@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from handlers.base import BaseHandler
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from tests.fixtures import real_models as real
 from tests.fixtures.specs import ROOT, photo_path

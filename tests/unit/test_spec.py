@@ -17,7 +17,7 @@ from deployments.common.naming import (
     pooled_model_id,
 )
 from deployments.common.settings import IngressArgs, ManagementArgs, ModelAppArgs, PoolArgs
-from deployments.workflow.spec import WorkflowArgs
+from deployments.common.workflow_spec import WorkflowArgs
 from handlers.spec import ModelSpec
 from tests.fixtures.specs import ROOT
 

@@ -19,7 +19,7 @@ from deployments.inference.streaming import CHUNKED, SSE, encode_error, encode_p
 from deployments.model.executor import InferenceExecutor
 from deployments.model.stepwise import run_steps, stream_parts
 from handlers.errors import BadInputError, InferenceError, StreamCancelled
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from handlers.voice_activity import VoiceActivity
 from tests.unit.test_torchserve_handlers import ts_api  # noqa: F401 - the ts_api fixture
@@ -189,7 +189,7 @@ def test_prediction_batches_run_between_explanation_chunks() -> None:
         executor = InferenceExecutor("t", fixed_threads=1)
         explaining = asyncio.ensure_future(run_steps(executor, explanation))
         await asyncio.sleep(0.08)  # during the second chunk
-        await executor.run_batch(lambda: order.append("batch"))
+        await executor.run_batch(lambda: order.append("batch"), inputs=1)
         result = await explaining
         executor.shutdown()
         return result

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from handlers.errors import BadInputError, ConfigError, InferenceError
+from handlers.handler_catalog import create_handler
 from handlers.options import validate_options
-from handlers.registry import create_handler
 from handlers.spec import ModelSpec
 from handlers.tensor import TensorHandler
 from handlers.tensor_data import Tensor, TensorRequest

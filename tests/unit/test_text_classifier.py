@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from handlers.errors import (
     RaytorchError,
     UnsupportedMediaTypeError,
 )
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from handlers.text_classifier import TextClassifier
 from handlers.text_io import Vocabulary, read_text, read_vocabulary
@@ -136,27 +135,45 @@ def test_form_encoded_body_from_curl_d_is_plain_text() -> None:
     assert read_text(b"great film", "application/x-www-form-urlencoded", 100) == "great film"
 
 
+TEXT_TYPES = [None, "text/plain", "application/octet-stream", "text/csv; charset=utf-8"]
+OTHER_TYPES = ["application/json", "image/png", "text/csv; charset=x"]
+
+
+def plain(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
 @given(
-    body=st.binary(max_size=300),
-    content_type=st.sampled_from(
-        [
-            None,
-            "text/plain",
-            "application/json",
-            "application/octet-stream",
-            "image/png",
-            "text/csv; charset=x",
-        ]
-    ),
+    body=st.one_of(st.binary(max_size=300), st.text(max_size=60).map(plain)),
+    content_type=st.sampled_from(TEXT_TYPES + OTHER_TYPES),
 )
 @settings(max_examples=300, deadline=None)
 def test_any_bytes_give_text_or_a_project_error(body: bytes, content_type: str | None) -> None:
-    with contextlib.suppress(RaytorchError):
+    try:
+        sent = body.decode("utf-8")
+    except UnicodeDecodeError:
+        sent = None
+    # What must be accepted: UTF-8 text, not blank, within the limit, sent as text.
+    usable = content_type in TEXT_TYPES and sent is not None and sent.strip() != "" and len(sent) <= 50
+    try:
         text = read_text(body, content_type, max_chars=50)
-        # What reaches the model is the sender's text, unchanged, within the limit.
-        assert text.strip() and len(text) <= 50
-        if content_type != "application/json":
-            assert text == body.decode("utf-8")
+    except RaytorchError as exc:
+        assert not usable, f"usable text {sent!r} ({content_type}) was refused: {exc.message}"
+        return
+    # What reaches the model is the sender's text, unchanged, within the limit.
+    assert text.strip() and len(text) <= 50
+    if content_type != "application/json":
+        assert text == sent
+
+
+@given(text=st.text(max_size=60))
+@settings(max_examples=200, deadline=None)
+def test_json_bodies_give_their_text_field(text: str) -> None:
+    body = json.dumps({"text": text}).encode()
+    try:
+        assert read_text(body, "application/json", max_chars=50) == text
+    except RaytorchError as exc:
+        assert not text.strip() or len(text) > 50, f"{text!r} was refused: {exc.message}"
 
 
 def test_options_are_validated(vocab_file: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from handlers.archive import extract, read_extracted
 from handlers.errors import BadInputError
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from handlers.torchserve.names import TS_API_ENV, check_handler_file, real_ts_installed
 from tests.fixtures import torchserve_examples as ex

@@ -17,7 +17,7 @@ from PIL import Image
 
 from handlers.archive import extract, read_extracted
 from handlers.errors import BadInputError, ConfigError, HandlerStatusError, ModelLoadError
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from handlers.torchserve.names import (
     TS_API_ENV,

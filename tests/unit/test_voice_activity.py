@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from handlers.errors import BadInputError, PayloadTooLargeError, UnsupportedMediaTypeError
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from handlers.voice_activity import VoiceActivity
 from tests.fixtures import real_models as real

@@ -9,11 +9,11 @@ import json
 
 import yaml
 
-from deployments.workflow.answer import WorkflowRequest, compose, start_input
-from deployments.workflow.dag import DagRunner, Node, NodeInput, Payload
+from deployments.common.workflow_answer import WorkflowRequest, compose, start_input
+from deployments.common.workflow_dag import DagRunner, Node, NodeInput, Payload
+from deployments.common.workflow_spec import WorkflowArgs, dag_nodes
 from deployments.workflow.functions import encode_output, function_call, initialize, load_functions
-from deployments.workflow.spec import WorkflowArgs, dag_nodes
-from handlers.registry import create_handler
+from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from tests.fixtures.specs import ROOT
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.workflow.answer import WorkflowRequest, compose, start_input
-from deployments.workflow.dag import DagRunner, Node, NodeInput, Payload
+from deployments.common.workflow_answer import WorkflowRequest, compose, start_input
+from deployments.common.workflow_dag import DagRunner, Node, NodeInput, Payload
 from deployments.workflow.functions import encode_output, function_call, initialize, load_functions
 from handlers.errors import BadInputError, ModelLoadError, ModelNotReadyError, WorkflowNodeError
 from handlers.torchserve.adapter import request_row

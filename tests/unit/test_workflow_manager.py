@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from deployments.common.workflow_spec import WorkflowArgs
 from deployments.management.register_params import RegisterParams
 from deployments.management.workflows import WorkflowManager
-from deployments.workflow.spec import WorkflowArgs
 from handlers.errors import (
     ConfigError,
     ConflictError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.workflow.spec import WorkflowArgs, check_dag, parents_of, parse_torchserve_spec
+from deployments.common.workflow_spec import WorkflowArgs, check_dag, parents_of, parse_torchserve_spec
 from handlers.errors import BadInputError
 
 # TorchServe's examples/Workflows/dog_breed_classification spec, as it ships.

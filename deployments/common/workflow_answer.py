@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from deployments.workflow.dag import NodeInput, NodeReport, Payload
+from deployments.common.workflow_dag import NodeInput, NodeReport, Payload
 from handlers.errors import WorkflowNodeError
 from handlers.torchserve.form_fields import decode_form
 

@@ -1,4 +1,5 @@
-"""Find a handler class by default-handler name, import path, or Python file path.
+"""The catalog of handlers: find a handler class by default-handler name, import path, or
+Python file path.
 
 Importing this module does not import torch (handlers are imported when resolved), so
 processes that only validate registrations, like the management app, stay small and start fast.

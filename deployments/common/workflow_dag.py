@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployments.workflow.spec import check_dag, leaves, parents_of
+from deployments.common.workflow_spec import check_dag, leaves, parents_of
 from handlers.errors import RaytorchError, WorkflowNodeError
 
 
