@@ -50,6 +50,7 @@ from handlers.torchserve import ts_api
 from handlers.torchserve.form_fields import decode_form, request_value
 from handlers.torchserve.names import default_handler_class, parse_torchserve_ref
 from handlers.torchserve.ts_api.metrics import ModelMetrics
+from handlers.torchserve.ts_api.streaming import redirect_torchserve_streaming
 from handlers.torchserve.ts_api.util import list_classes_from_module
 
 logger = logging.getLogger("raytorch.handlers")
@@ -112,6 +113,8 @@ class TorchServeHandler(BaseHandler):
         if self.spec.torch_threads:
             torch.set_num_threads(self.spec.torch_threads)
         self.api = ts_api.install()
+        if self.api == "torchserve":
+            redirect_torchserve_streaming()
         folder = Path(self.spec.base_dir or ".").resolve()
         # As on TorchServe's worker, handler and model files import their neighbours by name,
         # but each archive gets its own (handlers.archive_imports): a pool runs many archives.
@@ -158,10 +161,13 @@ class TorchServeHandler(BaseHandler):
         config_path = folder / ((manifest.get("model") or {}).get("configFile") or "model-config.yaml")
         config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
         gpu = 0 if self.spec.device != "cpu" and torch.cuda.is_available() else None
-        return Context(
+        context = Context(
             self.spec.name, str(folder), manifest, 1, gpu, SERVER_VERSION,
             metrics=self.metrics, model_yaml_config=config or {},
         )  # fmt: skip
+        # Where partial answers go (ts_api.streaming); TorchServe's own Context lacks both.
+        context.stream_to, context.intermediate = None, {}
+        return context
 
     def _start(self, module: Any, class_name: str | None = None) -> None:
         from ts.torch_handler.base_handler import BaseHandler as TorchServeBase

@@ -18,7 +18,6 @@ from handlers.base import BaseHandler
 from handlers.errors import InferenceError
 from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
-from handlers.torchserve.names import TS_API_ENV
 from tests.fixtures.inference import LocalRouter, inference_app
 from tests.fixtures.specs import echo_spec, tiny_spec
 from tests.integration.test_http_api import assert_error
@@ -43,12 +42,8 @@ class Countdown(BaseHandler):
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    # Our ts API: TorchServe's own send_intermediate_predict_response (chosen by default where
-    # the torchserve package is installed) writes to its frontend's socket.
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(TS_API_ENV, "raytorch")
-        yield _client(tmp_path_factory)
+def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    return _client(tmp_path_factory)
 
 
 def _client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:

@@ -99,8 +99,6 @@ def test_default_stream_is_the_whole_answer(cat_png: bytes) -> None:
 
 
 def test_torchserve_intermediate_responses_stream_or_join(tmp_path: Path, ts_api: str) -> None:  # noqa: F811
-    if ts_api == "torchserve":
-        pytest.skip("TorchServe's own send_intermediate_predict_response writes to its frontend socket")
     (tmp_path / "stream.py").write_text(STREAMING_HANDLER)
     spec = {"name": "echo_stream", "handler": "torchserve:stream.py", "base_dir": str(tmp_path)}
     handler = create_handler(ModelSpec.model_validate(spec))
@@ -113,8 +111,6 @@ def test_torchserve_intermediate_responses_stream_or_join(tmp_path: Path, ts_api
 
 
 def test_a_cancelled_stream_stops_the_torchserve_handler(tmp_path: Path, ts_api: str) -> None:  # noqa: F811
-    if ts_api == "torchserve":
-        pytest.skip("TorchServe's own send_intermediate_predict_response writes to its frontend socket")
     (tmp_path / "stream.py").write_text(STREAMING_HANDLER)
     spec = {"name": "echo_stream", "handler": "torchserve:stream.py", "base_dir": str(tmp_path)}
     handler = create_handler(ModelSpec.model_validate(spec))

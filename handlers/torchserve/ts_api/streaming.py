@@ -22,4 +22,24 @@ def send_intermediate_predict_response(
         return
     indices = list(req_id_map) if req_id_map else range(len(ret))
     for index in indices:
-        context.send_intermediate(int(index), ret[int(index)])
+        # TorchServe's own Context (its package installed) has no send_intermediate: the
+        # adapter gives every context stream_to and intermediate.
+        stream_to = getattr(context, "stream_to", None)
+        if stream_to is not None:
+            stream_to(ret[int(index)])
+        else:
+            context.intermediate.setdefault(int(index), []).append(ret[int(index)])
+
+
+def redirect_torchserve_streaming() -> None:
+    """Point TorchServe's own ``send_intermediate_predict_response`` (its package installed)
+    at this one: it writes to TorchServe's frontend socket, which a handler here never has.
+    Called before a handler file is imported, since handler files import the name itself."""
+    import importlib
+
+    for name in ("ts.handler_utils.utils", "ts.protocol.otf_message_handler"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # an older TorchServe without one of them
+            continue
+        module.send_intermediate_predict_response = send_intermediate_predict_response  # type: ignore[attr-defined]
