@@ -109,3 +109,11 @@ async def may_see_details(authorize: Callable[[str | None], Awaitable[None]], he
     except Exception:  # no token, a wrong one, or no way to check it now: say less
         return False
     return True
+
+
+def header_check(token: str | Callable[[str | None], None]) -> Callable[[str | None], None]:
+    """A check of an ``Authorization`` header that raises UnauthorizedError: ``token`` itself
+    when it is a function (e.g. TorchServe's management key), else the bearer ``token``."""
+    if callable(token):
+        return token
+    return lambda header: check_bearer(header, token)

@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.common.auth import check_bearer
+from deployments.common.auth import header_check
 from deployments.common.http_errors import install_error_handlers
 from deployments.management.register_params import RegisterParams
 from deployments.management.request_shape import TorchServeRequestShape, json_object, query_parameters
@@ -110,11 +110,10 @@ def create_management_app(
     ``enable_model_api`` False answers 405 to register and unregister (TorchServe's enable_model_api=false);
     ``register_defaults`` fills register parameters a request leaves out."""
 
+    check = header_check(token)
+
     async def authorized(request: Request) -> None:
-        if callable(token):
-            token(request.headers.get("authorization"))
-        else:
-            check_bearer(request.headers.get("authorization"), token)
+        check(request.headers.get("authorization"))
 
     def model_api_enabled() -> None:
         if not enable_model_api:

@@ -71,18 +71,9 @@ class ServeControl:
 
     async def deploy(self, app_name: str, args: ModelAppArgs) -> None:
         """Deploy (or update) a model application without waiting for it."""
-        from ray import serve
-        from ray.serve import RunTarget
-
         from deployments.model.builder import model_application
 
-        target = RunTarget(target=model_application(args), name=app_name, route_prefix=None)
-        await asyncio.to_thread(
-            serve.run_many,
-            [target],
-            wait_for_ingress_deployment_creation=False,
-            wait_for_applications_running=False,
-        )
+        await start_application(model_application(args), app_name)
 
     async def delete(self, app_name: str) -> None:
         """Start deleting an application; returns without waiting for it to be gone."""
@@ -167,3 +158,19 @@ class ServeControl:
                 return
             await asyncio.sleep(poll_s)
         raise RequestTimeoutError(f"{what} within {timeout_s:g}s")
+
+
+async def start_application(application: Any, app_name: str) -> None:
+    """Deploy (or update) ``application`` as ``app_name``, without a route and without waiting
+    for it to run (``serve.run`` blocks forever when resources never arrive): callers watch its
+    readiness with their own deadline."""
+    from ray import serve
+    from ray.serve import RunTarget
+
+    target = RunTarget(target=application, name=app_name, route_prefix=None)
+    await asyncio.to_thread(
+        serve.run_many,
+        [target],
+        wait_for_ingress_deployment_creation=False,
+        wait_for_applications_running=False,
+    )

@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from deployments.common.auth import check_bearer
+from deployments.common.auth import header_check
 from deployments.common.http_errors import install_error_handlers
 from deployments.management.register_params import URL_REQUIRED
 from deployments.management.request_shape import TorchServeRequestShape, json_object
@@ -62,11 +62,10 @@ def create_workflow_app(workflows: Workflows, token: str | Callable[[str | None]
     """The /workflows routes bound to ``workflows``, protected by ``token`` (the bearer token,
     or a function that raises UnauthorizedError for a header without the right key)."""
 
+    check = header_check(token)
+
     async def authorized(request: Request) -> None:
-        if callable(token):
-            token(request.headers.get("authorization"))
-        else:
-            check_bearer(request.headers.get("authorization"), token)
+        check(request.headers.get("authorization"))
 
     app = FastAPI(
         title="raytorch workflow management API",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from deployments.common.workflow_spec import WorkflowArgs
+from deployments.management.serve_control import start_application
 
 
 class ServeWorkflows:
@@ -15,18 +16,9 @@ class ServeWorkflows:
 
     async def deploy(self, app_name: str, args: WorkflowArgs) -> None:
         """Deploy (or update) a workflow application without waiting for it."""
-        from ray import serve
-        from ray.serve import RunTarget
-
         from deployments.workflow.builder import workflow_application
 
-        target = RunTarget(target=workflow_application(args), name=app_name, route_prefix=None)
-        await asyncio.to_thread(
-            serve.run_many,
-            [target],
-            wait_for_ingress_deployment_creation=False,
-            wait_for_applications_running=False,
-        )
+        await start_application(workflow_application(args), app_name)
 
     async def delete(self, app_name: str) -> None:
         """Delete an application and wait until it is gone."""
