@@ -20,9 +20,10 @@ DEPS_STAMP := $(VENV)/.deps-$(shell (cat pyproject.toml; echo '$(NO_DEPS_PACKAGE
 
 setup: $(DEPS_STAMP)
 	@# Re-point the editable install at this checkout only when it points elsewhere (the venv may
-	@# be shared by clones); its build chatter goes to a log, shown only if it fails.
-	@cd / && $(abspath $(BIN))/python -c "import handlers, sys; sys.exit(not handlers.__file__.startswith('$(CURDIR)/'))" 2>/dev/null \
-		|| $(BIN)/pip install -q --no-deps --no-build-isolation -e . > $(VENV)/editable-install.log 2>&1 \
+	@# be shared by clones); its build chatter goes to a log, shown only if it fails. The check
+	@# runs from / in a subshell (so this checkout is not on its path), the install from here.
+	@(cd / && $(abspath $(BIN))/python -c "import handlers, sys; sys.exit(not handlers.__file__.startswith('$(CURDIR)/'))") 2>/dev/null \
+		|| $(BIN)/pip install -q --no-deps --no-build-isolation -e "$(CURDIR)" > $(VENV)/editable-install.log 2>&1 \
 		|| (cat $(VENV)/editable-install.log; exit 1)
 
 $(DEPS_STAMP): pyproject.toml
