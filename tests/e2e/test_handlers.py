@@ -5,17 +5,16 @@ stops when its client leaves and one that fails midway."""
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import time
-import wave
 from pathlib import Path
 
 import grpc
 import pytest
 import torch
 
+from benchmarks.stream_first_chunk import repeated_wav
 from handlers.archive import write_archive
 from tests.e2e.serve_cluster import ROOT, ServeCluster, load_config, serve_run, trust_test_fixtures
 from tests.fixtures import real_models as real
@@ -135,14 +134,9 @@ def test_custom_handler_archive_registers_and_answers(server: ServeCluster, cat_
 
 
 def long_recording(copies: int) -> bytes:
-    """The speech clip ``copies`` times in a row: a long recording with several segments."""
-    with wave.open(io.BytesIO(real.speech_wav())) as clip:
-        params, frames = clip.getparams(), clip.readframes(clip.getnframes())
-    out = io.BytesIO()
-    with wave.open(out, "wb") as joined:
-        joined.setparams(params)
-        joined.writeframes(frames * copies)
-    return out.getvalue()
+    """The speech clip ``copies`` times in a row: a long recording with several segments (the
+    one the first-part benchmark streams)."""
+    return repeated_wav(real.speech_wav(), copies)
 
 
 def sse_events(response) -> list[tuple[float, str, dict]]:  # type: ignore[no-untyped-def]
