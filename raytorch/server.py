@@ -6,7 +6,8 @@ process group reaches Ray's processes only through this process's orderly stop),
 - starts Ray with its metrics on a fixed port and the dashboard on 127.0.0.1, with Serve's and
   Ray's idle work turned down (:data:`QUIET_ENV`); when the config serves on a loopback host,
   every port of Ray listens on 127.0.0.1 only (:data:`LOOPBACK_ONLY_ENV`);
-- deploys the config's applications, as ``serve run CONFIG`` does;
+- deploys the config's applications, as ``serve run CONFIG`` does (built in this process while
+  Ray starts, when they are all raytorch's own: :mod:`raytorch.app_build`);
 - on SIGTERM, SIGINT or SIGHUP drains the ingress (requests in flight finish, new connections are
   refused), stops Ray and every process it started, and exits 0; a second signal stops at once.
 """
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 
 from deployments.common.serve_loopback import LOOPBACK_ONLY_ENV
+from raytorch import app_build
 from raytorch.stopping import ForcedStop, StopSignals, become_subreaper, kill_descendants
 
 # Longest wait for the ingress to drain (its replicas finish requests in flight and close their
@@ -99,7 +101,10 @@ def deploy(config: dict[str, Any]) -> None:
         grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
         controller_options=schema.controller_options,
     )
-    client.deploy_apps(schema, _blocking=False)
+    if app_build.buildable_in_process(config):
+        app_build.deploy_in_process(config)  # no build task per application (see app_build)
+    else:
+        client.deploy_apps(schema, _blocking=False)
     print(f"Deployed {len(schema.applications)} applications; serving once they are ready.", flush=True)
 
 
@@ -152,6 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     # Replicas import this checkout's packages, as `serve run` lets them (--app-dir .).
     sys.path.insert(0, os.getcwd())
     import ray
+
+    if app_build.buildable_in_process(config):
+        # While Ray starts its processes; after `import ray`, whose import cycles two threads
+        # entering at once would see half-initialised.
+        app_build.prefetch()
 
     ray.init(
         namespace="serve",
