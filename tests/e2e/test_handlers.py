@@ -208,6 +208,32 @@ def test_torchserve_handler_streams_over_http_and_grpc(server: ServeCluster) -> 
         assert caught.value.code() == grpc.StatusCode.INTERNAL and "tick 2 failed" in caught.value.details()
 
 
+def test_bidirectional_grpc_streams_each_part_as_it_is_produced(server: ServeCluster) -> None:
+    """StreamPredictions2: each message's parts as its handler sends them, with its sequence_id;
+    a message that fails midway ends with its status, and the stream goes on."""
+    stubs = torchserve_stubs()
+    request = stubs.inference_pb2.PredictionsRequest
+    slow = request(model_name="ticker", input={"data": b'{"ticks": 4, "interval": 0.5}'}, sequence_id="a")
+    failing = request(model_name="ticker", input={"data": b'{"ticks": 4, "fail_at": 1}'}, sequence_id="b")
+    after = request(model_name="ticker", input={"data": b'{"ticks": 1}'}, sequence_id="c")
+    arrivals = []
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        inference = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
+        for message in inference.StreamPredictions2(iter([slow, failing, after]), timeout=60):
+            arrivals.append((time.monotonic(), message))
+    parts = [(m.sequence_id, json.loads(m.prediction)) for _, m in arrivals if not m.HasField("status")]
+    assert parts == [
+        *[("a", {"tick": n}) for n in range(4)], ("a", {"ticks": 4}),
+        ("b", {"tick": 0}),
+        ("c", {"tick": 0}), ("c", {"ticks": 1}),
+    ]  # fmt: skip
+    (failed,) = [m for _, m in arrivals if m.HasField("status")]
+    assert failed.sequence_id == "b" and failed.status.code == grpc.StatusCode.INTERNAL.value[0]
+    assert "tick 1 failed" in failed.status.message
+    # The ticks are 0.5 s apart: the first part came well before the message's last one.
+    assert arrivals[4][0] - arrivals[0][0] > 1.0
+
+
 def test_a_stream_stops_when_its_client_leaves(server: ServeCluster, tmp_path: Path) -> None:
     counter = tmp_path / "ticks"
     request = {"ticks": 2000, "interval": 0.02, "count_file": str(counter)}  # 40 s if left alone
