@@ -45,10 +45,15 @@ def build(store: Path, work: Path) -> None:
     )
 
 
-def chunks(client: httpx.Client, url: str, **request: Any) -> tuple[int, list[bytes]]:
-    """The status and the body's pieces as the client read them."""
+def chunks(client: httpx.Client, url: str, **request: Any) -> tuple[int, list[bytes], str]:
+    """The status, the body's pieces as the client read them, and how the body ended."""
+    pieces: list[bytes] = []
     with client.stream("POST", url, **request) as reply:
-        return reply.status_code, [piece for piece in reply.iter_raw() if piece]
+        try:
+            pieces.extend(piece for piece in reply.iter_raw() if piece)
+        except httpx.HTTPError as exc:
+            return reply.status_code, pieces, f"{type(exc).__name__}: {exc}"
+        return reply.status_code, pieces, "complete"
 
 
 def grpc_parts(target: str, rpc: str, model: str, body: bytes) -> list[str]:
@@ -88,8 +93,8 @@ def questions(base: str, grpc_target: str) -> list[tuple[str, Callable[[httpx.Cl
     return [
         ("mnist prediction", lambda c: answer(c.post(f"{base}/predictions/mnist", **png))),
         (
-            "mnist explanation, target=0",
-            lambda c: answer(c.post(f"{base}/explanations/mnist?target=0", **png)),
+            "mnist explanation, target=7",
+            lambda c: answer(c.post(f"{base}/explanations/mnist?target=7", **png)),
         ),
         ("mnist explanation, no target", lambda c: answer(c.post(f"{base}/explanations/mnist", **png))),
         ("echo_stream, whole", lambda c: chunks(c, f"{base}/predictions/echo_stream", content=b"42")),
@@ -190,6 +195,9 @@ def main() -> None:
     ours = on_raytorch(store, root)
     for label in theirs:
         compare(label, theirs[label], ours[label])
+    for name, answers in (("TorchServe", theirs), ("raytorch", ours)):
+        same = answers["mnist explanation, target=7"] == answers["mnist explanation, no target"]
+        print(f"{name}: the target=7 map {'equals' if same else 'differs from'} the map without a target")
     print(f"({time.monotonic() - started:.0f}s; TorchServe's log: {root / 'ts' / 'torchserve.log'})")
 
 
