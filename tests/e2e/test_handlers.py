@@ -1,7 +1,8 @@
 """One server with the real model of every example config, plus a custom handler registered
-at runtime and a TorchServe handler file that streams: the answers a user would check, over
-real HTTP (and gRPC): explanations of the text model, streamed speech segments, a stream that
-stops when its client leaves and one that fails midway."""
+at runtime, a TorchServe handler file that streams and the workflow of configs/workflow.yaml:
+the answers a user would check, over real HTTP (and gRPC): explanations of the text model,
+streamed speech segments, a stream that stops when its client leaves and one that fails
+midway, the config's workflow in GET /workflows."""
 
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> ServeCluster:
         _model_app("text_classifier.yaml"),
         _model_app("audio_classifier.yaml"),
         ticker_app(),  # a TorchServe handler file that streams
+        # configs/workflow.yaml's workflow over the language model above (no .war)
+        next(a for a in load_config("workflow.yaml")["applications"] if a["name"] == "language_report"),
     ]
     base["applications"] = apps
     env = {
@@ -260,3 +263,24 @@ def test_a_failure_midway_ends_the_stream_with_an_error_event(server: ServeClust
         name, error = events[3][1:]
         assert name == "error" and error["code"] == 500 and "tick 3 failed" in error["message"]
         assert client.get("/ping").status_code == 200  # the replica is fine
+
+
+def test_a_workflow_of_the_config_is_listed_and_described(server: ServeCluster) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with server.client() as client:
+        answer = client.post("/wfpredict/language_report", content="Dies ist ein deutscher Satz.")
+        assert answer.status_code == 200 and answer.json()["language"] == "de", answer.text
+        listed = client.get("/workflows", headers=auth)
+        assert listed.status_code == 200, listed.text
+        assert listed.json() == {
+            "workflows": [{"workflowName": "language_report", "workflowUrl": None, "source": "config"}]
+        }
+        (described,) = client.get("/workflows/language_report", headers=auth).json()
+        assert described["source"] == "config" and described["application"] == "language_report"
+        assert described["status"] == "RUNNING"
+        assert described["workflowDag"] == (
+            "{prepare=[language, statistics], language=[report], statistics=[report]}"
+        )
+        assert {"node": "language", "kind": "model", "model": "language"} in described["nodes"]
+        refused = client.delete("/workflows/language_report", headers=auth)
+        assert refused.status_code == 409 and "declared in the Serve config" in refused.json()["message"]
