@@ -35,7 +35,6 @@ from deployments.inference.model_directory import ModelDirectory
 from handlers.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
-    NotImplementedFeatureError,
     RaytorchError,
     RequestTimeoutError,
     ResourceNotFoundError,
@@ -288,7 +287,6 @@ class ServeRouter:
         self, state: ModelVersionState, items: list[tuple[bytes, str | None]], request: ExplainRequest
     ) -> list[Answer | Rejected]:
         """Explanations of ``items`` from one of ``state``'s replicas, within the deadline."""
-        self._dedicated_only(state, "Explanations")
         return await self._await(state, self._handle(state).explain_many.remote(items, request))
 
     async def stream(
@@ -297,7 +295,6 @@ class ServeRouter:
         """One input's partial answers as its replica produces them (a Serve streaming call),
         each within the deadline of the one before; closing this iterator cancels the call,
         which stops the handler."""
-        self._dedicated_only(state, "Streamed answers")
         parts = self._handle(state).options(stream=True).predict_stream.remote(body, content_type)
         try:
             while True:
@@ -308,14 +305,6 @@ class ServeRouter:
                 yield part
         finally:
             parts.cancel()
-
-    @staticmethod
-    def _dedicated_only(state: ModelVersionState, what: str) -> None:
-        if state.model_id:
-            raise NotImplementedFeatureError(
-                f"{what} are not available for pooled models: model {state.model} version "
-                f"{state.version} is served by pool replicas"
-            )
 
     async def _send_group(
         self, state: ModelVersionState, items: list[tuple[Any, str | None]], request_id: str
