@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -96,10 +95,11 @@ def test_a_replica_keeps_to_its_share_in_the_gaps_of_sustained_load(tmp_path: Pa
     executor.cores = 2
     other = tmp_path / str(os.getppid())  # another replica, busy (a live process's marker)
 
+    # Only the sharing is under test: the chooser's timing (noisy on a loaded machine) is not.
+    executor.chooser.record = lambda *_: None  # type: ignore[method-assign]
+
     def threads_used() -> int:
-        threads = torch.get_num_threads()
-        time.sleep(0.004 / threads)  # a model that runs faster on more threads
-        return threads
+        return torch.get_num_threads()
 
     def batch() -> int:
         return asyncio.run(executor.run_batch(threads_used, inputs=1))
