@@ -219,6 +219,8 @@ def test_register_and_predict_over_https_with_two_keys(deployment: Deployment) -
         )
         assert registered.status_code == 200, registered.text
         assert registered.json()["status"].startswith('Model "mnist" Version: 1.0 registered')
+        (described,) = management.get("/models/mnist", headers=bearer(keys["management"])).json()
+        assert (described["batchSize"], described["maxBatchDelay"]) == (1, 100)  # TorchServe's
 
         digit = ts.digit_png(3)
         answer = inference.post("/predictions/mnist", content=digit, headers=bearer(keys["inference"]))
