@@ -116,6 +116,14 @@ class ModelLoadError(RaytorchError):
     type_name = "ModelLoadException"
 
 
+class DependencyInstallError(RaytorchError):
+    """pip could not install a registered archive's requirements (install_py_dep_per_model):
+    the message names the requirements and quotes pip's error."""
+
+    status = 400
+    type_name = "DependencyInstallException"
+
+
 class ConfigError(RaytorchError):
     """A model or handler specification is invalid."""
 

@@ -36,12 +36,17 @@ from deployments.common.ports import describe_port_owner, port_owner
 from raytorch.stopping import ForcedStop, StopSignals, become_subreaper, kill_descendants
 
 STOP_BOUND_S = 15.0
+# The configs shipped in the package (raytorch/configs links to the checkout's configs/).
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options of the launcher."""
     parser = argparse.ArgumentParser(prog="python -m raytorch.launch", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="a Serve config file, e.g. configs/quickstart.yaml")
+    parser.add_argument(
+        "config",
+        help="a Serve config file, e.g. configs/quickstart.yaml (a shipped config's name works anywhere)",
+    )
     parser.add_argument("--metrics-port", type=int, default=8080, help="Ray's Prometheus metrics port")
     parser.add_argument("--dashboard-port", type=int, default=8265, help="Ray dashboard port (on 127.0.0.1)")
     parser.add_argument(
@@ -74,9 +79,28 @@ def taken_ports(ports: list[int]) -> list[str]:
     return [f"port {port} is taken by {describe_port_owner(port)}" for port in ports if port_owner(port)]
 
 
+def config_file(given: str) -> Path | None:
+    """The config to serve: ``given`` when it is a file; else the shipped config of that name
+    (``quickstart``, ``quickstart.yaml`` or ``configs/quickstart.yaml``), so a user who
+    installed the wheel needs no checkout; None when neither exists."""
+    if Path(given).is_file():
+        return Path(given)
+    name = Path(given).name
+    for candidate in (name, f"{name}.yaml"):
+        if candidate.endswith(".yaml") and (SHIPPED_CONFIGS / candidate).is_file():
+            return SHIPPED_CONFIGS / candidate
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the server until a signal; the server's exit code (0 after a clean stop)."""
     args = parse_args(argv)
+    found = config_file(args.config)
+    if found is None:
+        shipped = ", ".join(sorted(path.stem for path in SHIPPED_CONFIGS.glob("*.yaml")))
+        print(f"No config file {args.config!r} (shipped configs: {shipped})", file=sys.stderr)
+        return 2
+    args.config = str(found)
     ports = [http_port(args.config), grpc_port(args.config), args.metrics_port, args.dashboard_port]
     taken = taken_ports([port for port in ports if port is not None])
     if taken:

@@ -28,7 +28,8 @@ from deployments.common.environment import Environment
 
 DEFAULT_PORT = 9090
 APT_PACKAGE = "prometheus"
-SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "prometheus.yml"
+# In the package (raytorch/configs links to the checkout's configs/), so an installed wheel has it.
+SHIPPED_CONFIG = Path(__file__).resolve().parent / "configs" / "prometheus.yml"
 # Read by Ray's dashboard at start: its Prometheus health check and the Grafana data source
 # it provisions point here instead of the default localhost:9090.
 RAY_PROMETHEUS_HOST_ENV = "RAY_PROMETHEUS_HOST"

@@ -69,8 +69,17 @@ class ResourcesConfig(StrictModel):
     pip_packages: list[str] = Field(
         default_factory=list,
         description=(
-            "Python packages installed for this model's replicas only, through Ray's runtime_env "
-            "(pip): a TorchServe archive's requirements.txt with install_py_dep_per_model."
+            "Python packages for this model's replicas only: a TorchServe archive's "
+            "requirements.txt with install_py_dep_per_model (installed at registration into "
+            "py_deps_dir). Set in a Serve config without py_deps_dir, they go through Ray's "
+            "runtime_env pip instead (a virtualenv per replica node, built at replica start)."
+        ),
+    )
+    py_deps_dir: str | None = Field(
+        None,
+        description=(
+            "A folder of installed packages put first on this model's replicas' PYTHONPATH "
+            "(set by registration with install_py_dep_per_model)."
         ),
     )
 
@@ -240,10 +249,16 @@ class ManagementArgs(StrictModel):
     install_py_dep_per_model: bool = Field(
         False,
         description=(
-            "TorchServe's setting: install a .mar's requirements file (--requirements-file) in "
-            "that model's own replicas (Ray runtime_env pip), never in the server's environment. "
-            "False, as on TorchServe: the file is ignored."
+            "TorchServe's setting: install a .mar's requirements file (--requirements-file) at "
+            "registration into a folder only that model's replicas have on their path, never in "
+            "the server's environment. False, as on TorchServe: the file is ignored."
         ),
+    )
+    py_dep_install_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        le=7200,
+        description="How long pip may take to install one archive's requirements (then 504).",
     )
     register_timeout_s: float = Field(
         120.0, gt=0, le=3600, description="How long a synchronous register waits for readiness."

@@ -27,6 +27,7 @@ from deployments.common.settings import ManagementArgs, ModelAppArgs
 from deployments.management.archive_sources import clear_scratch, is_remote, local_archive, settle, unpack
 from deployments.management.capacity import ResourceCheck
 from deployments.management.downloads import DownloadPolicy, download
+from deployments.management.py_deps import install_requirements
 from deployments.management.register_params import RegisterParams, app_args, our_defaults
 from deployments.management.serve_control import Serve
 from deployments.management.state_records import VersionRecord
@@ -97,7 +98,7 @@ class Intake:
         if not params.url:  # `url=` names no archive: TorchServe answers 404 too
             raise ModelNotFoundError('Model not found at: ""')
         found, folder = await self._unpack(params.url)
-        reserved = None
+        reserved, final = None, None
         try:
             args = app_args(
                 found, params, self.settings.default_num_cpus, self.settings.trusted_modules,
@@ -112,12 +113,30 @@ class Intake:
                 await check(args)
             final = settle(folder, self.models_dir, name, version)
             args = args.model_copy(update={"model": args.model.model_copy(update={"base_dir": str(final)})})
+            if args.resources.pip_packages and found.requirements is not None:
+                requirements = final / found.requirements.resolve().relative_to(folder.resolve())
+                args = await self._install_requirements(args, requirements)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
+            if final is not None:  # moved, then its requirements failed to install
+                shutil.rmtree(final, ignore_errors=True)
             if reserved:
                 self._reserved.discard(reserved)
             raise
         return found, args
+
+    async def _install_requirements(self, args: ModelAppArgs, requirements: Path) -> ModelAppArgs:
+        """pip-install the archive's requirements (once per content, off the event loop) and
+        point the args at the folder; 400/504 naming them when pip fails or hangs."""
+        deps = await asyncio.to_thread(
+            install_requirements,
+            requirements,
+            args.resources.pip_packages,
+            self.models_dir.parent / "py_deps",
+            self.settings.py_dep_install_timeout_s,
+        )
+        resources = args.resources.model_copy(update={"py_deps_dir": str(deps)})
+        return args.model_copy(update={"resources": resources})
 
     def release(self, name: str, version: str) -> None:
         """Drop the claim of an accepted registration (once it is in the store, or failed)."""

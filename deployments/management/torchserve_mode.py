@@ -20,10 +20,18 @@ from fastapi import FastAPI
 from deployments.common.torchserve_args import StartupModel, TorchServeManagement
 from deployments.common.ts_keys import KeyFile
 from deployments.management.api import Manager, create_management_app
-from deployments.management.register_params import RegisterParams
+from deployments.management.register_params import TORCHSERVE_DEFAULTS, RegisterParams
 from handlers.errors import ConflictError, RaytorchError
 
 logger = logging.getLogger("ray.serve")
+
+# TorchServe's batching of a registration that names none, where ours batches 8 at once: a
+# handler written for TorchServe gets one request per call unless asked for more (many index
+# data[0]); side by side, describe showed batchSize 8 here and 1 on TorchServe.
+TORCHSERVE_BATCHING = {
+    "batch_size": TORCHSERVE_DEFAULTS["batchSize"],
+    "max_batch_delay": TORCHSERVE_DEFAULTS["maxBatchDelay"],
+}
 
 
 class Registers(Protocol):
@@ -46,9 +54,10 @@ def management_authorizer(ts: TorchServeManagement) -> Callable[[str | None], No
 
 def torchserve_management_app(manager: Manager, ts: TorchServeManagement) -> FastAPI:
     """The /models app with TorchServe's management key (None: no key asked), its
-    enable_model_api and default_workers_per_model / default_response_timeout."""
+    enable_model_api, default_workers_per_model / default_response_timeout and batching."""
     authorize = management_authorizer(ts)
     defaults = {"initial_workers": ts.default_workers, "response_timeout": ts.default_response_timeout}
+    defaults |= TORCHSERVE_BATCHING
     return create_management_app(
         manager,
         authorize,
@@ -64,8 +73,10 @@ def startup_params(model: StartupModel, default_workers: int | None) -> Register
         url=model.url,
         model_name=model.model_name,
         initial_workers=workers,
-        batch_size=model.batch_size,
-        max_batch_delay=model.max_batch_delay,
+        batch_size=model.batch_size or TORCHSERVE_BATCHING["batch_size"],
+        max_batch_delay=TORCHSERVE_BATCHING["max_batch_delay"]
+        if model.max_batch_delay is None
+        else model.max_batch_delay,
         response_timeout=model.response_timeout,
         synchronous=False,
     )

@@ -6,6 +6,7 @@ when a version is registered at runtime, so both deploy exactly the same thing.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from ray.serve import Application
@@ -41,10 +42,15 @@ def replica_options(resources: ResourcesConfig, batch_size: int) -> dict:
 
 
 def actor_options(resources: ResourcesConfig, num_gpus: float) -> dict[str, Any]:
-    """Ray options of each replica; a model's own Python packages come with a runtime_env, so
-    they are installed for its replicas only (Ray caches the environment per package list)."""
+    """Ray options of each replica. A model's own Python packages reach its replicas only:
+    the folder registration installed them into goes first on their PYTHONPATH (before the
+    server's own PYTHONPATH, which replicas keep); packages a Serve config lists without such
+    a folder go through Ray's runtime_env pip."""
     options: dict[str, Any] = {"num_cpus": resources.num_cpus, "num_gpus": num_gpus}
-    if resources.pip_packages:
+    if resources.py_deps_dir:
+        path = [resources.py_deps_dir, *filter(None, [os.environ.get("PYTHONPATH")])]
+        options["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(path)}}
+    elif resources.pip_packages:
         options["runtime_env"] = {"pip": {"packages": list(resources.pip_packages), "pip_check": False}}
     return options
 

@@ -35,6 +35,7 @@ from google.protobuf import empty_pb2
 from deployments.common.ports import port_owner
 from tests.e2e.serve_cluster import ROOT, free_port
 from tests.fixtures import torchserve_archives as ts
+from tests.fixtures.local_wheel import build_wheel
 from tests.fixtures.torchserve_stubs import torchserve_stubs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
@@ -96,10 +97,41 @@ def write_config(workdir: Path, ports: dict[str, int], ca: trustme.CA) -> None:
         "enable_model_api=true\n"
         "metrics_mode=prometheus\n"
         "number_of_netty_threads=4\n"
+        "install_py_dep_per_model=true\n"
         "models={\\\n"
         '  "noop": {"1.0": {"minWorkers": 1, "batchSize": 2}}\\\n'
         "}\n"
     )
+
+
+# A handler that says whether its replica can import the package of the archive's requirements.
+PROBE_HANDLER = """
+class Probe:
+    def initialize(self, context):
+        self.initialized = True
+
+    def handle(self, data, context):
+        try:
+            import rt_demo_dep
+        except ImportError as exc:
+            return [f"ImportError: {exc}" for _ in data]
+        return [f"rt_demo_dep {rt_demo_dep.VALUE}" for _ in data]
+"""
+
+
+def build_dependency_archives(store: Path, work: Path) -> None:
+    """``withdep.mar``: the probe, a wheel of ``rt_demo_dep`` made here and a requirements
+    file naming it (a path inside the archive); ``nodep.mar``: the probe alone;
+    ``baddep.mar``: the probe and a requirement pip cannot find (no index here)."""
+    work.mkdir()
+    (work / "probe.py").write_text(PROBE_HANDLER)
+    wheel = build_wheel(work, "rt_demo_dep", "1.0", "VALUE = 42\n")
+    (work / "requirements.txt").write_text(f"./{wheel.name}\n")
+    files = {"requirements_file": "requirements.txt", "extra_files": wheel.name}
+    ts.archive(store, work, "withdep", "1.0", "probe.py", **files)
+    ts.archive(store, work, "nodep", "1.0", "probe.py")
+    (work / "bad.txt").write_text("rt-no-such-package==9.9\n")
+    ts.archive(store, work, "baddep", "1.0", "probe.py", requirements_file="bad.txt")
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +142,14 @@ def deployment() -> Iterator[Deployment]:
     store.mkdir()
     ts.build_mnist(store, workdir / "build")
     ts.build_handler_only(store, workdir / "noop", "noop", "1.0", ts.NOOP_CLASS, "service.py")
+    build_dependency_archives(store, workdir / "deps")
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(workdir / "ca.pem"))
     names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
     ports = {name: free_port() for name in names}
     write_config(workdir, ports, ca)
     env = {**os.environ, "RAY_TMPDIR": str(workdir), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    env["PIP_NO_INDEX"] = "1"  # pip installs only what an archive holds: nothing is downloaded
     for name in ("RAY_ADDRESS", "RAYTORCH_STATE_DIR", "RAYTORCH_TOKEN", "TS_CONFIG_FILE"):
         env.pop(name, None)
     started = subprocess.run(
@@ -185,6 +219,8 @@ def test_register_and_predict_over_https_with_two_keys(deployment: Deployment) -
         )
         assert registered.status_code == 200, registered.text
         assert registered.json()["status"].startswith('Model "mnist" Version: 1.0 registered')
+        (described,) = management.get("/models/mnist", headers=bearer(keys["management"])).json()
+        assert (described["batchSize"], described["maxBatchDelay"]) == (1, 100)  # TorchServe's
 
         digit = ts.digit_png(3)
         answer = inference.post("/predictions/mnist", content=digit, headers=bearer(keys["inference"]))
@@ -245,6 +281,33 @@ def test_regenerated_inference_key_replaces_the_old_one(deployment: Deployment) 
             inference.post("/predictions/mnist", content=digit, headers=bearer(new["inference"])).status_code
             == 200
         )
+
+
+def test_per_model_dependencies_reach_only_their_models_replicas(deployment: Deployment) -> None:
+    keys = deployment.keys()
+    manage = bearer(keys["management"])
+    with deployment.client("management") as management, deployment.client("inference") as inference:
+        for name in ("withdep", "nodep"):
+            query = f"/models?url={name}.mar&initial_workers=1&synchronous=true"
+            registered = management.post(query, headers=manage)
+            assert registered.status_code == 200, registered.text + deployment.log()
+        answers = {
+            name: inference.post(f"/predictions/{name}", content=b"x", headers=bearer(keys["inference"]))
+            for name in ("withdep", "nodep")
+        }
+        assert answers["withdep"].status_code == 200 and answers["withdep"].text == "rt_demo_dep 42"
+        assert answers["nodep"].text == "ImportError: No module named 'rt_demo_dep'"
+        # A requirement pip cannot install: a 400 naming it and quoting pip, in seconds, no model.
+        started = time.monotonic()
+        refused = management.post("/models?url=baddep.mar&synchronous=true", headers=manage)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["type"] == "DependencyInstallException"
+        message = refused.json()["message"]
+        assert "rt-no-such-package==9.9" in message and "No matching distribution found" in message
+        assert time.monotonic() - started < 120
+        assert management.get("/models/baddep", headers=manage).status_code == 404
+    installed = list((deployment.workdir / ".raytorch").rglob("py_deps/*/rt_demo_dep.py"))
+    assert len(installed) == 1, "installed once, in the state directory's py_deps folder"
 
 
 def _listening(port: int) -> bool:

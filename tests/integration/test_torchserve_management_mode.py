@@ -69,10 +69,12 @@ def test_registration_defaults_fill_only_what_the_request_leaves_out(keys: dict[
     client = _client(manager, keys, True, default_workers=2, default_response_timeout=30)
     auth = {"Authorization": f"Bearer {keys['management']}"}
     client.post("/models?url=a.mar", headers=auth)
-    client.post("/models?url=b.mar&initial_workers=0", headers=auth)
+    client.post("/models?url=b.mar&initial_workers=0&batch_size=4&max_batch_delay=0", headers=auth)
     first, second = (call[1] for call in manager.calls)
     assert (first.initial_workers, first.response_timeout) == (2, 30)
-    assert second.initial_workers == 0
+    # TorchServe's batching, not ours (8 at once): a TorchServe handler gets one request per call.
+    assert (first.batch_size, first.max_batch_delay) == (1, 100)
+    assert (second.initial_workers, second.batch_size, second.max_batch_delay) == (0, 4, 0)
 
 
 class StartupManager:
@@ -105,7 +107,12 @@ def test_startup_models_load_and_failures_are_named() -> None:
         4,
         False,
     )
-    assert (second.url, second.initial_workers) == ("b.mar", 2)
+    assert (second.url, second.initial_workers, second.batch_size, second.max_batch_delay) == (
+        "b.mar",
+        2,
+        1,
+        100,
+    )
 
 
 def test_job_queue_size_bounds_each_registered_models_queue(tmp_path: Path) -> None:

@@ -40,3 +40,20 @@ def test_ray_is_kept_on_loopback_when_the_config_serves_loopback() -> None:
     assert not serves_loopback_only({})  # Serve's default host is every interface
     shipped = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     assert serves_loopback_only(shipped)
+
+
+def test_a_shipped_configs_name_serves_it_from_anywhere(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A user who installed the wheel has no configs/ folder: the README's command still works."""
+    from raytorch.launch import config_file, main
+
+    monkeypatch.chdir(tmp_path)
+    shipped = (ROOT / "configs" / "quickstart.yaml").read_text()
+    for given in ("quickstart", "quickstart.yaml", "configs/quickstart.yaml"):
+        found = config_file(given)
+        assert found is not None and found.read_text() == shipped, given
+    (tmp_path / "quickstart.yaml").write_text("applications: []\n")  # a file of the user's wins
+    assert config_file("quickstart.yaml") == Path("quickstart.yaml")
+    assert config_file("nothing.yaml") is None
+    assert main(["nothing.yaml"]) == 2
+    refused = capsys.readouterr().err
+    assert "No config file 'nothing.yaml' (shipped configs: audio_classifier, densenet" in refused
