@@ -13,6 +13,7 @@ from handlers.errors import BadInputError, UnsupportedMediaTypeError
 from handlers.handler_catalog import create_handler
 from handlers.image_io import decode_image
 from handlers.torchserve import ts_api
+from handlers.torchserve.names import TS_API_ENV
 from tests.fixtures.specs import tiny_spec
 
 
@@ -24,10 +25,14 @@ def encoded(width: int, height: int, image_format: str = "PNG") -> bytes:
 
 @pytest.fixture(scope="module")
 def vision_classifier() -> object:
-    ts_api.install()
-    from ts.torch_handler.image_classifier import ImageClassifier
+    """Our TorchServe vision shim, also where TorchServe's own ``ts`` package is installed
+    (``RAYTORCH_TS_API=auto`` would pick that one, whose limits are not ours)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(TS_API_ENV, "raytorch")
+        ts_api.install()
+        from ts.torch_handler.image_classifier import ImageClassifier
 
-    return ImageClassifier()
+        return ImageClassifier()
 
 
 def test_a_thin_image_whose_resize_would_pass_max_pixels_is_400_naming_it() -> None:
