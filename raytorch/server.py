@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from deployments.common.ray_private import delete_application, start_serve_and_deploy
 from deployments.common.serve_loopback import LOOPBACK_ONLY_ENV
 from raytorch.stopping import ForcedStop, StopSignals, become_subreaper, kill_descendants
 
@@ -88,18 +89,10 @@ def ingress_apps(config: dict[str, Any]) -> list[str]:
 
 def deploy(config: dict[str, Any]) -> None:
     """Start Serve with the config's options and deploy its applications (as `serve run`)."""
-    from ray.serve._private.api import serve_start
-    from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
     schema = ServeDeploySchema.model_validate(config)
-    client = serve_start(
-        http_options=schema.http_options.model_dump(),
-        proxy_location=schema.proxy_location,
-        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
-        controller_options=schema.controller_options,
-    )
-    client.deploy_apps(schema, _blocking=False)
+    start_serve_and_deploy(schema)
     print(f"Deployed {len(schema.applications)} applications; serving once they are ready.", flush=True)
 
 
@@ -127,11 +120,10 @@ def stop_server(config: dict[str, Any]) -> float:
     """Drain the ingress, stop Serve and Ray, kill whatever the server started and is left.
     Returns the seconds it took."""
     import ray
-    from ray import serve
 
     started = time.monotonic()
     for app in ingress_apps(config):
-        _bounded(f"draining {app}", lambda app=app: serve.delete(app, _blocking=True), DRAIN_TIMEOUT_S)
+        _bounded(f"draining {app}", lambda app=app: delete_application(app, True), DRAIN_TIMEOUT_S)
     _bounded("stopping Ray", ray.shutdown, RAY_SHUTDOWN_TIMEOUT_S)
     kill_descendants()
     return time.monotonic() - started

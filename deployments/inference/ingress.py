@@ -15,10 +15,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import ray
 from ray import serve
 
 from deployments.common.auth import check_bearer
+from deployments.common.ray_private import listen_options
 from deployments.common.settings import IngressArgs
 from deployments.inference.grpc_oip import OpenInferenceServicer
 from deployments.inference.grpc_server import GrpcServer
@@ -50,14 +50,8 @@ class ListenPlan:
 async def listen_plan() -> ListenPlan:
     """Read the config's ``http_options``, ``grpc_options`` and ``proxy_location`` from Serve's
     controller."""
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    http = await controller.get_http_config.remote()
-    grpc_options = await controller.get_grpc_config.remote()
-    location = await controller.get_proxy_location.remote()
-    own_http = str(getattr(location, "value", location)) == "Disabled"
-    return ListenPlan(http.host or "127.0.0.1", http.port, grpc_options.port, own_http)
+    http, grpc_options, location = await listen_options()
+    return ListenPlan(http.host or "127.0.0.1", http.port, grpc_options.port, location == "Disabled")
 
 
 @serve.deployment(graceful_shutdown_timeout_s=10)

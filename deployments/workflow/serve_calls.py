@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+from deployments.common.ray_private import delete_application
 from deployments.common.workflow_spec import WorkflowArgs
 from deployments.management.serve_control import start_application
 
@@ -22,9 +23,7 @@ class ServeWorkflows:
 
     async def delete(self, app_name: str) -> None:
         """Delete an application and wait until it is gone."""
-        from ray import serve
-
-        await asyncio.to_thread(serve.delete, app_name, _blocking=True)
+        await asyncio.to_thread(delete_application, app_name, True)
 
     async def statuses(self) -> dict[str, tuple[str, str]]:
         """Application name -> (status, message)."""
