@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from deployments.common.ray_private import delete_application, start_serve_and_deploy
+from deployments.common.ray_private import delete_application, start_ray, start_serve_and_deploy
 from deployments.common.serve_loopback import LOOPBACK_ONLY_ENV
 from raytorch.stopping import ForcedStop, StopSignals, become_subreaper, kill_descendants
 
@@ -143,15 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     become_subreaper()
     # Replicas import this checkout's packages, as `serve run` lets them (--app-dir .).
     sys.path.insert(0, os.getcwd())
-    import ray
-
-    ray.init(
-        namespace="serve",
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=args.dashboard_port,
-        _metrics_export_port=args.metrics_port,
-    )
+    start_ray(args.dashboard_port, args.metrics_port)
     signals = StopSignals(lambda name: print(f"\n{name}: stopping (again to stop at once)", flush=True))
     signals.install()  # after ray.init, which installs its own SIGTERM handler
     print(

@@ -1,13 +1,14 @@
 """Every private Ray API raytorch uses, behind one adapter.
 
-Ray Serve 2.60 has no public way to do these few things: start Serve with a config's options
-without blocking on its applications, tag a call with our request id, tell Serve's router which
-models a pool replica holds, read the controller's listen options and details, ask a replica
-how many requests it holds, delete an application without waiting, and read the token `ray
-get-auth-token` uses. Each is one function here; nothing else in raytorch names a private Ray
-module, symbol or keyword (``tests/unit/test_import_structure.py`` checks it), and
-``tests/unit/test_ray_private.py`` imports each symbol and checks the signature or attribute
-used, so a Ray upgrade that renames or changes one fails there, not in production.
+Ray 2.60 has no public way to do these few things: start Serve with a config's options without
+blocking on its applications, choose the port of Ray's own metrics, tag a call with our request
+id, tell Serve's router which models a pool replica holds, read the controller's listen options
+and details, ask a replica how many requests it holds, delete an application without waiting,
+and read the token `ray get-auth-token` uses. Each is one function here; nothing else in
+raytorch names a private Ray module, symbol, attribute or keyword
+(``tests/unit/test_import_structure.py`` checks it), and ``tests/unit/test_ray_private.py``
+imports each symbol and checks the signature or attribute used, so a Ray upgrade that renames
+or changes one fails there, not in production.
 
 Ray is imported inside the functions: the tools (``raytorch/``) import this module without
 paying for Ray until they call it.
@@ -80,6 +81,20 @@ def delete_application(app_name: str, wait: bool) -> None:
     from ray import serve
 
     serve.delete(app_name, _blocking=wait)
+
+
+def start_ray(dashboard_port: int, metrics_port: int) -> None:
+    """Start Ray in this process (namespace ``serve``), its dashboard on 127.0.0.1 and its
+    metrics on ``metrics_port`` (a port Ray's public arguments cannot choose)."""
+    import ray
+
+    ray.init(
+        namespace="serve",
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
+        _metrics_export_port=metrics_port,
+    )
 
 
 def start_serve_and_deploy(schema: Any) -> None:
