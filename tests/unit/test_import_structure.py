@@ -134,7 +134,9 @@ def test_the_checks_see_what_they_claim_to() -> None:
     edges = graph()
     assert "deployments.common.model_table" in edges["deployments.inference.router"]
     assert "deployments.model.builder" in edges["deployments.management.serve_control"]  # in a function
-    assert "deployments.inference.workflow_calls" in edges["deployments.inference.http_entry"]  # TYPE_CHECKING
+    assert (
+        "deployments.inference.workflow_calls" in edges["deployments.inference.http_entry"]
+    )  # TYPE_CHECKING
     assert (
         part("deployments.management.manager") == "deployments.management"
         and part("deployments.app") == "deployments"
