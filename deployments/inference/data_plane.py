@@ -223,7 +223,7 @@ class DataPlane:
         self, record: RequestRecord, model: str, version: str | None, request: InferRequest
     ) -> InferResult:
         """An Open Inference request, whatever it came over (REST or gRPC)."""
-        return await infer_tensors(self, record, model, version, request)
+        return await infer_tensors(self.infer, self.signature, record, model, version, request)
 
     async def explain(
         self,
