@@ -93,11 +93,20 @@ def java_version() -> str | None:
 
 
 @contextlib.contextmanager
-def torchserve(store: Path, mar: str, model: str, setting: str, work: Path) -> Iterator[TorchServe]:
-    """Start TorchServe serving ``mar`` as ``model`` with ``setting``; stop it afterwards."""
+def torchserve(
+    store: Path,
+    mar: str,
+    model: str,
+    setting: str,
+    work: Path,
+    also: tuple[str, ...] = (),
+    lines: tuple[str, ...] = (),
+) -> Iterator[TorchServe]:
+    """Start TorchServe serving ``mar`` as ``model`` with ``setting``; stop it afterwards.
+    ``also``: more ``name=file.mar`` models to start with; ``lines``: more config.properties lines."""
     work.mkdir(parents=True, exist_ok=True)
     ports = [free_port() for _ in range(3)]
-    lines, extra_env = SETTINGS[setting]
+    setting_lines, extra_env = SETTINGS[setting]
     config = work / "config.properties"
     config.write_text(
         "\n".join(
@@ -106,6 +115,7 @@ def torchserve(store: Path, mar: str, model: str, setting: str, work: Path) -> I
                 f"management_address=http://127.0.0.1:{ports[1]}",
                 f"metrics_address=http://127.0.0.1:{ports[2]}",
                 "disable_token_authorization=true",
+                *setting_lines,
                 *lines,
             ]
         )
@@ -117,7 +127,7 @@ def torchserve(store: Path, mar: str, model: str, setting: str, work: Path) -> I
     log_path = work / "torchserve.log"
     command = [
         str(BIN / "torchserve"), "--start", "--foreground", "--ncs", "--disable-token-auth",
-        "--ts-config", str(config), "--model-store", str(store), "--models", f"{model}={mar}",
+        "--ts-config", str(config), "--model-store", str(store), "--models", f"{model}={mar}", *also,
     ]  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

@@ -6,7 +6,8 @@ process group reaches Ray's processes only through this process's orderly stop),
 - starts Ray with its metrics on a fixed port and the dashboard on 127.0.0.1, with Serve's and
   Ray's idle work turned down (:data:`QUIET_ENV`); when the config serves on a loopback host,
   every port of Ray listens on 127.0.0.1 only (:data:`LOOPBACK_ONLY_ENV`);
-- deploys the config's applications, as ``serve run CONFIG`` does;
+- deploys the config's applications, as ``serve run CONFIG`` does (built in this process while
+  Ray starts, when they are all raytorch's own: :mod:`raytorch.app_build`);
 - on SIGTERM, SIGINT or SIGHUP drains the ingress (requests in flight finish, new connections are
   refused), stops Ray and every process it started, and exits 0; a second signal stops at once.
 """
@@ -24,8 +25,9 @@ from typing import Any
 
 import yaml
 
-from deployments.common.ray_private import delete_application, start_ray, start_serve_and_deploy
+from deployments.common.ray_private import delete_application, deploy_without_waiting, start_ray, start_serve
 from deployments.common.serve_loopback import LOOPBACK_ONLY_ENV
+from raytorch import app_build
 from raytorch.stopping import ForcedStop, StopSignals, become_subreaper, kill_descendants
 
 # Longest wait for the ingress to drain (its replicas finish requests in flight and close their
@@ -92,7 +94,11 @@ def deploy(config: dict[str, Any]) -> None:
     from ray.serve.schema import ServeDeploySchema
 
     schema = ServeDeploySchema.model_validate(config)
-    start_serve_and_deploy(schema)
+    client = start_serve(schema)
+    if app_build.buildable_in_process(config):
+        app_build.deploy_in_process(config)  # no build task per application (see app_build)
+    else:
+        deploy_without_waiting(client, schema)
     print(f"Deployed {len(schema.applications)} applications; serving once they are ready.", flush=True)
 
 
@@ -143,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     become_subreaper()
     # Replicas import this checkout's packages, as `serve run` lets them (--app-dir .).
     sys.path.insert(0, os.getcwd())
+    import ray  # noqa: F401  (imported here, before the prefetch thread starts)
+
+    if app_build.buildable_in_process(config):
+        # While Ray starts its processes; after `import ray`, whose import cycles two threads
+        # entering at once would see half-initialised.
+        app_build.prefetch()
+
     start_ray(args.dashboard_port, args.metrics_port)
     signals = StopSignals(lambda name: print(f"\n{name}: stopping (again to stop at once)", flush=True))
     signals.install()  # after ray.init, which installs its own SIGTERM handler

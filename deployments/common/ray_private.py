@@ -97,18 +97,23 @@ def start_ray(dashboard_port: int, metrics_port: int) -> None:
     )
 
 
-def start_serve_and_deploy(schema: Any) -> None:
-    """Start Serve with a validated ``ServeDeploySchema``'s options and deploy its applications
-    without waiting for them (what ``serve run`` does)."""
+def start_serve(schema: Any) -> Any:
+    """Start Serve with a validated ``ServeDeploySchema``'s HTTP, gRPC, proxy and controller
+    options (what ``serve run`` does first); returns Serve's client."""
     from ray.serve._private.api import serve_start
     from ray.serve.config import gRPCOptions
 
-    client = serve_start(
+    return serve_start(
         http_options=schema.http_options.model_dump(),
         proxy_location=schema.proxy_location,
         grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
         controller_options=schema.controller_options,
     )
+
+
+def deploy_without_waiting(client: Any, schema: Any) -> None:
+    """Deploy the schema's applications through ``client`` (from :func:`start_serve`) and
+    return before they are built."""
     client.deploy_apps(schema, _blocking=False)
 
 

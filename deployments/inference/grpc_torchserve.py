@@ -8,9 +8,9 @@ gRPC port (TorchServe uses 7070 and 7071; here both services share ``grpc_option
   ``prediction`` is what the REST API would send (a handler's text or bytes as they are,
   anything else as JSON). ``StreamPredictions`` sends each partial answer of the handler as
   its own message as soon as it exists (:mod:`deployments.inference.streaming`; a handler
-  that does not stream sends one); ``StreamPredictions2`` answers each
-  message of a bidirectional stream in order, echoing its ``sequence_id`` and reporting a
-  failed message in its ``status`` without ending the stream, as TorchServe does.
+  that does not stream sends one); ``StreamPredictions2`` does the same for each message of a
+  bidirectional stream in order, each part echoing the message's ``sequence_id``, and reports
+  a failed message in its ``status`` without ending the stream, as TorchServe does.
 - Management calls go to the management deployment, which answers them with the REST API's
   own code (:mod:`deployments.management.grpc_calls`), token check included.
 """
@@ -133,23 +133,28 @@ class TorchServeInferenceServicer:
     async def Predictions(self, request: Any, context: Any) -> Any:
         return await self._predict(request, context, "Predictions")
 
+    async def _parts(self, record: Any, request: Any, context: Any) -> AsyncIterator[bytes]:
+        """The predictions of one request's partial answers as its handler produces them; a
+        failure before or between them raises (the caller answers it)."""
+        await self._authorize(metadata_of(context).get("authorization"))
+        data = RequestInput(model_input(dict(request.input)), None)
+        _, parts = await self._plane.stream(record, request.model_name, request.model_version or None, data)
+        try:
+            async for part in parts:
+                if isinstance(part, Rejected):  # failed midway: the stream ends with its status
+                    raise part.error
+                yield prediction_bytes(part)
+        finally:
+            await parts.aclose()
+
     async def StreamPredictions(self, request: Any, context: Any) -> AsyncIterator[Any]:
         record = open_record(context, f"/{TORCHSERVE_INFERENCE}/StreamPredictions", "grpc_torchserve")
         response_class = self.methods["StreamPredictions"].response
         status = 500
         try:
             await context.send_initial_metadata(((REQUEST_ID_HEADER, record.request_id),))
-            await self._authorize(metadata_of(context).get("authorization"))
-            data = model_input(dict(request.input))
-            version = request.model_version or None
-            _, parts = await self._plane.stream(record, request.model_name, version, RequestInput(data, None))
-            try:
-                async for part in parts:
-                    if isinstance(part, Rejected):  # failed midway: the stream ends with its status
-                        raise part.error
-                    yield response_class(prediction=prediction_bytes(part))
-            finally:
-                await parts.aclose()
+            async for prediction in self._parts(record, request, context):
+                yield response_class(prediction=prediction)
             status = 200
         except asyncio.CancelledError:
             status = 499  # the client went away: closing the parts stopped the handler
@@ -162,20 +167,20 @@ class TorchServeInferenceServicer:
             self._telemetry.finish(record, status)
 
     async def StreamPredictions2(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        """Each message's partial answers as they are produced, each with the message's
+        ``sequence_id``; a failure (before or midway) is one more message with its ``status``,
+        and the stream goes on with the next message."""
         response_class = self.methods["StreamPredictions2"].response
         async for request in requests:
             record = open_record(context, f"/{TORCHSERVE_INFERENCE}/StreamPredictions2", "grpc_torchserve")
             status = 500
             try:
-                await self._authorize(metadata_of(context).get("authorization"))
-                data = model_input(dict(request.input))
-                version = request.model_version or None
-                answers = await self._plane.infer(
-                    record, request.model_name, version, [RequestInput(data, None)]
-                )
+                async for prediction in self._parts(record, request, context):
+                    yield response_class(prediction=prediction, sequence_id=request.sequence_id)
                 status = 200
-                prediction = prediction_bytes(answers[0].result)
-                yield response_class(prediction=prediction, sequence_id=request.sequence_id)
+            except asyncio.CancelledError:
+                status = 499
+                raise
             except Exception as exc:
                 error = as_error(exc, record)
                 status = error.status

@@ -29,7 +29,7 @@ from deployments.inference.model_directory import ModelDirectory, RoutingChanges
 from deployments.inference.replica_handles import ReplicaHandles, version_key
 from deployments.inference.shadow_traffic import ShadowOutcome, ShadowTraffic
 from deployments.inference.version_lookup import VersionLookup, serve_snapshot
-from handlers.errors import NotImplementedFeatureError, RequestTimeoutError
+from handlers.errors import RequestTimeoutError
 from handlers.explain_request import ExplainRequest
 from handlers.tensor_data import TensorRequest
 
@@ -122,7 +122,6 @@ class ServeRouter(VersionLookup):
         self, state: ModelVersionState, items: list[tuple[bytes, str | None]], request: ExplainRequest
     ) -> list[Answer | Rejected]:
         """Explanations of ``items`` from one of ``state``'s replicas, within the deadline."""
-        self._dedicated_only(state, "Explanations")
         return await self._await(state, self.handles.handle(state).explain_many.remote(items, request))
 
     async def stream(
@@ -131,7 +130,6 @@ class ServeRouter(VersionLookup):
         """One input's partial answers as its replica produces them (a Serve streaming call),
         each within the deadline of the one before; closing this iterator cancels the call,
         which stops the handler."""
-        self._dedicated_only(state, "Streamed answers")
         parts = self.handles.handle(state).options(stream=True).predict_stream.remote(body, content_type)
         try:
             while True:
@@ -142,14 +140,6 @@ class ServeRouter(VersionLookup):
                 yield part
         finally:
             parts.cancel()
-
-    @staticmethod
-    def _dedicated_only(state: ModelVersionState, what: str) -> None:
-        if state.model_id:
-            raise NotImplementedFeatureError(
-                f"{what} are not available for pooled models: model {state.model} version "
-                f"{state.version} is served by pool replicas"
-            )
 
     async def _send_one(
         self,

@@ -30,7 +30,7 @@ class Workflows(Protocol):
 
     async def register(self, url: str, name: str | None, startup_timeout: int | None) -> dict[str, str]: ...
     async def unregister(self, name: str) -> dict[str, str]: ...
-    def list(self, limit: int, start: int) -> dict[str, Any]: ...
+    async def list(self, limit: int, start: int) -> dict[str, Any]: ...
     async def describe(self, name: str) -> list[dict[str, Any]]: ...
 
 
@@ -88,7 +88,7 @@ def create_workflow_app(workflows: Workflows, token: str | Callable[[str | None]
 
     @app.get("/", summary="List workflows")
     async def list_workflows(limit: int = Query(100), next_page_token: int = Query(0)) -> JSONResponse:
-        return JSONResponse(workflows.list(limit, next_page_token))
+        return JSONResponse(await workflows.list(limit, next_page_token))
 
     @app.get("/{workflow_name}", summary="Describe a workflow")
     async def describe(workflow_name: WorkflowName) -> JSONResponse:

@@ -1,8 +1,9 @@
 """What the workflow manager needs of Serve: deploy, delete, statuses of workflow
-applications. :class:`deployments.management.workflows.WorkflowManager` takes any object with
-these methods: the real one (``deployments.workflow.serve_calls.ServeWorkflows``) is handed to
-the management deployment by its builder (``deployments/app.py``), since a workflow application
-is built above this layer; its tests use a fake Serve.
+applications, and the workflows declared in the Serve config.
+:class:`deployments.management.workflows.WorkflowManager` takes any object with these methods:
+the real one (``deployments.workflow.serve_calls.ServeWorkflows``) is handed to the management
+deployment by its builder (``deployments/app.py``), since a workflow application is built above
+this layer; its tests use a fake Serve.
 """
 
 from __future__ import annotations
@@ -18,3 +19,4 @@ class WorkflowServe(Protocol):
     async def deploy(self, app_name: str, args: WorkflowArgs) -> None: ...
     async def delete(self, app_name: str) -> None: ...
     async def statuses(self) -> dict[str, tuple[str, str]]: ...
+    async def declared(self) -> dict[str, tuple[str, WorkflowArgs | None]]: ...

@@ -74,7 +74,8 @@ class WorkflowManager:
     async def register(self, url: str, name: str | None, startup_timeout: int | None) -> dict[str, str]:
         """TorchServe's register: 200 once every model node and the workflow are running."""
         contents = await self._unpack(url, name)
-        if contents.name in self._claimed or self.store.get(contents.name) is not None:
+        taken = self.store.get(contents.name) is not None or contents.name in await self.serve.declared()
+        if contents.name in self._claimed or taken:
             shutil.rmtree(contents.folder, ignore_errors=True)
             raise ConflictError(f"Workflow {contents.name} is already registered.")
         self._claimed.add(contents.name)
@@ -192,6 +193,12 @@ class WorkflowManager:
         """Delete the workflow application, then its models and files."""
         record = self.store.get(name)
         if record is None:
+            declared = (await self.serve.declared()).get(name)
+            if declared is not None:
+                raise ConflictError(
+                    f"Workflow {name} is declared in the Serve config (application {declared[0]}): "
+                    "remove it from the config, not through the API"
+                )
             raise WorkflowNotFoundError(f"Workflow not found: {name}")
         await self._undo(
             registered_workflow_app_name(name), record.models, Path(record.folder or self.folder / name), True
@@ -199,46 +206,53 @@ class WorkflowManager:
         self.store.remove(name)
         return {"status": f'Workflow "{name}" unregistered'}
 
-    def list(self, limit: int, start: int) -> dict[str, Any]:
-        """TorchServe's page of ``{workflowName, workflowUrl}`` (a limit above 100, or below 0, is 100)."""
+    async def list(self, limit: int, start: int) -> dict[str, Any]:
+        """TorchServe's page of ``{workflowName, workflowUrl}`` (a limit above 100, or below 0,
+        is 100): registered workflows, then those of the Serve config (``workflowUrl`` null,
+        ``source`` "config")."""
         limit = 100 if limit > 100 or limit < 0 else limit
-        names = self.store.names()
+        declared = await self.serve.declared()
+        entries = [{"workflowName": n, "workflowUrl": self.store.get(n).url} for n in self.store.names()]  # type: ignore[union-attr]
+        entries += [
+            {"workflowName": n, "workflowUrl": None, "source": "config"}
+            for n in sorted(declared)
+            if self.store.get(n) is None
+        ]
         start = max(0, start)
-        page = names[start : start + limit]
         body: dict[str, Any] = {}
-        if start + limit < len(names):
+        if start + limit < len(entries):
             body["nextPageToken"] = str(start + limit)
-        body["workflows"] = [{"workflowName": n, "workflowUrl": self.store.get(n).url} for n in page]  # type: ignore[union-attr]
+        body["workflows"] = entries[start : start + limit]
         return body
 
     async def describe(self, name: str) -> list[dict[str, Any]]:
-        """TorchServe's describe, plus the application's status and each node."""
+        """TorchServe's describe, plus the application's status and each node; a workflow of
+        the Serve config is described from its running replica (``source`` "config")."""
         record = self.store.get(name)
-        if record is None:
-            raise WorkflowNotFoundError(f"Workflow not found: {name}")
-        args = WorkflowArgs.model_validate(record.args)
-        status, message = (await self.serve.statuses()).get(
-            registered_workflow_app_name(name), ("NOT_STARTED", "")
-        )
-        nodes = []
-        for node in dag_nodes(args.dag):
-            model = args.model_node(node)
-            nodes.append(
+        if record is not None:
+            args: WorkflowArgs | None = WorkflowArgs.model_validate(record.args)
+            app_name, url, source = registered_workflow_app_name(name), record.url, {}
+        else:
+            app_name, args = (await self.serve.declared()).get(name, ("", None))
+            if not app_name:
+                raise WorkflowNotFoundError(f"Workflow not found: {name}")
+            url, source = None, {"source": "config", "application": app_name}
+        status, message = (await self.serve.statuses()).get(app_name, ("NOT_STARTED", ""))
+        described: dict[str, Any] = {"workflowName": name, "workflowUrl": url, **source}
+        if args is not None:
+            described.update(args.describe)
+            described["workflowDag"] = java_map(args.dag)
+        described["status"] = status
+        if message:
+            described["message"] = summary(message)
+        if args is not None:
+            described["nodes"] = [
                 {"node": node, "kind": "model", "model": model.model}
-                if model
+                if (model := args.model_node(node))
                 else {"node": node, "kind": "function"}
-            )
-        return [
-            {
-                "workflowName": name,
-                "workflowUrl": record.url,
-                **args.describe,
-                "workflowDag": java_map(args.dag),
-                "status": status,
-                **({"message": summary(message)} if message else {}),
-                "nodes": nodes,
-            }
-        ]
+                for node in dag_nodes(args.dag)
+            ]
+        return [described]
 
     async def restore(self) -> list[str]:
         """Deploy registered workflows whose application is missing (after a restart); their

@@ -28,8 +28,7 @@ from deployments.common.messages import Answer, Rejected
 from deployments.common.settings import BatchingConfig, ModelAppArgs
 from deployments.model.executor import InferenceExecutor, decode_pool, machine_cores
 from deployments.model.input_failures import rejection
-from deployments.model.stepwise import run_steps, stream_parts
-from handlers.errors import InferenceError, RaytorchError
+from deployments.model.stepwise import explain_one, stream_one
 from handlers.explain_request import ExplainRequest
 from handlers.handler_catalog import create_handler
 from handlers.tensor_data import TensorRequest
@@ -130,40 +129,15 @@ class ModelDeployment:
     ) -> list[Answer | Rejected]:
         """Explain each input (``/explanations``, KServe ``:explain``): decoded on its own,
         then computed chunk by chunk between prediction batches (:mod:`.stepwise`)."""
-        return await asyncio.gather(
-            *(self._explain(body, content_type, request) for body, content_type in inputs)
-        )
-
-    async def _explain(
-        self, body: bytes, content_type: str | None, request: ExplainRequest
-    ) -> Answer | Rejected:
-        started = time.perf_counter()
-        handler = self._handler
-        try:
-            loop = asyncio.get_running_loop()
-            item = await loop.run_in_executor(self._decoders, handler.explain_input, body, content_type)
-            async with self._explaining:
-                queued = time.perf_counter()
-                result = await run_steps(self._executor, partial(handler.explain, item, request))
-        except RaytorchError as exc:
-            return Rejected(exc)
-        except Exception as exc:
-            logger.exception("Explanation of model %s failed", self._spec.name)
-            return Rejected(InferenceError(f"Model {self._spec.name} failed to explain: {exc}"))
-        timings = {"preprocess_s": queued - started, "inference_s": time.perf_counter() - queued}
-        return Answer(result, 1, timings=timings, load_seconds=handler.load_seconds)
+        explain = partial(explain_one, self._handler, self._executor, self._decoders, self._explaining)
+        return await asyncio.gather(*(explain(body, kind, request) for body, kind in inputs))
 
     async def predict_stream(self, body: bytes, content_type: str | None = None) -> AsyncIterator[Any]:
         """The handler's partial answers to one input as they come (a Serve streaming call:
         ``handle.options(stream=True)``). Bad input or a failure midway ends the stream with a
         :class:`Rejected` part; a cancelled call stops the handler at its next part."""
-        try:
-            loop = asyncio.get_running_loop()
-            item = await loop.run_in_executor(self._decoders, self._handler.preprocess, body, content_type)
-            async for part in stream_parts(self._executor, partial(self._handler.stream_into, item)):
-                yield part
-        except RaytorchError as exc:
-            yield Rejected(exc)
+        async for part in stream_one(self._handler, self._executor, self._decoders, body, content_type):
+            yield part
 
     async def describe_handler(self) -> Any:
         """The handler's description of itself (describe with ``customized=true``; handle call)."""

@@ -5,7 +5,9 @@ An explanation is a generator of chunks (:mod:`handlers.explain`): each chunk is
 so a prediction batch submitted meanwhile runs after the current chunk instead of after the
 whole explanation. A stream is one job that hands each part to the event loop as soon as the
 handler produces it; once the consumer is gone (client disconnected, call cancelled) the
-handler's next part raises :class:`StreamCancelled` into it, which ends it. No Ray here.
+handler's next part raises :class:`StreamCancelled` into it, which ends it.
+:func:`explain_one` and :func:`stream_one` are what a dedicated and a pooled model's replica
+run for one input. No Ray here.
 """
 
 from __future__ import annotations
@@ -13,13 +15,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Generator
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from deployments.common.messages import Answer, Rejected
 from deployments.model.executor import InferenceExecutor
 from handlers.errors import InferenceError, RaytorchError, StreamCancelled
+from handlers.explain_request import ExplainRequest
+
+logger = logging.getLogger("ray.serve")
 
 Emit = Callable[[Any], None]
 
@@ -99,3 +109,45 @@ async def stream_parts(executor: InferenceExecutor, produce: Callable[[Emit], No
     finally:
         gone.set()
         running.add_done_callback(lambda task: task.cancelled() or task.exception())
+
+
+async def explain_one(
+    handler: Any,
+    executor: InferenceExecutor,
+    decoders: Executor,
+    gate: asyncio.Semaphore,
+    body: bytes,
+    content_type: str | None,
+    request: ExplainRequest,
+) -> Answer | Rejected:
+    """One input's explanation by ``handler`` (a dedicated or a pooled model's): decoded on
+    ``decoders``, then computed chunk by chunk on the inference thread once ``gate`` lets it
+    in. Failures are answered, never raised: each input of a call stands alone."""
+    started = time.perf_counter()
+    try:
+        loop = asyncio.get_running_loop()
+        item = await loop.run_in_executor(decoders, handler.explain_input, body, content_type)
+        async with gate:
+            queued = time.perf_counter()
+            result = await run_steps(executor, partial(handler.explain, item, request))
+    except RaytorchError as exc:
+        return Rejected(exc)
+    except Exception as exc:
+        logger.exception("Explanation of model %s failed", handler.spec.name)
+        return Rejected(InferenceError(f"Model {handler.spec.name} failed to explain: {exc}"))
+    timings = {"preprocess_s": queued - started, "inference_s": time.perf_counter() - queued}
+    return Answer(result, 1, timings=timings, load_seconds=handler.load_seconds)
+
+
+async def stream_one(
+    handler: Any, executor: InferenceExecutor, decoders: Executor, body: bytes, content_type: str | None
+) -> AsyncIterator[Any]:
+    """``handler``'s partial answers to one input as they come; bad input or a failure
+    midway ends them with a :class:`Rejected` part."""
+    try:
+        loop = asyncio.get_running_loop()
+        item = await loop.run_in_executor(decoders, handler.preprocess, body, content_type)
+        async for part in stream_parts(executor, partial(handler.stream_into, item)):
+            yield part
+    except RaytorchError as exc:
+        yield Rejected(exc)

@@ -10,9 +10,14 @@ one model's requests: Serve's ``@serve.batch`` splits batches by multiplexed mod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import importlib
 import logging
+import threading
 import time
+from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from ray import serve
@@ -20,9 +25,10 @@ from ray import serve
 from deployments.common.messages import Answer, PoolEvent, Rejected
 from deployments.common.naming import MANAGEMENT_APP, MANAGEMENT_DEPLOYMENT, parse_pooled_model_id
 from deployments.common.settings import BatchingConfig, PoolArgs
-from deployments.model.deployment import REPLICA_OPTIONS
+from deployments.model.deployment import EXPLANATIONS_AT_ONCE, REPLICA_OPTIONS
 from deployments.model.executor import InferenceExecutor, decode_pool, machine_cores
 from deployments.model.input_failures import rejection
+from deployments.model.stepwise import explain_one, stream_one
 from deployments.pool.admission import ColdLoadGate
 from deployments.pool.cache import MIB, LoadedModel, LoadOutcome, ModelCache
 from deployments.pool.loader import PooledLoader
@@ -33,12 +39,24 @@ from handlers.errors import (
     ModelNotReadyError,
     RaytorchError,
 )
+from handlers.explain_request import ExplainRequest
 from handlers.tensor_data import TensorRequest
 
 logger = logging.getLogger("ray.serve")
 LOAD_FAILED_RETRY_AFTER_S = 5.0
 # Errors that already say what a client should know; any other load failure becomes a 503.
 _PLAIN_ERRORS = (ModelNotFoundError, ModelNotReadyError, InsufficientResourcesError)
+# What nearly every model a pool loads imports, and what its first load would otherwise pay:
+# torchvision's models pull in torch._dynamo through torchvision.ops (2-5 s on a 2-core VM,
+# measured with py-spy in the replica during a first registration: most of a 4.7 s
+# `POST /models` into a pool).
+PREIMPORTS = ("torchvision.models",)
+
+
+def _preimport() -> None:
+    for module in PREIMPORTS:
+        with contextlib.suppress(Exception):  # a model that needs it fails with its own error
+            importlib.import_module(module)
 
 
 @serve.deployment(**REPLICA_OPTIONS)
@@ -63,10 +81,14 @@ class PoolDeployment:
             estimate=self._loader.estimate,
             gate=ColdLoadGate(args.name, args.cold_loads_per_s, args.cold_load_burst),
         )
+        self._explaining = asyncio.Semaphore(EXPLANATIONS_AT_ONCE)
         self._idle = asyncio.Event()  # set while no batch runs; see BatchingConfig.wait_for_idle_model
         self._idle.set()
         self._wait_for_idle = True
         self._batching = args.batching
+        # On a thread, so the replica answers at once; a load that starts meanwhile waits for
+        # the import in progress (the import lock) instead of doing it again.
+        threading.Thread(target=_preimport, name="pool-preimport", daemon=True).start()
         logger.info(
             "Pool %s replica %s ready: memory budget %.0f MB, at most %s models",
             args.name,
@@ -145,6 +167,31 @@ class PoolDeployment:
         """Answer a group of inputs for one model sent in one call (the ingress groups the
         inputs that arrive together); each is decoded and batched on its own."""
         return await asyncio.gather(*(self.predict(body, content_type) for body, content_type in inputs))
+
+    async def explain_many(
+        self, inputs: list[tuple[bytes, str | None]], request: ExplainRequest
+    ) -> list[Answer | Rejected]:
+        """Explain each input for the request's model, as a dedicated replica does
+        (:func:`deployments.model.stepwise.explain_one`): chunk by chunk between batches."""
+        model_id = serve.get_multiplexed_model_id()
+        try:
+            model, _ = await self._model(model_id)
+        except Exception as exc:
+            return [rejection(exc, (parse_pooled_model_id(model_id) or (model_id, ""))[0])] * len(inputs)
+        explain = partial(explain_one, model.handler, self._executor, self._decoders, self._explaining)
+        return await asyncio.gather(*(explain(body, kind, request) for body, kind in inputs))
+
+    async def predict_stream(self, body: bytes, content_type: str | None = None) -> AsyncIterator[Any]:
+        """The request's model's partial answers to one input as they come (a Serve streaming
+        call), as a dedicated replica streams them (:func:`deployments.model.stepwise.stream_one`)."""
+        model_id = serve.get_multiplexed_model_id()
+        try:
+            model, _ = await self._model(model_id)
+        except Exception as exc:
+            yield rejection(exc, (parse_pooled_model_id(model_id) or (model_id, ""))[0])
+            return
+        async for part in stream_one(model.handler, self._executor, self._decoders, body, content_type):
+            yield part
 
     async def signature(self) -> dict[str, Any]:
         """The request's model's inputs, outputs and platform as Open Inference metadata

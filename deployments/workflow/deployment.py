@@ -91,8 +91,9 @@ class WorkflowDeployment:
         return WorkflowAnswer(answer.data, answer.content_type or OCTETS, result.reports)
 
     def describe(self) -> dict:
-        """The workflow's DAG and nodes (handle call)."""
-        return {"dag": self._args.dag, "models": {n: m.model for n, m in self._args.models.items()}}
+        """The workflow's args as JSON (handle call): how ``GET /workflows`` describes a
+        workflow declared in the Serve config."""
+        return self._args.model_dump(mode="json")
 
     async def __del__(self) -> None:
         if hasattr(self, "_router"):

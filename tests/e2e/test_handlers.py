@@ -1,7 +1,8 @@
 """One server with the real model of every example config, plus a custom handler registered
-at runtime and a TorchServe handler file that streams: the answers a user would check, over
-real HTTP (and gRPC): explanations of the text model, streamed speech segments, a stream that
-stops when its client leaves and one that fails midway."""
+at runtime, a TorchServe handler file that streams and the workflow of configs/workflow.yaml:
+the answers a user would check, over real HTTP (and gRPC): explanations of the text model,
+streamed speech segments, a stream that stops when its client leaves and one that fails
+midway, the config's workflow in GET /workflows."""
 
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> ServeCluster:
         _model_app("text_classifier.yaml"),
         _model_app("audio_classifier.yaml"),
         ticker_app(),  # a TorchServe handler file that streams
+        # configs/workflow.yaml's workflow over the language model above (no .war)
+        next(a for a in load_config("workflow.yaml")["applications"] if a["name"] == "language_report"),
     ]
     base["applications"] = apps
     env = {
@@ -208,6 +211,32 @@ def test_torchserve_handler_streams_over_http_and_grpc(server: ServeCluster) -> 
         assert caught.value.code() == grpc.StatusCode.INTERNAL and "tick 2 failed" in caught.value.details()
 
 
+def test_bidirectional_grpc_streams_each_part_as_it_is_produced(server: ServeCluster) -> None:
+    """StreamPredictions2: each message's parts as its handler sends them, with its sequence_id;
+    a message that fails midway ends with its status, and the stream goes on."""
+    stubs = torchserve_stubs()
+    request = stubs.inference_pb2.PredictionsRequest
+    slow = request(model_name="ticker", input={"data": b'{"ticks": 4, "interval": 0.5}'}, sequence_id="a")
+    failing = request(model_name="ticker", input={"data": b'{"ticks": 4, "fail_at": 1}'}, sequence_id="b")
+    after = request(model_name="ticker", input={"data": b'{"ticks": 1}'}, sequence_id="c")
+    arrivals = []
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        inference = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
+        for message in inference.StreamPredictions2(iter([slow, failing, after]), timeout=60):
+            arrivals.append((time.monotonic(), message))
+    parts = [(m.sequence_id, json.loads(m.prediction)) for _, m in arrivals if not m.HasField("status")]
+    assert parts == [
+        *[("a", {"tick": n}) for n in range(4)], ("a", {"ticks": 4}),
+        ("b", {"tick": 0}),
+        ("c", {"tick": 0}), ("c", {"ticks": 1}),
+    ]  # fmt: skip
+    (failed,) = [m for _, m in arrivals if m.HasField("status")]
+    assert failed.sequence_id == "b" and failed.status.code == grpc.StatusCode.INTERNAL.value[0]
+    assert "tick 1 failed" in failed.status.message
+    # The ticks are 0.5 s apart: the first part came well before the message's last one.
+    assert arrivals[4][0] - arrivals[0][0] > 1.0
+
+
 def test_a_stream_stops_when_its_client_leaves(server: ServeCluster, tmp_path: Path) -> None:
     counter = tmp_path / "ticks"
     request = {"ticks": 2000, "interval": 0.02, "count_file": str(counter)}  # 40 s if left alone
@@ -234,3 +263,24 @@ def test_a_failure_midway_ends_the_stream_with_an_error_event(server: ServeClust
         name, error = events[3][1:]
         assert name == "error" and error["code"] == 500 and "tick 3 failed" in error["message"]
         assert client.get("/ping").status_code == 200  # the replica is fine
+
+
+def test_a_workflow_of_the_config_is_listed_and_described(server: ServeCluster) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with server.client() as client:
+        answer = client.post("/wfpredict/language_report", content="Dies ist ein deutscher Satz.")
+        assert answer.status_code == 200 and answer.json()["language"] == "de", answer.text
+        listed = client.get("/workflows", headers=auth)
+        assert listed.status_code == 200, listed.text
+        assert listed.json() == {
+            "workflows": [{"workflowName": "language_report", "workflowUrl": None, "source": "config"}]
+        }
+        (described,) = client.get("/workflows/language_report", headers=auth).json()
+        assert described["source"] == "config" and described["application"] == "language_report"
+        assert described["status"] == "RUNNING"
+        assert described["workflowDag"] == (
+            "{prepare=[language, statistics], language=[report], statistics=[report]}"
+        )
+        assert {"node": "language", "kind": "model", "model": "language"} in described["nodes"]
+        refused = client.delete("/workflows/language_report", headers=auth)
+        assert refused.status_code == 409 and "declared in the Serve config" in refused.json()["message"]

@@ -5,6 +5,7 @@ One server with a pool that holds at most two models per replica:
   evicted when a third one is needed, and reloaded, and the metrics count it per model;
 - a 90/10 canary split lands within 5 points of its weights over 400 requests, and a shadow
   version gets its copies while clients only see the default's answers;
+- pooled models explain and stream as dedicated ones do (a TorchServe streaming handler too);
 - switching the default version while requests flow fails none of them;
 - requests alternating over more models than a replica holds get 503 with Retry-After at once
   past the pool's cold-load ration, while the models the replica holds keep answering.
@@ -24,6 +25,7 @@ import httpx
 import pytest
 
 from tests.e2e.serve_cluster import ServeCluster, load_config, serve_run, trust_test_fixtures
+from tests.fixtures import torchserve_archives as archives
 from tests.fixtures.pooled import small_jpeg, tiny_archive
 
 pytestmark = pytest.mark.e2e
@@ -38,11 +40,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeCluster]:
     root = tmp_path_factory.mktemp("pools")
     store = root / "store"
     store.mkdir()
-    for seed, name in enumerate(("a", "b", "c")):
+    for seed, name in enumerate(("a", "b", "c", "explained")):
         tiny_archive(store, name, "1.0", seed)
     for name in ("canary", "switch"):
         tiny_archive(store, name, "1.0", 10)
         tiny_archive(store, name, "2.0", 11)
+    archives.build_handler_only(store, root / "echo", "echo_stream", "1.0", archives.ECHO_STREAM, "echo.py")
     config = load_config("model_pool.yaml")
     pool = next(a for a in config["applications"] if a["name"] == "pool-small")
     pool["args"]["max_models_per_replica"] = 2
@@ -133,6 +136,30 @@ def test_pooled_models_are_loaded_on_demand_evicted_and_reloaded(cluster: ServeC
         # Unregistered: gone from routing and from the replica.
         assert client.delete("/models/c", headers=AUTH, timeout=60).status_code == 200
         assert predict(client, "/predictions/c").status_code == 404
+
+
+def test_pooled_models_explain_and_stream(cluster: ServeCluster) -> None:
+    with cluster.client() as client:
+        register(client, "explained", "1.0")
+        answer = client.post("/models?url=echo_stream.mar&pool=small", headers=AUTH, timeout=120)
+        assert answer.status_code == 200, answer.text
+        explained = client.post(
+            "/explanations/explained?n_steps=4",
+            content=IMAGE,
+            headers={"content-type": "image/jpeg"},
+        )
+        assert explained.status_code == 200, explained.text
+        attributions = explained.json()
+        assert len(attributions) == 3 and len(attributions[0]) > 1  # [C][H][W] at the input resolution
+        assert len({len(row) for row in attributions[0]}) == 1
+        sse = {"accept": "text/event-stream"}
+        with client.stream("POST", "/predictions/echo_stream", content=b"42", headers=sse) as streamed:
+            assert streamed.status_code == 200
+            events = [line for line in streamed.iter_lines() if line.startswith("data:")]
+        assert events == ["data: hello"] * 3 + ["data: hello world "]
+        chunked = client.post("/predictions/echo_stream?stream=true", content=b"42")
+        assert chunked.text == "hellohellohellohello world "
+        assert client.delete("/models/echo_stream", headers=AUTH, timeout=60).status_code == 200
 
 
 def test_a_canary_split_lands_on_its_weights_and_a_shadow_gets_copies(cluster: ServeCluster) -> None:

@@ -12,12 +12,14 @@ purpose, the assertion says so and docs/torchserve-compatibility.md explains why
 
 from __future__ import annotations
 
+import io
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import torch
 import torchvision
 
 from handlers.archive import extract, read_extracted
@@ -42,6 +44,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeCluster]:
     for name in ("squeezenet1_1", "densenet161", "resnet-18", "resnet-152-batch"):
         ts.build_image_classifier(store, work / name, name)
     ts.build_mnist(store, work / "mnist")
+    ts.build_handler_only(store, work / "echo", "echo_stream", "1.0", ts.ECHO_STREAM, "echo.py")
     ts.build_handler_only(store, work / "noop", "noop", "1.11", ts.NOOP_CLASS, "service.py")
     ts.build_handler_only(store, work / "noop2", "noop_v2", "1.2.1", ts.NOOP_CLASS, "service.py")
     ts.build_handler_only(store, work / "entry", "noop_entrypntfunc", "1.0", ts.NOOP_FUNCTION, "entry:handle")
@@ -222,6 +225,62 @@ def test_mnist_with_its_own_handler_file(api: httpx.Client, server: ServeCluster
         assert metadata["torchserveHandler"] == "mnist_handler.py" and metadata["perRequestPreprocess"]
     finally:
         expect(api.delete("/models/mnist"), 200)
+
+
+def test_mnist_explanations_are_torchserve_integrated_gradients(
+    api: httpx.Client, server: ServeCluster, tmp_path: Path
+) -> None:
+    """TorchServe's MNIST example explained: its VisionHandler's answer, Captum's Integrated
+    Gradients (15 steps) of the requested class, [1][28][28]. Here IG is computed on the
+    archive's own network and transform, as TorchServe's ``get_insights`` does;
+    benchmarks/torchserve_explain_stream.py compares the answer with TorchServe 0.12's."""
+    from captum.attr import IntegratedGradients
+    from PIL import Image
+    from torchvision import transforms
+
+    expect(api.post("/models?url=mnist.mar&model_name=mnist&initial_workers=1&synchronous=true"), 200)
+    try:
+        image = ts.digit_png(3)
+        png = {"Content-Type": "image/png"}
+        answer = expect(api.post("/explanations/mnist?target=7", content=image, headers=png), 200).json()
+        folder = extract(server.store / "mnist.mar", tmp_path / "mnist")  # type: ignore[attr-defined]
+        namespace: dict = {}
+        exec(compile((folder / "mnist.py").read_text(), "mnist.py", "exec"), namespace)
+        network = namespace["DigitNet"]()
+        network.load_state_dict(torch.load(folder / "mnist_cnn.pt", weights_only=True))
+        network.eval()
+        prepare = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+        pixels = prepare(Image.open(io.BytesIO(image))).unsqueeze(0)
+        expected = IntegratedGradients(network).attribute(pixels, target=7, n_steps=15)[0]
+        assert torch.allclose(torch.tensor(answer), expected, atol=1e-6), "not TorchServe's attributions"
+        # No target: TorchServe's default (class 0) for a TorchServe handler file.
+        default = expect(api.post("/explanations/mnist", content=image, headers=png), 200).json()
+        zero = IntegratedGradients(network).attribute(pixels, target=0, n_steps=15)[0]
+        assert torch.allclose(torch.tensor(default), zero, atol=1e-6)
+    finally:
+        expect(api.delete("/models/mnist"), 200)
+
+
+def test_torchserve_streaming_test_handler(api: httpx.Client) -> None:
+    """TorchServe's test_send_intermediate_prediction_response.py: three intermediate "hello"
+    parts, then "hello world "; TorchServe 0.12 sends them as 4 HTTP chunks."""
+    expect(api.post("/models?url=echo_stream.mar&initial_workers=1&synchronous=true"), 200)
+    try:
+        with api.stream(
+            "POST", "/predictions/echo_stream", content=b"42", headers={"Accept": "text/event-stream"}
+        ) as r:
+            assert r.status_code == 200
+            events = [line for line in r.iter_lines() if line.startswith("data:")]
+        assert events == ["data: hello"] * 3 + ["data: hello world "]  # TorchServe's 4 chunks
+        streamed = expect(api.post("/predictions/echo_stream?stream=true", content=b"42"), 200)
+        assert (
+            streamed.text == "hellohellohellohello world "
+            and streamed.headers["transfer-encoding"] == "chunked"
+        )
+        # Not asked to stream: the same bytes as one answer (TorchServe chunks it anyway).
+        assert expect(api.post("/predictions/echo_stream", content=b"42"), 200).text == streamed.text
+    finally:
+        expect(api.delete("/models/echo_stream"), 200)
 
 
 def test_model_server_cases(api: httpx.Client) -> None:

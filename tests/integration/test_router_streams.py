@@ -1,11 +1,9 @@
 """ServeRouter's streaming and explanation calls with fake Serve handles (no cluster): parts
-in order, the call cancelled when the consumer leaves, a deadline per part, pooled models
-refused."""
+in order, the call cancelled when the consumer leaves, a deadline per part."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from typing import Any
 
 import pytest
@@ -13,8 +11,7 @@ import pytest
 from deployments.common.model_table import ModelVersionState
 from deployments.common.settings import IngressArgs
 from deployments.inference.router import ServeRouter
-from handlers.errors import NotImplementedFeatureError, RequestTimeoutError
-from handlers.explain_request import ExplainRequest
+from handlers.errors import RequestTimeoutError
 
 STATE = ModelVersionState("speech", "1.0", "speech", "model:speech@1.0", "RUNNING", 1)
 
@@ -77,16 +74,3 @@ def test_a_part_that_does_not_come_in_time_is_a_504() -> None:
 
     with pytest.raises(RequestTimeoutError, match=r"did not answer within 0\.2s"):
         asyncio.run(scenario())
-
-
-def test_pooled_models_neither_stream_nor_explain() -> None:
-    pooled = dataclasses.replace(STATE, model_id="speech@1.0")
-    router = ServeRouter(IngressArgs())
-
-    async def scenario() -> None:
-        with pytest.raises(NotImplementedFeatureError, match="pooled"):
-            await router.explain(pooled, [(b"x", None)], ExplainRequest())
-        with pytest.raises(NotImplementedFeatureError, match="pooled"):
-            await router.stream(pooled, b"x", None).__anext__()
-
-    asyncio.run(scenario())

@@ -122,7 +122,7 @@ def test_job_queue_size_bounds_each_registered_models_queue(tmp_path: Path) -> N
 class NoWorkflows:
     """No workflow registered: what the /workflows routes list."""
 
-    def list(self, limit: int, start: int) -> dict:
+    async def list(self, limit: int, start: int) -> dict:
         return {"workflows": []}
 
 

@@ -88,6 +88,40 @@ def test_fewer_threads_are_used_while_they_are_faster_and_the_larger_count_is_re
     assert chooser.choose(1) == 1
 
 
+def test_a_replica_keeps_to_its_share_in_the_gaps_of_sustained_load(tmp_path: Path) -> None:
+    """Issue 28: under load a replica that starts in the gap between the other's batches must
+    not take every core (the other's next batch would overlap it); a lone request later must."""
+    executor = InferenceExecutor("m", busy=BusyReplicas(tmp_path))
+    executor.cores = 2
+    other = tmp_path / str(os.getppid())  # another replica, busy (a live process's marker)
+
+    # Only the sharing is under test: the chooser's timing (noisy on a loaded machine) is not.
+    executor.chooser.record = lambda *_: None  # type: ignore[method-assign]
+
+    def threads_used() -> int:
+        return torch.get_num_threads()
+
+    def batch() -> int:
+        return asyncio.run(executor.run_batch(threads_used, inputs=1))
+
+    assert batch() == 2  # alone: the whole machine
+    for _ in range(3):  # the other replica overlaps each batch from its start
+        other.touch()
+        assert batch() == 1
+    other.touch()
+
+    def overlapped_from_the_gap() -> int:
+        other.unlink()  # a gap: the other replica is between two batches as this one starts...
+        other.touch()  # ...and its next batch starts during this one
+        return threads_used()
+
+    assert asyncio.run(executor.run_batch(overlapped_from_the_gap, inputs=1)) == 1
+    other.unlink()
+    lone = [batch() for _ in range(4)]  # the load is over: requests arrive one at a time
+    assert lone[0] == 1 and lone[-1] == 2
+    executor.shutdown()
+
+
 def _forged_markers(directory: Path) -> None:
     """What another local user could plant: markers named after live processes."""
     for pid in (1, os.getppid()):

@@ -22,18 +22,8 @@ from handlers.errors import BadInputError, InferenceError, StreamCancelled
 from handlers.handler_catalog import create_handler
 from handlers.spec import ModelSpec
 from handlers.voice_activity import VoiceActivity
+from tests.fixtures.torchserve_archives import ECHO_STREAM as STREAMING_HANDLER
 from tests.unit.test_torchserve_handlers import ts_api  # noqa: F401 - the ts_api fixture
-
-STREAMING_HANDLER = """
-from ts.handler_utils.utils import send_intermediate_predict_response
-
-def handle(data, context):
-    if data is None:
-        return None
-    for _ in range(3):
-        send_intermediate_predict_response(["hello"], context.request_ids, "Intermediate", 200, context)
-    return ["hello world "]
-"""
 
 
 class ScriptedVad(torch.nn.Module):

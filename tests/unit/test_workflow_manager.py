@@ -70,8 +70,9 @@ class FakeModels:
 
 
 class FakeServe:
-    def __init__(self) -> None:
+    def __init__(self, declared: dict[str, tuple[str, WorkflowArgs | None]] | None = None) -> None:
         self.apps: dict[str, WorkflowArgs] = {}
+        self.config_apps = declared or {}  # workflows of the Serve config: name -> (app, args)
 
     async def deploy(self, app_name: str, args: WorkflowArgs) -> None:
         self.apps[app_name] = args
@@ -80,7 +81,10 @@ class FakeServe:
         self.apps.pop(app_name, None)
 
     async def statuses(self) -> dict[str, tuple[str, str]]:
-        return {name: ("RUNNING", "") for name in self.apps}
+        return {name: ("RUNNING", "") for name in [*self.apps, *(a for a, _ in self.config_apps.values())]}
+
+    async def declared(self) -> dict[str, tuple[str, WorkflowArgs | None]]:
+        return dict(self.config_apps)
 
 
 def build_war(store: Path, name: str, spec: str = SPEC, handler: str = HANDLER) -> None:
@@ -130,7 +134,9 @@ def test_registered_workflows_come_back_after_a_restart(root: Path) -> None:
     again = manager(root, FakeModels(), restarted)
     assert asyncio.run(again.restore()) == ["renamed"]
     assert restarted.apps["workflow:renamed"].dag["pre_processing"] == ["nmt_en_de", "nmt_en_fr"]
-    assert again.list(100, 0) == {"workflows": [{"workflowName": "renamed", "workflowUrl": "dual.war"}]}
+    assert asyncio.run(again.list(100, 0)) == {
+        "workflows": [{"workflowName": "renamed", "workflowUrl": "dual.war"}]
+    }
     (described,) = asyncio.run(again.describe("renamed"))
     assert (
         described["workflowDag"]
@@ -148,7 +154,11 @@ def test_a_failing_node_rolls_the_whole_registration_back_and_is_named(root: Pat
     error = caught.value
     assert (error.status, error.node, error.type_name) == (404, "nmt_en_fr", "ModelNotFoundException")
     assert "node nmt_en_fr (model dual__nmt_en_fr, en2fr.mar): Model not found at: en2fr.mar" in error.message
-    assert models.registered == {} and serve.apps == {} and workflows.list(100, 0) == {"workflows": []}
+    assert (
+        models.registered == {}
+        and serve.apps == {}
+        and asyncio.run(workflows.list(100, 0)) == {"workflows": []}
+    )
     assert not (root / "state" / "workflows" / "dual").exists()
 
 
@@ -179,12 +189,49 @@ def test_list_pages_as_torchserve(root: Path) -> None:
     workflows = manager(root, FakeModels(), FakeServe())
     for name in ("c", "a", "b"):
         asyncio.run(workflows.register("dual.war", name, None))
-    assert workflows.list(2, 0) == {
+    assert asyncio.run(workflows.list(2, 0)) == {
         "nextPageToken": "2",
         "workflows": [
             {"workflowName": "a", "workflowUrl": "dual.war"},
             {"workflowName": "b", "workflowUrl": "dual.war"},
         ],
     }
-    assert workflows.list(2, 2)["workflows"] == [{"workflowName": "c", "workflowUrl": "dual.war"}]
-    assert len(workflows.list(500, 0)["workflows"]) == 3  # over 100: TorchServe's 100
+    assert asyncio.run(workflows.list(2, 2))["workflows"] == [
+        {"workflowName": "c", "workflowUrl": "dual.war"}
+    ]
+    assert len(asyncio.run(workflows.list(500, 0))["workflows"]) == 3  # over 100: TorchServe's 100
+
+
+def test_workflows_of_the_serve_config_are_listed_and_described(root: Path) -> None:
+    report = WorkflowArgs.model_validate(
+        {
+            "name": "language_report",
+            "handler": "examples/workflows/language_report.py",
+            "models": {"language": {"model": "language"}},
+            "dag": {"prepare": ["language", "statistics"], "language": ["report"], "statistics": ["report"]},
+        }
+    )
+    serve = FakeServe({"language_report": ("language_report", report), "stuck": ("stuck_app", None)})
+    workflows = manager(root, FakeModels(), serve)
+    asyncio.run(workflows.register("dual.war", None, None))
+    assert asyncio.run(workflows.list(100, 0))["workflows"] == [
+        {"workflowName": "dual", "workflowUrl": "dual.war"},
+        {"workflowName": "language_report", "workflowUrl": None, "source": "config"},
+        {"workflowName": "stuck", "workflowUrl": None, "source": "config"},
+    ]
+    (described,) = asyncio.run(workflows.describe("language_report"))
+    assert described["source"] == "config" and described["application"] == "language_report"
+    assert described["status"] == "RUNNING"
+    assert (
+        described["workflowDag"] == "{prepare=[language, statistics], language=[report], statistics=[report]}"
+    )
+    assert {"node": "language", "kind": "model", "model": "language"} in described["nodes"]
+    assert {"node": "report", "kind": "function"} in described["nodes"]
+    (stuck,) = asyncio.run(workflows.describe("stuck"))  # its replica did not say what it is
+    assert stuck["application"] == "stuck_app" and "nodes" not in stuck
+    with pytest.raises(ConflictError, match="declared in the Serve config"):
+        asyncio.run(workflows.unregister("language_report"))
+    with pytest.raises(ConflictError, match="already registered"):  # a .war may not take its name
+        asyncio.run(workflows.register("dual.war", "language_report", None))
+    with pytest.raises(WorkflowNotFoundError):
+        asyncio.run(workflows.describe("nowhere"))
