@@ -36,6 +36,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from deployments.common.ray_private import ray_auth_token
+
 LINK_TTL_S = 600.0
 CONNECTION_DEADLINE_S = 10.0  # a sign-in is one short request
 MAX_CONNECTIONS = 16
@@ -78,13 +80,7 @@ def token_auth_enabled(dashboard: str) -> bool:
 
 def ray_token() -> str | None:
     """The token a local cluster uses: the one ``ray get-auth-token`` prints, if any."""
-    # The same loader as `ray get-auth-token`, so RAY_AUTH_TOKEN(_PATH) are honoured.
-    from ray._raylet import AuthenticationTokenLoader
-
-    loader = AuthenticationTokenLoader.instance()
-    if not loader.has_token(ignore_auth_mode=True):
-        return None
-    return loader.get_raw_token(ignore_auth_mode=True)
+    return ray_auth_token()
 
 
 def authenticate(dashboard: str, token: str) -> list[str]:

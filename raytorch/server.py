@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from deployments.common.ray_private import delete_application, deploy_without_waiting, start_ray, start_serve
 from deployments.common.serve_loopback import LOOPBACK_ONLY_ENV
 from raytorch import app_build
 from raytorch.stopping import ForcedStop, StopSignals, become_subreaper, kill_descendants
@@ -90,21 +91,14 @@ def ingress_apps(config: dict[str, Any]) -> list[str]:
 
 def deploy(config: dict[str, Any]) -> None:
     """Start Serve with the config's options and deploy its applications (as `serve run`)."""
-    from ray.serve._private.api import serve_start
-    from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
     schema = ServeDeploySchema.model_validate(config)
-    client = serve_start(
-        http_options=schema.http_options.model_dump(),
-        proxy_location=schema.proxy_location,
-        grpc_options=gRPCOptions(**schema.grpc_options.model_dump()),
-        controller_options=schema.controller_options,
-    )
+    client = start_serve(schema)
     if app_build.buildable_in_process(config):
         app_build.deploy_in_process(config)  # no build task per application (see app_build)
     else:
-        client.deploy_apps(schema, _blocking=False)
+        deploy_without_waiting(client, schema)
     print(f"Deployed {len(schema.applications)} applications; serving once they are ready.", flush=True)
 
 
@@ -132,11 +126,10 @@ def stop_server(config: dict[str, Any]) -> float:
     """Drain the ingress, stop Serve and Ray, kill whatever the server started and is left.
     Returns the seconds it took."""
     import ray
-    from ray import serve
 
     started = time.monotonic()
     for app in ingress_apps(config):
-        _bounded(f"draining {app}", lambda app=app: serve.delete(app, _blocking=True), DRAIN_TIMEOUT_S)
+        _bounded(f"draining {app}", lambda app=app: delete_application(app, True), DRAIN_TIMEOUT_S)
     _bounded("stopping Ray", ray.shutdown, RAY_SHUTDOWN_TIMEOUT_S)
     kill_descendants()
     return time.monotonic() - started
@@ -156,20 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     become_subreaper()
     # Replicas import this checkout's packages, as `serve run` lets them (--app-dir .).
     sys.path.insert(0, os.getcwd())
-    import ray
+    import ray  # noqa: F401  (imported here, before the prefetch thread starts)
 
     if app_build.buildable_in_process(config):
         # While Ray starts its processes; after `import ray`, whose import cycles two threads
         # entering at once would see half-initialised.
         app_build.prefetch()
 
-    ray.init(
-        namespace="serve",
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=args.dashboard_port,
-        _metrics_export_port=args.metrics_port,
-    )
+    start_ray(args.dashboard_port, args.metrics_port)
     signals = StopSignals(lambda name: print(f"\n{name}: stopping (again to stop at once)", flush=True))
     signals.install()  # after ray.init, which installs its own SIGTERM handler
     print(

@@ -1,5 +1,8 @@
 """The one place where exceptions become answers: HTTP statuses and bodies, and gRPC codes.
 
+What a call through a Serve handle raises (overload, a lost replica, an unavailable deployment,
+our own error raised in the replica) becomes one of our errors in :func:`call_error`; any other
+exception is a bug, logged with its request id and answered by :func:`unexpected_error`.
 Every protocol's code raises the project's own exceptions (handlers.errors); the HTTP entry
 point, the FastAPI apps (inference extras, Open Inference v2 and management) and the gRPC
 servicers all turn them into a status here, so the same fault gets the same status and wording
@@ -19,6 +22,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from handlers.errors import (
@@ -26,6 +31,7 @@ from handlers.errors import (
     RESOURCE_NOT_FOUND,
     BadInputError,
     MethodNotAllowedError,
+    ModelNotReadyError,
     RaytorchError,
     ResourceNotFoundError,
     validation_message,
@@ -33,6 +39,11 @@ from handlers.errors import (
 
 logger = logging.getLogger("raytorch.http")
 ErrorBody = Callable[[RaytorchError], dict]
+
+# How long a client should wait before retrying (the Retry-After header), by what went wrong.
+OVERLOAD_RETRY_AFTER_S = 1.0  # a full queue drains in about a batch
+REPLICA_LOST_RETRY_AFTER_S = 2.0  # Serve starts a replacement replica
+UNAVAILABLE_RETRY_AFTER_S = 5.0  # a deployment without a ready replica (starting, failed)
 
 # gRPC status code names (grpc.StatusCode members) by HTTP status; anything else is INTERNAL.
 GRPC_CODES = {
@@ -84,6 +95,43 @@ def as_raytorch_error(exc: BaseException, path: str = "") -> RaytorchError:
     return RaytorchError("Internal error")
 
 
+def call_error(exc: BaseException, what: str) -> RaytorchError | None:
+    """What ``exc``, raised by a Serve call to ``what`` (``'Model "m"'``, ``"The management
+    API"``), means to the client; None when it is none of Ray's known faults (a bug)."""
+    if isinstance(exc, BackPressureError):
+        return ModelNotReadyError(
+            f"{what} is overloaded: its queue is full. Retry later.", retry_after_s=OVERLOAD_RETRY_AFTER_S
+        )
+    if isinstance(exc, RayActorError):
+        # The replica died with this request in it (crash, OOM kill); Serve is replacing it.
+        return ModelNotReadyError(
+            f"{what} lost the replica serving this request; a new one is starting. Retry.",
+            retry_after_s=REPLICA_LOST_RETRY_AFTER_S,
+        )
+    if isinstance(exc, DeploymentUnavailableError | RayServeException):
+        return ModelNotReadyError(f"{what} is unavailable: {exc}", retry_after_s=UNAVAILABLE_RETRY_AFTER_S)
+    # Errors raised in the replica arrive wrapped in a RayTaskError; ours are inside.
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, RaytorchError) else None
+
+
+def replica_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says the replica, or every replica, of a call is gone (the routing table
+    is then stale)."""
+    overloaded = isinstance(exc, BackPressureError)  # a RayServeException, but every replica is there
+    return not overloaded and isinstance(exc, RayActorError | RayServeException)
+
+
+def unexpected_error(exc: BaseException, where: str, request_id: str) -> RaytorchError:
+    """Any exception as the error a client sees. A bug (not one of ours, nor a framework's
+    client error) is logged with the request id, and answered by :func:`internal_error`."""
+    error = as_raytorch_error(exc, where)
+    if type(error) is RaytorchError and not isinstance(exc, RaytorchError | StarletteHTTPException):
+        logger.error("Unexpected error in %s (request id %s)", where, request_id, exc_info=exc)
+        return internal_error(request_id)
+    return error
+
+
 def error_json(error: RaytorchError) -> bytes:
     """The JSON body of an error answer."""
     return json.dumps(error.to_dict()).encode()
@@ -99,13 +147,8 @@ def install_error_handlers(app: FastAPI, body: ErrorBody = torchserve_error_body
     with ``body(error)`` (TorchServe's error object by default)."""
 
     async def answer(request: Request, exc: Exception) -> JSONResponse:
-        error = as_raytorch_error(exc, request.url.path)
-        if type(error) is RaytorchError and not isinstance(exc, RaytorchError | StarletteHTTPException):
-            request_id = request.headers.get("x-request-id", "-")
-            logger.exception(
-                "Unexpected error in %s %r (request id %r)", request.method, request.url.path, request_id
-            )
-            error = internal_error(request_id)
+        request_id = request.headers.get("x-request-id", "-")
+        error = unexpected_error(exc, f"{request.method} {request.url.path}", request_id)
         return JSONResponse(body(error), error.status, headers=error.headers())
 
     for kind in (RaytorchError, RequestValidationError, StarletteHTTPException, Exception):

@@ -1,13 +1,14 @@
 """Keeps Serve's per-replica gRPC server on 127.0.0.1 when Ray itself is loopback-only.
 
 Ray Serve 2.60 starts an inter-deployment gRPC server in every replica, bound to ``[::]:0``
-(every interface; the address is written into ``ray.serve._private.replica``, nothing
-configures it). On a single-node server that serves a loopback host, `make serve` starts Ray on
-127.0.0.1 only (:data:`LOOPBACK_ONLY_ENV`, Ray's own switch for a machine that is no cluster),
-and this module rewrites that one address to 127.0.0.1 in each replica process: Ray then
+(every interface; the address is written into Serve's private replica module, named in
+:mod:`deployments.common.ray_private`, and nothing configures it). On a single-node server
+that serves a loopback host, `make serve` starts Ray on 127.0.0.1 only
+(:data:`LOOPBACK_ONLY_ENV`, Ray's own switch for a machine that is no cluster), and this module
+rewrites that one address to 127.0.0.1 in each replica process: Ray then
 advertises the node as 127.0.0.1, so whoever calls the replica connects there anyway. This is
-the only place that touches that private name; ``tests/unit/test_serve_loopback.py`` fails
-loudly when a Ray upgrade moves it.
+the only place that rewrites it; ``tests/unit/test_ray_private.py`` and
+``tests/unit/test_serve_loopback.py`` fail loudly when a Ray upgrade moves it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import os
 import sys
 from typing import Any
 
+from deployments.common.ray_private import REPLICA_BIND_FUNCTION, REPLICA_MODULE
+
 # Ray's switch: with it, every Ray process of the node binds 127.0.0.1 (GCS, raylet, object
 # manager, workers, dashboard agent, metrics exporter). Named for Windows and macOS, where it is
 # Ray's default.
 LOOPBACK_ONLY_ENV: dict[str, str] = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-REPLICA_MODULE = "ray.serve._private.replica"
 ALL_INTERFACES = "[::]:"
 
 
@@ -35,7 +37,7 @@ def keep_replica_servers_on_loopback() -> bool:
     replica = sys.modules.get(REPLICA_MODULE)
     if replica is None or not loopback_only():
         return False  # not a replica process (a driver, a test), or Ray may be reached remotely
-    bind = replica.add_port_to_grpc_server
+    bind = getattr(replica, REPLICA_BIND_FUNCTION)
     if getattr(bind, "keeps_loopback", False):
         return True
 
@@ -45,5 +47,5 @@ def keep_replica_servers_on_loopback() -> bool:
         return bind(server, address)
 
     on_loopback.keeps_loopback = True  # type: ignore[attr-defined]
-    replica.add_port_to_grpc_server = on_loopback
+    setattr(replica, REPLICA_BIND_FUNCTION, on_loopback)
     return True

@@ -12,18 +12,15 @@ TorchServe answers; a text: ``{"words", "importances", "target"}``), or the PNG.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Protocol
+from typing import Annotated
 
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
 
-from deployments.common.messages import Answer, Rejected
-from deployments.common.model_table import ModelVersionState
-from deployments.inference.predictions import INPUT_ERRORS
-from deployments.inference.request_body import RequestInput, read_body, split_inputs
-from deployments.inference.telemetry import RequestRecord, record_of
+from deployments.inference.data_plane import DataPlane
+from deployments.inference.request_body import read_body, split_inputs
+from deployments.inference.telemetry import record_of
 from handlers.errors import BadInputError
 from handlers.explain_request import ExplainRequest
 from handlers.spec import NAME_PATTERN, VERSION_PATTERN
@@ -32,16 +29,6 @@ ModelName = Annotated[str, Path(pattern=NAME_PATTERN)]
 Version = Annotated[str, Path(pattern=VERSION_PATTERN)]
 MAX_STEPS = 1000  # the most any model may allow (ExplainSettings.max_steps); each model has its own
 PNG = "image/png"
-
-
-class ExplainRouter(Protocol):
-    """What explanations need of the router (ServeRouter, LocalRouter in tests)."""
-
-    async def resolve(self, model: str, version: str | None) -> ModelVersionState: ...
-    def labels(self, model: str, version: str | None) -> tuple[str, str]: ...
-    async def explain(
-        self, state: ModelVersionState, items: list[tuple[bytes, str | None]], request: ExplainRequest
-    ) -> list[Answer | Rejected]: ...
 
 
 def explain_request(query: dict[str, str], accept: str | None) -> ExplainRequest:
@@ -59,44 +46,9 @@ def explain_request(query: dict[str, str], accept: str | None) -> ExplainRequest
     return ExplainRequest(target=query.get("target") or None, n_steps=n_steps, heatmap=heatmap)
 
 
-class Explainer:
-    """Sends a request's inputs to one model version's replicas to be explained."""
-
-    def __init__(self, router: ExplainRouter) -> None:
-        self.router = router
-
-    async def explain(
-        self,
-        record: RequestRecord,
-        model: str,
-        version: str | None,
-        inputs: list[RequestInput],
-        request: ExplainRequest,
-        where: str | None = None,
-    ) -> list[Answer]:
-        """One explanation per input, in order; a refused input's error names its index
-        (``instances[1]: ...``) when ``where`` is given."""
-        try:
-            state = await self.router.resolve(model, version)
-        finally:
-            record.model, record.version = self.router.labels(model, version)
-        record.version = state.version
-        items = [(item.data, item.content_type) for item in inputs]
-        answers = []
-        for index, result in enumerate(await self.router.explain(state, items, request)):
-            if isinstance(result, Rejected):
-                error = result.error
-                if where is not None and error.status in INPUT_ERRORS:
-                    raise type(error)(f"{where}[{index}]: {error.message}") from None
-                raise error
-            answers.append(dataclasses.replace(result, version=state.version))
-        record.answers = answers
-        return answers
-
-
 def add_explanation_routes(
     app: FastAPI,
-    explainer: Explainer,
+    plane: DataPlane,
     authorize: Callable[[str | None], Awaitable[None]],
     max_body_bytes: int,
 ) -> None:
@@ -109,7 +61,7 @@ def add_explanation_routes(
         wanted = explain_request(dict(request.query_params), request.headers.get("accept"))
         body = await read_body(request.receive, request.headers.get("content-length"), max_body_bytes)
         inputs = split_inputs(body, request.headers.get("content-type"))
-        answers = await explainer.explain(record, model, version, inputs, wanted)
+        answers = await plane.explain(record, model, version, inputs, wanted)
         headers = {"x-model-version": answers[0].version}
         if wanted.heatmap:
             if len(answers) != 1:

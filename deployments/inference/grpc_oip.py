@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from deployments.inference.directory import Directory
+from deployments.inference.data_plane import DataPlane
 from deployments.inference.grpc_server import generic_handler, handle_call, metadata_of, open_record
 from deployments.inference.off_loop import parse_off_loop
 from deployments.inference.oip_codec import checked_shape, tensor_from_raw, tensor_to_raw
@@ -24,10 +24,7 @@ from deployments.inference.oip_infer import (
     RequestedOutput,
     check_media_elements,
     checked_outputs,
-    infer,
 )
-from deployments.inference.open_inference import server_metadata
-from deployments.inference.predictions import Predictor
 from deployments.inference.telemetry import Telemetry
 from deployments.protos import OIP_SERVICE, service_methods
 from handlers.errors import BadInputError, ModelNotFoundError
@@ -102,14 +99,12 @@ class OpenInferenceServicer:
 
     def __init__(
         self,
-        directory: Directory,
-        predictor: Predictor,
+        plane: DataPlane,
         telemetry: Telemetry,
         authorize: Callable[[str | None], Awaitable[None]],
     ) -> None:
         self.methods = service_methods(OIP_SERVICE)
-        self._directory = directory
-        self._predictor = predictor
+        self._plane = plane
         self._telemetry = telemetry
         self._authorize = authorize
 
@@ -134,14 +129,13 @@ class OpenInferenceServicer:
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         async def work(_: Any) -> Any:
-            return self._reply("ServerLive", live=True)
+            return self._reply("ServerLive", live=self._plane.live())
 
         return await self._call(context, "ServerLive", work, auth=False)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
         async def work(_: Any) -> Any:
-            ready = not (await self._directory.health_table()).unhealthy()
-            return self._reply("ServerReady", ready=ready)
+            return self._reply("ServerReady", ready=await self._plane.ready())
 
         return await self._call(context, "ServerReady", work, auth=False)
 
@@ -150,30 +144,30 @@ class OpenInferenceServicer:
             # Unknown models are "not ready" rather than an error, as Triton answers (and as
             # tritonclient's is_model_ready expects: a boolean).
             try:
-                _, reason = await self._directory.readiness(request.name, request.version or None)
+                readiness = await self._plane.model_ready(request.name, request.version or None)
             except ModelNotFoundError:
                 return self._reply("ModelReady", ready=False)
-            return self._reply("ModelReady", ready=reason is None)
+            return self._reply("ModelReady", ready=readiness.ready)
 
         return await self._call(context, "ModelReady", work)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         async def work(_: Any) -> Any:
-            return self._reply("ServerMetadata", **server_metadata())
+            return self._reply("ServerMetadata", **self._plane.server_metadata())
 
         return await self._call(context, "ServerMetadata", work)
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         async def work(_: Any) -> Any:
-            versions = await self._directory.versions(request.name)
-            state, signature = await self._directory.signature(request.name, request.version or None)
+            metadata = await self._plane.metadata(request.name, request.version or None)
             response = self._reply(
-                "ModelMetadata", name=request.name, versions=versions, platform=signature["platform"]
+                "ModelMetadata", name=metadata.name, versions=metadata.versions, platform=metadata.platform
             )
-            for side in ("inputs", "outputs"):
-                for tensor in signature[side]:
-                    getattr(response, side).add(**tensor)
-            response.properties.update({"handler": signature.get("handler", ""), "version": state.version})
+            for tensor in metadata.inputs:
+                response.inputs.add(**tensor)
+            for tensor in metadata.outputs:
+                response.outputs.add(**tensor)
+            response.properties.update({"handler": metadata.handler, "version": metadata.version})
             return response
 
         return await self._call(context, "ModelMetadata", work)
@@ -181,14 +175,8 @@ class OpenInferenceServicer:
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         async def work(record: Any) -> Any:
             parsed = await parse_off_loop(request.ByteSize(), request_from_proto, request)
-            result = await infer(
-                self._predictor,
-                self._directory,
-                record,
-                request.model_name,
-                request.model_version or None,
-                parsed,
-            )
+            version = request.model_version or None
+            result = await self._plane.infer_tensors(record, request.model_name, version, parsed)
             return response_to_proto(result, self.methods["ModelInfer"].response)
 
         return await self._call(context, "ModelInfer", work)

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import grpc
 
-from deployments.common.http_errors import as_raytorch_error, grpc_code_name, internal_error
+from deployments.common.http_errors import grpc_code_name, unexpected_error
 from deployments.common.ports import describe_port_owner
 from deployments.inference.http_server import PortInUseError
 from deployments.inference.telemetry import REQUEST_ID_HEADER, RequestRecord, Telemetry, request_id_from
@@ -61,13 +61,7 @@ async def abort_with(context: grpc.aio.ServicerContext, error: RaytorchError) ->
 
 def as_error(exc: Exception, record: RequestRecord) -> RaytorchError:
     """Any exception as one of ours; unexpected ones are logged with the request id."""
-    if isinstance(exc, RaytorchError):
-        return exc
-    error = as_raytorch_error(exc)
-    if type(error) is RaytorchError:
-        logger.error("Unexpected error in %s (request id %s)", record.path, record.request_id, exc_info=exc)
-        return internal_error(record.request_id)
-    return error
+    return unexpected_error(exc, record.path, record.request_id)
 
 
 async def handle_call(

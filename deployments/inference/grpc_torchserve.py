@@ -27,7 +27,7 @@ import grpc
 from deployments.common.forwarding import ForwardedResponse, ManagementCall
 from deployments.common.http_errors import grpc_code_name
 from deployments.common.messages import Rejected
-from deployments.inference.directory import Directory
+from deployments.inference.data_plane import DataPlane
 from deployments.inference.grpc_server import (
     abort_with,
     as_error,
@@ -37,7 +37,6 @@ from deployments.inference.grpc_server import (
     open_record,
 )
 from deployments.inference.oip_infer import as_bytes
-from deployments.inference.predictions import Predictor
 from deployments.inference.request_body import RequestInput
 from deployments.inference.telemetry import REQUEST_ID_HEADER, Telemetry
 from deployments.protos import TORCHSERVE_INFERENCE, TORCHSERVE_MANAGEMENT, message, service_methods
@@ -92,12 +91,9 @@ def reply_message(response: ForwardedResponse) -> str:
 class TorchServeInferenceServicer:
     """The RPCs of TorchServe's ``InferenceAPIsService``."""
 
-    def __init__(
-        self, directory: Directory, predictor: Predictor, telemetry: Telemetry, authorize: Authorize
-    ) -> None:
+    def __init__(self, plane: DataPlane, telemetry: Telemetry, authorize: Authorize) -> None:
         self.methods = service_methods(TORCHSERVE_INFERENCE)
-        self._directory = directory
-        self._predictor = predictor
+        self._plane = plane
         self._telemetry = telemetry
         self._authorize = authorize
         self._status = message("google.rpc.Status")
@@ -110,7 +106,7 @@ class TorchServeInferenceServicer:
         record = open_record(context, f"/{TORCHSERVE_INFERENCE}/Ping", "grpc_torchserve")
 
         async def work() -> Any:
-            unhealthy = (await self._directory.health_table()).unhealthy()
+            unhealthy = await self._plane.unhealthy()
             health: dict[str, Any] = {"status": "Unhealthy" if unhealthy else "Healthy"}
             try:
                 await self._authorize(metadata_of(context).get("authorization"))
@@ -129,9 +125,7 @@ class TorchServeInferenceServicer:
             await self._authorize(metadata_of(context).get("authorization"))
             data = model_input(dict(request.input))
             version = request.model_version or None
-            answers = await self._predictor.predict(
-                record, request.model_name, version, [RequestInput(data, None)]
-            )
+            answers = await self._plane.infer(record, request.model_name, version, [RequestInput(data, None)])
             return self.methods[rpc].response(prediction=prediction_bytes(answers[0].result))
 
         return await handle_call(self._telemetry, context, record, work)
@@ -143,15 +137,8 @@ class TorchServeInferenceServicer:
         """The predictions of one request's partial answers as its handler produces them; a
         failure before or between them raises (the caller answers it)."""
         await self._authorize(metadata_of(context).get("authorization"))
-        router = self._predictor.router
-        data = model_input(dict(request.input))
-        version = request.model_version or None
-        try:
-            state = await router.resolve(request.model_name, version)
-        finally:
-            record.model, record.version = router.labels(request.model_name, version)
-        record.version = state.version
-        parts = router.stream(state, data, None)  # type: ignore[attr-defined]
+        data = RequestInput(model_input(dict(request.input)), None)
+        _, parts = await self._plane.stream(record, request.model_name, request.model_version or None, data)
         try:
             async for part in parts:
                 if isinstance(part, Rejected):  # failed midway: the stream ends with its status

@@ -14,18 +14,17 @@ for predictions, metrics: one :meth:`Telemetry.finish` per request.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from deployments.common.forwarding import ForwardedRequest, ForwardedResponse
-from deployments.common.http_errors import as_raytorch_error, error_json, internal_error
+from deployments.common.http_errors import error_json, unexpected_error
+from deployments.inference.data_plane import DataPlane
 from deployments.inference.off_loop import parse_off_loop
-from deployments.inference.predictions import Predictor
 from deployments.inference.request_body import (
-    MAX_PARTS,
+    MAX_INPUTS,
     ClientDisconnected,
     RequestInput,
     is_multipart,
@@ -40,13 +39,12 @@ from deployments.inference.telemetry import (
     Telemetry,
     request_id_from,
 )
-from handlers.errors import METHOD_NOT_ALLOWED, BadInputError, MethodNotAllowedError, RaytorchError
+from handlers.errors import METHOD_NOT_ALLOWED, BadInputError, MethodNotAllowedError
 from handlers.spec import NAME_PATTERN, VERSION_PATTERN
 
 if TYPE_CHECKING:
     from deployments.inference.workflow_calls import WorkflowCalls
 
-logger = logging.getLogger("raytorch.ingress")
 Asgi = Callable[[dict, Any, Any], Awaitable[None]]
 _NAME = re.compile(NAME_PATTERN)
 _VERSION = re.compile(VERSION_PATTERN)
@@ -91,7 +89,7 @@ class HttpEntry:
 
     def __init__(
         self,
-        predictor: Predictor,
+        plane: DataPlane,
         telemetry: Telemetry,
         extras: Asgi,
         authorize: Callable[[str | None], Awaitable[None]],
@@ -101,14 +99,14 @@ class HttpEntry:
         check_management_token: Callable[[str | None], Awaitable[None]] | None = None,
         workflows: WorkflowCalls | None = None,
     ) -> None:
-        self.predictor = predictor
+        self.plane = plane
         self.telemetry = telemetry
         self.extras = extras
         self.authorize = authorize
         self.max_body_bytes = max_body_bytes
         self.management = management
         self.echo_request_id = echo_request_id
-        self.streams = PredictionStreams(predictor.router)  # type: ignore[arg-type]
+        self.streams = PredictionStreams(plane)
         self.check_management_token = check_management_token
         self.workflows = workflows
 
@@ -152,12 +150,7 @@ class HttpEntry:
         except ClientDisconnected:
             status = 499  # nginx's code for "client closed the request"; nothing to send
         except Exception as exc:
-            error = as_raytorch_error(exc, scope["path"])
-            if not isinstance(exc, RaytorchError):
-                logger.exception(
-                    "Unexpected error in %s %r (request id %s)", scope["method"], path, record.request_id
-                )
-                error = internal_error(record.request_id)
+            error = unexpected_error(exc, f"{scope['method']} {path}", record.request_id)
             if not started:  # else the client already has a status; the connection just ends
                 await _send_json(send_with_id, error.status, error_json(error), error.headers())
         finally:
@@ -178,7 +171,7 @@ class HttpEntry:
         if method == "GET":  # TorchServe: the input comes as query parameters
             inputs = query_inputs(scope.get("query_string", b""))
             if not inputs:
-                await self.predictor.router.resolve(model, version)  # an unknown model is still a 404
+                await self.plane.resolve(model, version)  # an unknown model is still a 404
                 raise BadInputError(QUERY_INPUT_HELP)
         else:
             content_type = headers.get("content-type")
@@ -189,7 +182,7 @@ class HttpEntry:
         if mode is not None:  # partial answers as they come (deployments/inference/streaming.py)
             await self.streams.respond(send, receive, record, model, version, inputs, mode)
             return
-        answers = await self.predictor.predict(record, model, version, inputs)
+        answers = await self.plane.infer(record, model, version, inputs)
         # Several multipart 'data' fields are answered as a list, one result per field.
         content = answers[0].result if len(answers) == 1 else [a.result for a in answers]
         extra = {
@@ -245,8 +238,8 @@ def query_inputs(query_string: bytes) -> list[RequestInput]:
     """A GET prediction's inputs: each ``data`` (or ``body``) query value, as UTF-8 text."""
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
     values = [value for key, value in pairs if key in ("data", "body")]
-    if len(values) > MAX_PARTS:
-        raise BadInputError(f"A request carries at most {MAX_PARTS} inputs, this one {len(values)}")
+    if len(values) > MAX_INPUTS:
+        raise BadInputError(f"A request carries at most {MAX_INPUTS} inputs, this one {len(values)}")
     return [RequestInput(value.encode("utf-8"), TEXT_INPUT) for value in values]
 
 

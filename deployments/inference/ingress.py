@@ -15,18 +15,19 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import ray
 from ray import serve
 
 from deployments.common.auth import check_bearer
+from deployments.common.ray_private import listen_options
 from deployments.common.settings import IngressArgs
+from deployments.inference.data_plane import DataPlane
 from deployments.inference.grpc_oip import OpenInferenceServicer
 from deployments.inference.grpc_server import GrpcServer
 from deployments.inference.grpc_torchserve import TorchServeInferenceServicer, TorchServeManagementServicer
 from deployments.inference.http_entry import HttpEntry
 from deployments.inference.http_server import HttpServer, bind
 from deployments.inference.listener_limits import limited_http_server
-from deployments.inference.predictions import Predictor
+from deployments.inference.management_link import ManagementLink
 from deployments.inference.router import ServeRouter
 from deployments.inference.routes import create_inference_app
 from deployments.inference.telemetry import Telemetry
@@ -50,14 +51,8 @@ class ListenPlan:
 async def listen_plan() -> ListenPlan:
     """Read the config's ``http_options``, ``grpc_options`` and ``proxy_location`` from Serve's
     controller."""
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-    http = await controller.get_http_config.remote()
-    grpc_options = await controller.get_grpc_config.remote()
-    location = await controller.get_proxy_location.remote()
-    own_http = str(getattr(location, "value", location)) == "Disabled"
-    return ListenPlan(http.host or "127.0.0.1", http.port, grpc_options.port, own_http)
+    http, grpc_options, location = await listen_options()
+    return ListenPlan(http.host or "127.0.0.1", http.port, grpc_options.port, location == "Disabled")
 
 
 @serve.deployment(graceful_shutdown_timeout_s=10)
@@ -71,27 +66,30 @@ class Ingress:
         self._grpc: GrpcServer | None = None
         self._listeners: TorchServeListeners | None = None
         self._telemetry = Telemetry(args.access_log, args.log_dir, args.access_log_console)
-        self._router = ServeRouter(args, on_shadow=self._telemetry.metrics.pools.observe_shadow)
-        predictor = Predictor(self._router, self._telemetry.metrics.in_flight)
-        routes = create_inference_app(
-            self._router, predictor, self._telemetry, self._authorize, args.max_body_bytes
+        self._management = ManagementLink()
+        self._router = ServeRouter(
+            args,
+            on_shadow=self._telemetry.metrics.pools.observe_shadow,
+            routing_changes=self._management.routing_changes,
         )
+        plane = DataPlane(self._router, self._telemetry.metrics.in_flight)
+        routes = create_inference_app(plane, self._telemetry, self._authorize, args.max_body_bytes)
         plan = await listen_plan()
         self._entry = HttpEntry(
-            predictor,
+            plane,
             self._telemetry,
             routes,
             self._authorize,
             args.max_body_bytes,
-            management=self._router.forward_to_management if plan.http else None,
+            management=self._management.forward_to_management if plan.http else None,
             echo_request_id=plan.http,
-            check_management_token=self._router.check_management_token,
+            check_management_token=self._management.check_management_token,
             workflows=WorkflowCalls(self._telemetry, args.request_timeout_s),
         )
         # Follow Serve now, so /ping is truthful before the first prediction.
         await self._router.start()
         if args.torchserve is not None:  # `raytorch torchserve`: TorchServe's listeners instead
-            self._listeners = TorchServeListeners(args, self._router, predictor, self._telemetry)
+            self._listeners = TorchServeListeners(args, plane, self._management, self._telemetry)
             await self._listeners.start()
             return
         if plan.http:
@@ -99,7 +97,7 @@ class Ingress:
             self._server = limited_http_server(self._entry, self._telemetry, args, sock)
             await self._server.start()
         if args.grpc:
-            self._grpc = grpc_server(self._router, predictor, self._telemetry, self._authorize, args, plan)
+            self._grpc = grpc_server(plane, self._management, self._telemetry, self._authorize, args, plan)
             await self._grpc.start()
 
     def __serve_build_asgi_app__(self) -> HttpEntry:
@@ -107,7 +105,7 @@ class Ingress:
 
     async def _authorize(self, header: str | None) -> None:
         if self._args.inference_auth:
-            check_bearer(header, await self._router.token())
+            check_bearer(header, await self._management.token())
 
     async def __del__(self) -> None:
         # Serve calls this on a graceful stop: finish requests in progress, free the ports.
@@ -123,8 +121,8 @@ class Ingress:
 
 
 def grpc_server(
-    router: ServeRouter,
-    predictor: Predictor,
+    plane: DataPlane,
+    management: ManagementLink,
     telemetry: Telemetry,
     authorize: Callable[[str | None], Awaitable[None]],
     args: IngressArgs,
@@ -132,9 +130,9 @@ def grpc_server(
 ) -> GrpcServer:
     """The gRPC server of the three services, on the HTTP host and ``grpc_options.port``."""
     services = [
-        OpenInferenceServicer(router, predictor, telemetry, authorize).handler(),
-        TorchServeInferenceServicer(router, predictor, telemetry, authorize).handler(),
-        TorchServeManagementServicer(router.manage, telemetry).handler(),
+        OpenInferenceServicer(plane, telemetry, authorize).handler(),
+        TorchServeInferenceServicer(plane, telemetry, authorize).handler(),
+        TorchServeManagementServicer(management.manage, telemetry).handler(),
     ]
     return GrpcServer(
         services,

@@ -22,21 +22,18 @@ import json
 import math
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
 
-from deployments.inference.explanations import Explainer, explain_request
+from deployments.inference.data_plane import DataPlane
+from deployments.inference.explanations import explain_request
 from deployments.inference.off_loop import parse_off_loop
-from deployments.inference.predictions import MAX_INPUTS, Predictor
-from deployments.inference.request_body import RequestInput, read_body
+from deployments.inference.request_body import MAX_INPUTS, RequestInput, read_body
 from deployments.inference.telemetry import record_of
 from handlers.errors import BadInputError
 from handlers.spec import NAME_PATTERN, VERSION_PATTERN
-
-if TYPE_CHECKING:
-    from deployments.inference.directory import Directory
 
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN)]
 Version = Annotated[str, Path(pattern=VERSION_PATTERN)]
@@ -122,11 +119,9 @@ def _nulls(value: Any) -> Any:
 
 def add_kserve_v1_routes(
     app: FastAPI,
-    directory: Directory,
-    predictor: Predictor,
+    plane: DataPlane,
     authorize: Callable[[str | None], Awaitable[None]],
     max_body_bytes: int,
-    explainer: Explainer,
 ) -> None:
     """Add the v1 routes to the inference ``app``."""
 
@@ -138,18 +133,18 @@ def add_kserve_v1_routes(
         await authorize(request.headers.get("authorization"))
         inputs = await read_instances(request)
         record = record_of(request.scope)
-        answers = await predictor.predict(record, model, version, inputs, where="instances")
+        answers = await plane.infer(record, model, version, inputs, where="instances")
         content = finite_json({"predictions": [a.result for a in answers]})
         headers = {"x-model-version": answers[0].version}
         return Response(content, media_type="application/json", headers=headers)
 
     async def explain(request: Request, model: str, version: str | None) -> JSONResponse:
         await authorize(request.headers.get("authorization"))
-        await directory.readiness(model, version)  # 404 for an unknown model before the body
+        await plane.model_ready(model, version)  # 404 for an unknown model before the body
         wanted = explain_request(dict(request.query_params), None)  # JSON answers; PNG only if asked
         inputs = await read_instances(request)
         record = record_of(request.scope)
-        answers = await explainer.explain(record, model, version, inputs, wanted, where="instances")
+        answers = await plane.explain(record, model, version, inputs, wanted, where="instances")
         explanations = [
             {"b64": base64.b64encode(a.result).decode()} if isinstance(a.result, bytes) else a.result
             for a in answers
@@ -158,15 +153,15 @@ def add_kserve_v1_routes(
 
     async def model_ready(request: Request, model: str) -> JSONResponse:
         await authorize(request.headers.get("authorization"))
-        _, reason = await directory.readiness(model, None)
+        readiness = await plane.model_ready(model, None)
         return JSONResponse(
-            {"name": model, "ready": reason is None}, status_code=200 if reason is None else 503
+            {"name": model, "ready": readiness.ready}, status_code=200 if readiness.ready else 503
         )
 
     @app.get("/v1/models", summary="KServe v1: models")
     async def list_models(request: Request) -> JSONResponse:
         await authorize(request.headers.get("authorization"))
-        return JSONResponse({"models": sorted((await directory.health_table()).versions)})
+        return JSONResponse({"models": await plane.models()})
 
     @app.get("/v1/models/{model_name}", summary="KServe v1: model readiness")
     async def ready(model_name: ModelName, request: Request) -> JSONResponse:

@@ -2,7 +2,7 @@
 
 The transports parse their wire format into an :class:`InferRequest` and encode the
 :class:`InferResult`; this module decides how the request reaches the model, through the one
-fan-out every protocol uses (:meth:`Predictor.predict`):
+fan-out every protocol uses (:meth:`DataPlane.infer`, :mod:`deployments.inference.data_plane`):
 
 - every input ``BYTES`` (encoded media for a handler that decodes it): each element is one
   prediction, so the elements of one request may share a batch; the answer is one ``BYTES``
@@ -18,12 +18,13 @@ twice, is a 400 (unknown names before the model runs).
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
+from deployments.common.messages import Answer
 from deployments.common.model_table import ModelVersionState
-from deployments.inference.predictions import MAX_INPUTS, Predictor
-from deployments.inference.request_body import RequestInput
+from deployments.inference.request_body import MAX_INPUTS, RequestInput
 from deployments.inference.telemetry import RequestRecord
 from handlers.errors import BadInputError, InferenceError
 from handlers.tensor_data import BYTES, Tensor, TensorRequest, element_count
@@ -31,12 +32,10 @@ from handlers.tensor_data import BYTES, Tensor, TensorRequest, element_count
 NAMES_SHOWN = 5  # names an error message lists before "and N more"
 
 
-class Signatures(Protocol):
-    """Where a model version's declared inputs and outputs come from (the router)."""
-
-    async def signature(
-        self, model: str, version: str | None
-    ) -> tuple[ModelVersionState, dict[str, Any]]: ...
+# The data plane's fan-out (record, model, version, inputs, where) and a version's declared
+# inputs and outputs: what an Open Inference request runs on.
+Infer = Callable[[RequestRecord, str, str | None, list[RequestInput], str | None], Awaitable[list[Answer]]]
+Signature = Callable[[str, str | None], Awaitable[tuple[ModelVersionState, dict[str, Any]]]]
 
 
 @dataclass(frozen=True)
@@ -104,9 +103,9 @@ def as_bytes(result: Any) -> bytes:
     return json.dumps(result).encode()
 
 
-async def infer(
-    predictor: Predictor,
-    signatures: Signatures,
+async def infer_tensors(
+    infer: Infer,
+    signature: Signature,
     record: RequestRecord,
     model: str,
     version: str | None,
@@ -116,7 +115,7 @@ async def infer(
     if not request.inputs:
         raise BadInputError("'inputs' must hold at least one tensor")
     if request.outputs:  # an unknown name costs the client a 400, not a model run
-        _, signature = await signatures.signature(model, version)
+        _, signature = await signature(model, version)
         _known(request.outputs, [o["name"] for o in signature["outputs"]])
     if all(t.datatype == BYTES for t in request.inputs):
         elements = [element for tensor in request.inputs for element in tensor.data]
@@ -124,13 +123,13 @@ async def infer(
             raise BadInputError("the BYTES inputs hold no element")
         check_media_elements([(BYTES, (len(elements),))])
         inputs = [RequestInput(element, None) for element in elements]
-        answers = await predictor.predict(record, model, version, inputs, where="inputs")
-        _, signature = await signatures.signature(model, answers[0].version)
+        answers = await infer(record, model, version, inputs, "inputs")
+        _, signature = await signature(model, answers[0].version)
         name = signature["outputs"][0]["name"]
         outputs = [Tensor(name, BYTES, (len(answers),), [as_bytes(a.result) for a in answers])]
     else:
         tensors = RequestInput(TensorRequest(tuple(request.inputs)), None)
-        answers = await predictor.predict(record, model, version, [tensors])
+        answers = await infer(record, model, version, [tensors], None)
         outputs = answers[0].result
         if not isinstance(outputs, list) or not all(isinstance(t, Tensor) for t in outputs):
             raise InferenceError(f"Model {model} answered numeric tensors with something else than tensors")

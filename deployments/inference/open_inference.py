@@ -10,72 +10,42 @@ the models that are not ready (and why) only to a caller holding the token.
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from deployments.common.http_errors import install_error_handlers, oip_error_body
+from deployments.inference.data_plane import DataPlane, ModelMetadata
 from deployments.inference.off_loop import parse_off_loop
 from deployments.inference.oip_codec import HEADER_LENGTH, encode_result, parse_request
-from deployments.inference.oip_infer import infer
-from deployments.inference.predictions import Predictor
 from deployments.inference.request_body import read_body
 from deployments.inference.telemetry import record_of
 from handlers.errors import UnauthorizedError
 from handlers.spec import NAME_PATTERN, VERSION_PATTERN
 
-if TYPE_CHECKING:
-    from deployments.inference.directory import Directory
-
 ModelName = Annotated[str, Path(pattern=NAME_PATTERN)]
 Version = Annotated[str, Path(pattern=VERSION_PATTERN)]
-SERVER_NAME = "raytorch"
-# What /v2 and gRPC's ServerMetadata list: Triton's names for the OIP extensions we implement,
-# then ours (the other APIs this server speaks).
-EXTENSIONS = (
-    "binary_tensor_data",  # REST: raw tensor data after the JSON (Triton's extension)
-    "parameters",  # binary_data, binary_data_output, binary_data_size, content_type
-    "torchserve_inference",  # TorchServe's inference API, REST and gRPC (InferenceAPIsService)
-    "torchserve_management",  # TorchServe's management API, REST and gRPC (ManagementAPIsService)
-    "kserve_v1",  # KServe v1: /v1/models/{m}:predict
-    "model_versions",  # /versions/{v} on every model route; /predictions/{m}/{v}
-)
 
 
-def server_version() -> str:
-    """This server's version (the installed package's, or the source tree's)."""
-    try:
-        return importlib.metadata.version("raytorch")
-    except importlib.metadata.PackageNotFoundError:
-        return "0.1.0"
-
-
-def server_metadata() -> dict[str, Any]:
-    """``GET /v2`` (and gRPC ServerMetadata)."""
-    return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
-
-
-def model_metadata(model: str, versions: list[str], signature: dict[str, Any]) -> dict[str, Any]:
-    """``GET /v2/models/{m}`` from a version's declared signature."""
+def model_metadata(metadata: ModelMetadata) -> dict[str, Any]:
+    """``GET /v2/models/{m}``: the model's versions and what its version declares."""
     return {
-        "name": model,
-        "versions": versions,
-        "platform": signature["platform"],
-        "inputs": signature["inputs"],
-        "outputs": signature["outputs"],
+        "name": metadata.name,
+        "versions": metadata.versions,
+        "platform": metadata.platform,
+        "inputs": metadata.inputs,
+        "outputs": metadata.outputs,
     }
 
 
 def create_open_inference_app(
-    directory: Directory,
-    predictor: Predictor,
+    plane: DataPlane,
     authorize: Callable[[str | None], Awaitable[None]],
     max_body_bytes: int,
 ) -> FastAPI:
-    """The ``/v2`` routes, predicting through ``predictor``."""
+    """The ``/v2`` routes, answered by ``plane``."""
     app = FastAPI(title="Open Inference Protocol", openapi_url=None, docs_url=None, redoc_url=None)
     install_error_handlers(app, oip_error_body)
 
@@ -85,15 +55,15 @@ def create_open_inference_app(
     @app.get("/v2", summary="Server metadata: name, version, extensions")
     async def metadata_of_server(request: Request) -> JSONResponse:
         await authorized(request)
-        return JSONResponse(server_metadata())
+        return JSONResponse(plane.server_metadata())
 
     @app.get("/v2/health/live", summary="Liveness: the server answers")
     async def live() -> JSONResponse:
-        return JSONResponse({"live": True})
+        return JSONResponse({"live": plane.live()})
 
     @app.get("/v2/health/ready", summary="Readiness: every model version has a ready replica")
     async def ready(request: Request) -> JSONResponse:
-        unhealthy = (await directory.health_table()).unhealthy()
+        unhealthy = await plane.unhealthy()
         if not unhealthy:
             return JSONResponse({"ready": True})
         try:
@@ -104,23 +74,21 @@ def create_open_inference_app(
 
     async def metadata(request: Request, model: str, version: str | None) -> JSONResponse:
         await authorized(request)
-        versions = await directory.versions(model)
-        _, signature = await directory.signature(model, version)
-        return JSONResponse(model_metadata(model, versions, signature))
+        return JSONResponse(model_metadata(await plane.metadata(model, version)))
 
     async def model_ready(request: Request, model: str, version: str | None) -> JSONResponse:
         await authorized(request)
-        state, reason = await directory.readiness(model, version)
-        if reason is None:
-            return JSONResponse({"name": model, "version": state.version, "ready": True})
-        body = {"name": model, "version": state.version, "ready": False, "error": reason}
-        return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
+        readiness = await plane.model_ready(model, version)
+        if readiness.error is None:
+            return JSONResponse({"name": model, "version": readiness.version, "ready": True})
+        body = {"name": model, "version": readiness.version, "ready": False, "error": readiness.error.message}
+        return JSONResponse(body, status_code=503, headers=readiness.error.headers())
 
     async def run(request: Request, model: str, version: str | None) -> Response:
         await authorized(request)
         body = await read_body(request.receive, request.headers.get("content-length"), max_body_bytes)
         parsed = await parse_off_loop(len(body), parse_request, body, request.headers.get(HEADER_LENGTH))
-        result = await infer(predictor, directory, record_of(request.scope), model, version, parsed)
+        result = await plane.infer_tensors(record_of(request.scope), model, version, parsed)
         content, headers = encode_result(result)
         headers["x-model-version"] = result.model_version
         return Response(content, headers=headers)

@@ -15,7 +15,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from handlers.errors import BadInputError, PayloadTooLargeError
 from handlers.tensor_data import TensorRequest
 
-MAX_PARTS = 64
+MAX_INPUTS = 64  # inputs one request may carry: multipart parts, query values, instances, BYTES elements
 Receive = Callable[[], Awaitable[dict]]
 
 
@@ -95,8 +95,8 @@ def _multipart_parts(body: bytes, content_type: str) -> list[_Part]:
     complete: list[bool] = []
 
     def on_part_begin() -> None:
-        if len(parts) >= MAX_PARTS:
-            raise BadInputError(f"Multipart body has more than {MAX_PARTS} parts")
+        if len(parts) >= MAX_INPUTS:
+            raise BadInputError(f"Multipart body has more than {MAX_INPUTS} parts")
         parts.append(_Part())
         data.clear()
         headers.clear()

@@ -20,11 +20,10 @@ from fastapi.responses import JSONResponse, Response
 
 from deployments.common.auth import may_see_details
 from deployments.common.http_errors import install_error_handlers
-from deployments.inference.directory import Directory
-from deployments.inference.explanations import Explainer, add_explanation_routes
+from deployments.inference.data_plane import DataPlane
+from deployments.inference.explanations import add_explanation_routes
 from deployments.inference.kserve_v1 import add_kserve_v1_routes
 from deployments.inference.open_inference import create_open_inference_app
-from deployments.inference.predictions import Predictor
 from deployments.inference.telemetry import RECORD_KEY, Telemetry
 from handlers.errors import ModelVersionNotFoundError
 
@@ -50,8 +49,7 @@ class OpenInferenceSplit:
 
 
 def create_inference_app(
-    directory: Directory,
-    predictor: Predictor,
+    plane: DataPlane,
     telemetry: Telemetry,
     authorize: Callable[[str | None], Awaitable[None]],
     max_body_bytes: int,
@@ -70,7 +68,7 @@ def create_inference_app(
 
     @app.get("/ping", summary="Health of the server and its models")
     async def ping(request: Request) -> JSONResponse:
-        unhealthy = (await directory.health_table()).unhealthy()
+        unhealthy = await plane.unhealthy()
         if unhealthy:
             body: dict = {"status": "Unhealthy"}
             if await may_see_details(authorize, request.headers.get("authorization")):
@@ -92,9 +90,9 @@ def create_inference_app(
         names: list[str] | None = Query(None, alias="name[]"),  # noqa: B008
     ) -> Response:
         await authorize(request.headers.get("authorization"))  # its labels name every model
-        table = await directory.health_table()
+        table = await plane.health_table()
         telemetry.metrics.set_replicas(table.ready_replicas())
-        telemetry.metrics.pools.set_state(table, await directory.pool_reports() if table.pools else {})
+        telemetry.metrics.pools.set_state(table, await plane.pool_reports() if table.pools else {})
         wanted = None
         if names:
             suffixes = ("", "_total", "_bucket", "_count", "_sum")
@@ -104,19 +102,18 @@ def create_inference_app(
 
     @app.options("/predictions/{model_name}", include_in_schema=False)
     async def model_api(model_name: str) -> JSONResponse:
-        return JSONResponse(model_openapi(app, model_name, await directory.versions(model_name)))
+        return JSONResponse(model_openapi(app, model_name, await plane.versions(model_name)))
 
     @app.options("/predictions/{model_name}/{model_version}", include_in_schema=False)
     async def model_version_api(model_name: str, model_version: str) -> JSONResponse:
-        versions = await directory.versions(model_name)
+        versions = await plane.versions(model_name)
         if model_version not in versions:
             raise ModelVersionNotFoundError.of(model_name, model_version)
         return JSONResponse(model_openapi(app, model_name, [model_version]))
 
-    explainer = Explainer(predictor.router)  # type: ignore[arg-type]
-    add_explanation_routes(app, explainer, authorize, max_body_bytes)
-    add_kserve_v1_routes(app, directory, predictor, authorize, max_body_bytes, explainer)
-    open_inference = create_open_inference_app(directory, predictor, authorize, max_body_bytes)
+    add_explanation_routes(app, plane, authorize, max_body_bytes)
+    add_kserve_v1_routes(app, plane, authorize, max_body_bytes)
+    open_inference = create_open_inference_app(plane, authorize, max_body_bytes)
     describe_predictions(app, open_inference)
     return OpenInferenceSplit(app, open_inference)
 

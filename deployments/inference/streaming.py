@@ -5,7 +5,7 @@ A client asks for a stream on ``/predictions/{model}[/{version}]`` with
 query parameter ``?stream=true`` (HTTP chunked transfer: a text or bytes part as it is, as
 TorchServe sends ``send_intermediate_predict_response`` values; any other part as one line of
 JSON). The parts come from the model replica through a Serve streaming call
-(:meth:`deployments.inference.router.ServeRouter.stream`).
+(:meth:`deployments.inference.data_plane.DataPlane.stream`).
 
 - An error before the first part is an ordinary error answer (status and JSON body).
 - An error after it ends the stream with an error part the client can read:
@@ -20,11 +20,11 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl
 
 from deployments.common.messages import Rejected
-from deployments.common.model_table import ModelVersionState
+from deployments.inference.data_plane import DataPlane
 from deployments.inference.request_body import ClientDisconnected, RequestInput
 from deployments.inference.telemetry import RequestRecord
 from handlers.errors import BadInputError, RaytorchError
@@ -34,16 +34,6 @@ SSE = "sse"
 CHUNKED = "chunked"
 EVENT_STREAM = "text/event-stream"
 TRUE = ("true", "1", "yes")
-
-
-class StreamRouter(Protocol):
-    """What streaming needs of the router (ServeRouter, LocalRouter in tests)."""
-
-    async def resolve(self, model: str, version: str | None) -> ModelVersionState: ...
-    def labels(self, model: str, version: str | None) -> tuple[str, str]: ...
-    def stream(
-        self, state: ModelVersionState, body: bytes, content_type: str | None
-    ) -> AsyncIterator[Any]: ...
 
 
 def stream_mode(headers: dict[str, str], query_string: bytes) -> str | None:
@@ -92,8 +82,8 @@ def content_type_of(first: Any, mode: str) -> str:
 class PredictionStreams:
     """Answers streamed predictions over ASGI (see the module docstring)."""
 
-    def __init__(self, router: StreamRouter) -> None:
-        self.router = router
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
     async def respond(
         self,
@@ -108,12 +98,7 @@ class PredictionStreams:
         """Stream the model's parts for the request's one input to the client."""
         if len(inputs) != 1:
             raise BadInputError(f"A streamed prediction takes one input, this request has {len(inputs)}")
-        try:
-            state = await self.router.resolve(model, version)
-        finally:
-            record.model, record.version = self.router.labels(model, version)
-        record.version = state.version
-        parts = self.router.stream(state, inputs[0].data, inputs[0].content_type)
+        state, parts = await self.plane.stream(record, model, version, inputs[0])
         watcher = asyncio.ensure_future(_disconnect(receive))
         try:
             first = await _next(parts, watcher)

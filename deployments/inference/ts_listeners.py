@@ -18,14 +18,14 @@ from deployments.common.settings import IngressArgs
 from deployments.common.torchserve_args import TlsFiles, TorchServeFront
 from deployments.common.ts_keys import KeyFile
 from deployments.inference.api_filter import ApiFilter, with_cors
+from deployments.inference.data_plane import DataPlane
 from deployments.inference.grpc_oip import OpenInferenceServicer
 from deployments.inference.grpc_server import GrpcServer
 from deployments.inference.grpc_torchserve import TorchServeInferenceServicer, TorchServeManagementServicer
 from deployments.inference.http_entry import HttpEntry
 from deployments.inference.http_server import HttpServer, bind
 from deployments.inference.listener_limits import limited_http_server
-from deployments.inference.predictions import Predictor
-from deployments.inference.router import ServeRouter
+from deployments.inference.management_link import ManagementLink
 from deployments.inference.routes import create_inference_app
 from deployments.inference.telemetry import Telemetry
 
@@ -43,7 +43,7 @@ class TorchServeListeners:
     """Builds every listener of ``args.torchserve``; :meth:`start` binds them all or none."""
 
     def __init__(
-        self, args: IngressArgs, router: ServeRouter, predictor: Predictor, telemetry: Telemetry
+        self, args: IngressArgs, plane: DataPlane, management: ManagementLink, telemetry: Telemetry
     ) -> None:
         front: TorchServeFront = args.torchserve  # type: ignore[assignment]
         self._args, self._telemetry = args, telemetry
@@ -61,20 +61,18 @@ class TorchServeListeners:
             if self.keys is not None:
                 self.keys.check(header, "management")
 
-        inference_routes = create_inference_app(
-            router, predictor, telemetry, inference_key, args.max_body_bytes
-        )
-        metrics_routes = create_inference_app(router, predictor, telemetry, no_key, args.max_body_bytes)
+        inference_routes = create_inference_app(plane, telemetry, inference_key, args.max_body_bytes)
+        metrics_routes = create_inference_app(plane, telemetry, no_key, args.max_body_bytes)
         self._http: list[tuple[str, int, object, TlsFiles | None]] = []
         for listener in front.listeners:
             apis = set(listener.apis)
             entry = HttpEntry(
-                predictor,
+                plane,
                 telemetry,
                 inference_routes if "inference" in apis or "management" in apis else metrics_routes,
                 inference_key,
                 args.max_body_bytes,
-                management=router.forward_to_management if "management" in apis else None,
+                management=management.forward_to_management if "management" in apis else None,
                 check_management_token=management_key,
             )
             app = with_cors(ApiFilter(entry, apis, self.keys if "management" in apis else None), front.cors)
@@ -83,11 +81,11 @@ class TorchServeListeners:
         for listener in front.grpc_listeners:
             if listener.api == "inference":
                 services = [
-                    OpenInferenceServicer(router, predictor, telemetry, inference_key).handler(),
-                    TorchServeInferenceServicer(router, predictor, telemetry, inference_key).handler(),
+                    OpenInferenceServicer(plane, telemetry, inference_key).handler(),
+                    TorchServeInferenceServicer(plane, telemetry, inference_key).handler(),
                 ]
             else:
-                services = [TorchServeManagementServicer(router.manage, telemetry).handler()]
+                services = [TorchServeManagementServicer(management.manage, telemetry).handler()]
             self._grpc.append(
                 GrpcServer(
                     services,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from deployments.common.model_table import ModelTable
+from deployments.common.ray_private import delete_application, ongoing_requests_calls, serve_details
 from deployments.common.settings import ModelAppArgs
 from deployments.management.describe import DeploymentFacts, ReplicaFacts
 from handlers.errors import RequestTimeoutError
@@ -77,9 +78,7 @@ class ServeControl:
 
     async def delete(self, app_name: str) -> None:
         """Start deleting an application; returns without waiting for it to be gone."""
-        from ray import serve
-
-        await asyncio.to_thread(serve.delete, app_name, _blocking=False)
+        await asyncio.to_thread(delete_application, app_name, False)
 
     async def resources(self) -> tuple[dict[str, float], float]:
         """Resources free now, and the cluster's GPU total."""
@@ -92,9 +91,7 @@ class ServeControl:
     async def deployment_facts(self, app_name: str, deployment_name: str) -> DeploymentFacts | None:
         """A deployment's replicas and settings, and the requests its replicas hold now (for
         describe). From the controller's details, the source of ``serve status`` itself."""
-        from ray.serve.context import _get_global_client
-
-        details = await asyncio.to_thread(lambda: _get_global_client().get_serve_details())
+        details = await asyncio.to_thread(serve_details)
         deployment = ((details.get("applications") or {}).get(app_name) or {}).get("deployments", {})
         deployment = deployment.get(deployment_name)
         if deployment is None:
@@ -119,18 +116,9 @@ class ServeControl:
         )
 
     async def _ongoing_requests(self, actor_names: list[str]) -> int | None:
-        import ray
-        from ray.serve._private.constants import SERVE_NAMESPACE
-
-        def calls() -> list[Any]:
-            # The replica actor's own count, the one Serve's router balances on.
-            return [
-                ray.get_actor(name, namespace=SERVE_NAMESPACE).get_num_ongoing_requests.remote()
-                for name in actor_names
-            ]
-
         try:
-            counts = await asyncio.wait_for(asyncio.gather(*await asyncio.to_thread(calls)), FACTS_TIMEOUT_S)
+            calls = await asyncio.to_thread(ongoing_requests_calls, actor_names)
+            counts = await asyncio.wait_for(asyncio.gather(*calls), FACTS_TIMEOUT_S)
         except Exception:  # a replica stopping meanwhile: the count is unknown, not an error
             return None
         return int(sum(counts))

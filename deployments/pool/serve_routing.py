@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from deployments.common.ray_private import record_loaded_models
+
 logger = logging.getLogger("ray.serve")
 
 PUSH_INTERVAL_S = 0.1  # Serve's own interval for these reports
@@ -37,17 +39,8 @@ class LoadedModelsReport:
             await asyncio.sleep(PUSH_INTERVAL_S)
             model_ids, self._latest = self._latest, None
             try:
-                await asyncio.to_thread(_record, self._replica_id, model_ids)
+                await asyncio.to_thread(record_loaded_models, self._replica_id, model_ids)
             except Exception as exc:
                 if not self._warned:
                     logger.warning("Could not tell Serve's router which models this replica holds: %s", exc)
                     self._warned = True
-
-
-def _record(replica_id: object, model_ids: list[str]) -> None:
-    from ray.serve._private.common import RequestRoutingInfo
-    from ray.serve.context import _get_global_client
-
-    _get_global_client().record_request_routing_info(
-        RequestRoutingInfo(replica_id=replica_id, multiplexed_model_ids=model_ids)  # type: ignore[arg-type]
-    )

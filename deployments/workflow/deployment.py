@@ -19,6 +19,7 @@ from deployments.common.settings import IngressArgs
 from deployments.common.workflow_answer import WorkflowAnswer, WorkflowRequest, compose, start_input
 from deployments.common.workflow_dag import DagRunner, Node, NodeCall, NodeInput, Payload
 from deployments.common.workflow_spec import ModelNode, WorkflowArgs, dag_nodes
+from deployments.inference.management_link import ManagementLink
 from deployments.inference.router import ServeRouter
 from deployments.workflow.functions import (
     OCTETS,
@@ -43,7 +44,9 @@ class WorkflowDeployment:
 
     async def __init__(self, args: WorkflowArgs) -> None:
         self._args = args
-        self._router = ServeRouter(IngressArgs(request_timeout_s=ROUTER_TIMEOUT_S))
+        self._router = ServeRouter(
+            IngressArgs(request_timeout_s=ROUTER_TIMEOUT_S), routing_changes=ManagementLink().routing_changes
+        )
         functions = load_functions(args.handler, args.function_nodes()) if args.function_nodes() else {}
         folder = (
             str(handler_path(args.handler).parent) if args.handler and args.handler.endswith(".py") else "."

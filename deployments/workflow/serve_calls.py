@@ -9,6 +9,7 @@ import asyncio
 import logging
 
 from deployments.common.naming import parse_workflow_deployment_name, registered_workflow_app_name
+from deployments.common.ray_private import delete_application
 from deployments.common.workflow_spec import WorkflowArgs, validate_args
 from deployments.management.serve_control import start_application
 
@@ -28,9 +29,7 @@ class ServeWorkflows:
 
     async def delete(self, app_name: str) -> None:
         """Delete an application and wait until it is gone."""
-        from ray import serve
-
-        await asyncio.to_thread(serve.delete, app_name, _blocking=True)
+        await asyncio.to_thread(delete_application, app_name, True)
 
     async def statuses(self) -> dict[str, tuple[str, str]]:
         """Application name -> (status, message)."""

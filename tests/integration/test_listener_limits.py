@@ -21,9 +21,9 @@ import pytest
 from deployments.common.auth import check_bearer
 from deployments.common.forwarding import ForwardedRequest, ForwardedResponse
 from deployments.common.settings import IngressArgs
+from deployments.inference.data_plane import DataPlane
 from deployments.inference.http_entry import HttpEntry
 from deployments.inference.listener_limits import ListenerLimits
-from deployments.inference.predictions import Predictor
 from deployments.inference.routes import create_inference_app
 from deployments.inference.telemetry import Telemetry
 from tests.fixtures.inference import LocalRouter
@@ -132,7 +132,7 @@ def test_models_without_the_token_is_refused_before_its_body_is_read() -> None:
     settings = IngressArgs()
     telemetry = Telemetry("off", settings.log_dir)
     router = LocalRouter({})
-    predictor = Predictor(router, telemetry.metrics.in_flight)
+    plane = DataPlane(router, telemetry.metrics.in_flight)
 
     async def authorize(header: str | None) -> None:
         return None
@@ -144,9 +144,9 @@ def test_models_without_the_token_is_refused_before_its_body_is_read() -> None:
     async def check_token(header: str | None) -> None:
         check_bearer(header, token)
 
-    routes = create_inference_app(router, predictor, telemetry, authorize, settings.max_body_bytes)
+    routes = create_inference_app(plane, telemetry, authorize, settings.max_body_bytes)
     entry = HttpEntry(
-        predictor, telemetry, routes, authorize, settings.max_body_bytes, management=management,
+        plane, telemetry, routes, authorize, settings.max_body_bytes, management=management,
         check_management_token=check_token,
     )  # fmt: skip
 

@@ -14,8 +14,8 @@ from ray.serve.exceptions import BackPressureError
 from deployments.common.messages import Answer, Rejected
 from deployments.common.model_table import ModelVersionState
 from deployments.common.settings import IngressArgs
-from deployments.inference import router as router_module
 from deployments.inference.router import ServeRouter
+from deployments.inference.shadow_traffic import MAX_SHADOWS_IN_FLIGHT
 from handlers.errors import BadInputError, ModelNotReadyError, RequestTimeoutError
 
 STATE = ModelVersionState("tiny", "1.0", "tiny", "model:tiny@1.0", "RUNNING", 1)
@@ -75,7 +75,7 @@ class Replicas:
 
 def router_to(replicas: Replicas) -> ServeRouter:
     router = ServeRouter(IngressArgs(request_timeout_s=0.2))
-    router._handle = replicas.handle  # type: ignore[method-assign]
+    router.handles.handle = replicas.handle  # type: ignore[method-assign]
     router.directory.refresh_since = _no_refresh  # type: ignore[method-assign]
     return router
 
@@ -160,11 +160,11 @@ def test_a_shadowed_request_answers_from_its_version_and_copies_to_the_shadow() 
 
             return Handle()
 
-        router._handle = handle  # type: ignore[method-assign]
+        router.handles.handle = handle  # type: ignore[method-assign]
         shadow = dataclasses.replace(STATE, version="2.0", deployment_name="model:tiny@2.0")
         answer = await router.predict(dataclasses.replace(STATE, shadow=shadow), b"x", None)
-        await asyncio.gather(*router._background)  # the copy finishes in the background
-        router._shadows = router_module.MAX_SHADOWS_IN_FLIGHT  # a slow shadow: copies are skipped
+        await asyncio.gather(*router.shadows.background)  # the copy finishes in the background
+        router.shadows.in_flight = MAX_SHADOWS_IN_FLIGHT  # a slow shadow: copies are skipped
         await router.predict(dataclasses.replace(STATE, shadow=shadow), b"x", None)
         return answer
 

@@ -48,7 +48,7 @@ def streaming_router(parts: FakeParts) -> ServeRouter:
             def remote(body: bytes, content_type: str | None) -> FakeParts:
                 return parts
 
-    router._handle = lambda state: Handle()  # type: ignore[method-assign]
+    router.handles.handle = lambda state: Handle()  # type: ignore[method-assign]
     return router
 
 

@@ -5,6 +5,7 @@ handlers/ never imports Ray, imports only point down the layers, and there is no
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,7 +134,9 @@ def test_the_checks_see_what_they_claim_to() -> None:
     edges = graph()
     assert "deployments.common.model_table" in edges["deployments.inference.router"]
     assert "deployments.model.builder" in edges["deployments.management.serve_control"]  # in a function
-    assert "deployments.inference.directory" in edges["deployments.inference.kserve_v1"]  # TYPE_CHECKING
+    assert (
+        "deployments.inference.workflow_calls" in edges["deployments.inference.http_entry"]
+    )  # TYPE_CHECKING
     assert (
         part("deployments.management.manager") == "deployments.management"
         and part("deployments.app") == "deployments"
@@ -168,3 +171,69 @@ def test_every_file_the_architecture_names_exists_and_each_path_has_at_most_8_st
     for title, text in paths.items():
         steps = re.findall(r"^(\d+)\. ", text, flags=re.MULTILINE)
         assert 1 <= len(steps) <= 8, f"{title}: {len(steps)} steps"
+
+
+RAY_ADAPTER = "deployments.common.ray_private"
+_PRIVATE_RAY_PATH = re.compile(r"ray(\.\w+)*\._\w+(\.\w+)*")
+
+
+def private_ray_uses(path: Path) -> Iterator[str]:
+    """What a module uses of Ray's private API: private modules or symbols it imports, private
+    attributes of a Ray module it names, private keywords it passes, private module paths it
+    spells out as text."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    ray_names = set()  # local names bound to Ray modules or objects
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            ray_names |= {
+                (a.asname or a.name).split(".")[0] for a in node.names if a.name.split(".")[0] == "ray"
+            }
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ray":
+            ray_names |= {a.asname or a.name for a in node.names}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            base = node.module or "" if isinstance(node, ast.ImportFrom) else ""
+            for alias in node.names:
+                full = f"{base}.{alias.name}" if base else alias.name
+                if full.split(".")[0] == "ray" and _PRIVATE_RAY_PATH.fullmatch(full):
+                    yield f"line {node.lineno}: imports {full}"
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ray_names
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            yield f"line {node.lineno}: {node.value.id}.{node.attr}"
+        elif isinstance(node, ast.keyword) and node.arg and node.arg.startswith("_"):
+            yield f"line {node.value.lineno}: keyword {node.arg}="
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and _PRIVATE_RAY_PATH.fullmatch(node.value)
+        ):
+            yield f"line {node.lineno}: names {node.value!r}"
+
+
+def test_only_the_adapter_uses_private_ray_apis() -> None:
+    known = modules()
+    found = [
+        f"{name} {use}"
+        for name, path in sorted(known.items())
+        if name != RAY_ADAPTER
+        for use in private_ray_uses(path)
+    ]
+    assert found == []
+
+
+def test_the_private_ray_check_sees_the_adapters_uses() -> None:
+    # Run on the adapter itself, the check must find each kind of use it looks for.
+    known = modules()
+    uses = "\n".join(private_ray_uses(known[RAY_ADAPTER]))
+    assert "imports ray.serve._private.api.serve_start" in uses
+    assert "imports ray._raylet.AuthenticationTokenLoader" in uses
+    assert "imports ray.serve.context._get_global_client" in uses
+    assert "context._set_request_context" in uses
+    assert "keyword _blocking=" in uses
+    assert "names 'ray.serve._private.replica'" in uses
