@@ -6,8 +6,8 @@ process group reaches Ray's processes only through this process's orderly stop),
 - starts Ray with its metrics on a fixed port and the dashboard on 127.0.0.1, with Serve's and
   Ray's idle work turned down (:data:`QUIET_ENV`); when the config serves on a loopback host,
   every port of Ray listens on 127.0.0.1 only (:data:`LOOPBACK_ONLY_ENV`);
-- deploys the config's applications, as ``serve run CONFIG`` does (built in this process while
-  Ray starts, when they are all raytorch's own: :mod:`raytorch.app_build`);
+- deploys the config's applications, as ``serve run CONFIG`` does (built in this process when
+  they are all raytorch's own: :mod:`raytorch.app_build`);
 - on SIGTERM, SIGINT or SIGHUP drains the ingress (requests in flight finish, new connections are
   refused), stops Ray and every process it started, and exits 0; a second signal stops at once.
 """
@@ -149,13 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     become_subreaper()
     # Replicas import this checkout's packages, as `serve run` lets them (--app-dir .).
     sys.path.insert(0, os.getcwd())
-    import ray  # noqa: F401  (imported here, before the prefetch thread starts)
-
-    if app_build.buildable_in_process(config):
-        # While Ray starts its processes; after `import ray`, whose import cycles two threads
-        # entering at once would see half-initialised.
-        app_build.prefetch()
-
     start_ray(args.dashboard_port, args.metrics_port)
     signals = StopSignals(lambda name: print(f"\n{name}: stopping (again to stop at once)", flush=True))
     signals.install()  # after ray.init, which installs its own SIGTERM handler
