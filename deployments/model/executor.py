@@ -51,19 +51,6 @@ def machine_cores() -> int:
         return os.cpu_count() or 1
 
 
-def openmp_threads_sleep_when_waiting() -> None:
-    """Make OpenMP threads that wait at a barrier sleep instead of spinning, in this replica
-    process; call it before torch is imported (libgomp reads it once, when it loads).
-
-    A replica's threads share the machine with its decode threads, the ingress and other
-    replicas, and a spinning team on a busy machine ran resnet18 at 1.9 forwards/s instead of
-    7.8 (docs/performance.md). Set in the replica's constructor, not when a module is
-    imported: the server process imports the builders too (raytorch.app_build), and a
-    variable set in it could reach the Ray processes it starts.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def _default_busy_dir() -> Path:
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
     return base / f"raytorch-busy-{os.getuid()}"

@@ -26,12 +26,7 @@ from deployments.common.messages import Answer, PoolEvent, Rejected
 from deployments.common.naming import MANAGEMENT_APP, MANAGEMENT_DEPLOYMENT, parse_pooled_model_id
 from deployments.common.settings import BatchingConfig, PoolArgs
 from deployments.model.deployment import EXPLANATIONS_AT_ONCE, REPLICA_OPTIONS
-from deployments.model.executor import (
-    InferenceExecutor,
-    decode_pool,
-    machine_cores,
-    openmp_threads_sleep_when_waiting,
-)
+from deployments.model.executor import InferenceExecutor, decode_pool, machine_cores
 from deployments.model.input_failures import rejection
 from deployments.model.stepwise import explain_one, stream_one
 from deployments.pool.admission import ColdLoadGate
@@ -69,7 +64,6 @@ class PoolDeployment:
     """Loads pooled models on demand, decodes each request alone, runs one model per batch."""
 
     def __init__(self, args: PoolArgs, placement_note: str | None = None) -> None:
-        openmp_threads_sleep_when_waiting()  # before any model (or the preimport) loads torch
         if placement_note:
             logger.warning(placement_note)
         self._args = args

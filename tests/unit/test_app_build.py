@@ -36,17 +36,3 @@ def test_a_config_with_what_serve_applies_per_application_goes_through_serve() -
 def test_bad_args_are_refused_naming_the_field_as_serve_would() -> None:
     with pytest.raises(pydantic.ValidationError, match="max_body_bytes"):
         build("deployments.app:build_ingress", {"max_body_bytes": "lots"})
-
-
-def test_importing_the_builders_leaves_the_environment_alone() -> None:
-    """The server imports the builders while Ray starts its processes, which inherit its
-    environment: a variable set by an import (OpenMP's wait policy was) reached all of them."""
-    import subprocess
-    import sys
-
-    code = (
-        "import os; before = dict(os.environ); import deployments.app; "
-        "print(sorted(set(os.environ.items()) ^ set(before.items())))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
