@@ -9,8 +9,9 @@ before deploying, so a wrong or misspelt field is reported with its name.
 from ray.serve import Application
 
 from deployments.common.auth import token_from_env
+from deployments.common.management_args import ManagementArgs
 from deployments.common.naming import INGRESS_DEPLOYMENT, MANAGEMENT_DEPLOYMENT, SERVE_LOGGING
-from deployments.common.settings import IngressArgs, ManagementArgs, ModelAppArgs, PoolArgs
+from deployments.common.settings import IngressArgs, ModelAppArgs, PoolArgs
 from deployments.common.workflow_spec import WorkflowArgs
 from deployments.inference.ingress import Ingress
 from deployments.management.deployment import ManagementDeployment

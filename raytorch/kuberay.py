@@ -46,7 +46,8 @@ def check_serve_config(config: dict[str, Any]) -> None:
     """Raise if ``config`` is not a valid Serve config whose apps take our typed args."""
     from ray.serve.schema import ServeDeploySchema
 
-    from deployments.common.settings import IngressArgs, ManagementArgs, ModelAppArgs, PoolArgs
+    from deployments.common.management_args import ManagementArgs
+    from deployments.common.settings import IngressArgs, ModelAppArgs, PoolArgs
 
     ServeDeploySchema.model_validate(config)
     builders = {

@@ -238,7 +238,8 @@ def check_args(serve: dict[str, Any]) -> None:
     field, before anything starts (e.g. default_response_timeout over an hour)."""
     from pydantic import ValidationError
 
-    from deployments.common.settings import IngressArgs, ManagementArgs
+    from deployments.common.management_args import ManagementArgs
+    from deployments.common.settings import IngressArgs
     from handlers.errors import validation_message
 
     for app, model in zip(serve["applications"], (IngressArgs, ManagementArgs), strict=True):

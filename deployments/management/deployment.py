@@ -11,8 +11,8 @@ from ray import serve
 
 from deployments.common.auth import load_or_create_token
 from deployments.common.forwarding import ForwardedRequest, ForwardedResponse, ManagementCall, call_asgi
+from deployments.common.management_args import ManagementArgs
 from deployments.common.routing import RoutingUpdate
-from deployments.common.settings import ManagementArgs
 from deployments.management.api import MOUNT_PATH, create_management_app
 from deployments.management.grpc_calls import as_http
 from deployments.management.manager import ModelManager

@@ -21,9 +21,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from deployments.common.management_args import ManagementArgs
 from deployments.common.model_table import ModelTable
 from deployments.common.naming import registered_app_name
-from deployments.common.settings import ManagementArgs, ModelAppArgs
+from deployments.common.settings import ModelAppArgs
 from deployments.management.archive_sources import clear_scratch, is_remote, local_archive, settle, unpack
 from deployments.management.capacity import ResourceCheck
 from deployments.management.downloads import DownloadPolicy, download

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from deployments.common.environment import Environment
+from deployments.common.management_args import ManagementArgs
 from deployments.common.model_table import ModelTable
 from deployments.common.naming import registered_app_name
 from deployments.common.routing import RoutingUpdate
-from deployments.common.settings import ManagementArgs, ModelAppArgs
+from deployments.common.settings import ModelAppArgs
 from deployments.management.catalog import Catalog, not_found
 from deployments.management.ingress_routing import IngressRouting
 from deployments.management.intake import Intake

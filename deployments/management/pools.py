@@ -21,10 +21,11 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from deployments.common.management_args import ManagementArgs
 from deployments.common.model_table import ModelTable, ModelVersionState, PoolState
 from deployments.common.naming import pooled_model_id
 from deployments.common.routing import PooledEntry
-from deployments.common.settings import ManagementArgs, ModelAppArgs
+from deployments.common.settings import ModelAppArgs
 from deployments.management.code_policy import check_registered_code
 from deployments.management.describe import DEFAULT_RESPONSE_TIMEOUT_S, DeploymentFacts, describe_version
 from deployments.management.intake import Intake, record_fields

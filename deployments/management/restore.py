@@ -27,8 +27,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from deployments.common.management_args import ManagementArgs
 from deployments.common.model_table import ModelTable
-from deployments.common.settings import ManagementArgs, ModelAppArgs
+from deployments.common.settings import ModelAppArgs
 from deployments.management.code_policy import check_registered_code
 from deployments.management.ingress_routing import IngressRouting
 from deployments.management.pools import PoolManager

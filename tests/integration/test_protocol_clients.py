@@ -17,7 +17,8 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from deployments.common.forwarding import ForwardedResponse, ManagementCall, call_asgi
-from deployments.common.settings import IngressArgs, ManagementArgs
+from deployments.common.management_args import ManagementArgs
+from deployments.common.settings import IngressArgs
 from deployments.management.api import MOUNT_PATH, create_management_app
 from deployments.management.grpc_calls import as_http
 from deployments.management.manager import ModelManager

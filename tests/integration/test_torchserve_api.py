@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from deployments.common.settings import IngressArgs, ManagementArgs
+from deployments.common.management_args import ManagementArgs
+from deployments.common.settings import IngressArgs
 from deployments.management.api import create_management_app
 from deployments.management.manager import ModelManager
 from handlers.archive import extract, read_extracted

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.common.settings import ManagementArgs
+from deployments.common.management_args import ManagementArgs
 from deployments.management.code_policy import check_registered_code
 from deployments.management.manager import ModelManager
 from deployments.management.register_params import RegisterParams

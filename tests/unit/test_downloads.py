@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from deployments.common.settings import ManagementArgs
+from deployments.common.management_args import ManagementArgs
 from deployments.management import downloads, intake
 from deployments.management.downloads import DownloadPolicy, download, parse_allowed
 from deployments.management.manager import ModelManager

@@ -8,7 +8,7 @@ import pytest
 
 from deployments.common.auth import token_from_env
 from deployments.common.environment import Environment
-from deployments.common.settings import ManagementArgs
+from deployments.common.management_args import ManagementArgs
 from deployments.management.manager import ModelManager
 from raytorch.client import find_token
 from tests.fixtures.management import FakeServe

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from deployments.common.management_args import ManagementArgs
 from deployments.common.routing import RoutingUpdate
-from deployments.common.settings import ManagementArgs
 from deployments.management.manager import ModelManager
 from deployments.management.register_params import RegisterParams
 from handlers.errors import (

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.common.settings import ManagementArgs, ResourcesConfig
+from deployments.common.management_args import ManagementArgs
+from deployments.common.settings import ResourcesConfig
 from deployments.management.manager import ModelManager
 from deployments.management.pools import PoolManager
 from deployments.management.py_deps import install_requirements

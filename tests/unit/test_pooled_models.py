@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from deployments.common.management_args import ManagementArgs
 from deployments.common.model_table import PoolState
-from deployments.common.settings import ManagementArgs
 from deployments.management.describe import DeploymentFacts, ReplicaFacts
 from deployments.management.manager import ModelManager
 from deployments.management.register_params import RegisterParams

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from deployments.common.management_args import ManagementArgs
 from deployments.common.naming import (
     model_deployment_name,
     parse_model_deployment_name,
@@ -16,7 +17,7 @@ from deployments.common.naming import (
     pool_deployment_name,
     pooled_model_id,
 )
-from deployments.common.settings import IngressArgs, ManagementArgs, ModelAppArgs, PoolArgs
+from deployments.common.settings import IngressArgs, ModelAppArgs, PoolArgs
 from deployments.common.workflow_spec import WorkflowArgs
 from handlers.spec import ModelSpec
 from tests.fixtures.specs import ROOT

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.common.settings import IngressArgs, ManagementArgs
+from deployments.common.management_args import ManagementArgs
+from deployments.common.settings import IngressArgs
 from raytorch import torchserve_cli
 from raytorch.ts_config import KEYS, ConfigRefused, env_name, resolve
 from raytorch.ts_properties import PropertiesError, parse_properties, resolve_env_references
