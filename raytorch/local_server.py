@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from raytorch.dashboard import DashboardError, dashboard_url, ray_token, token_auth_enabled
+from raytorch.dashboard_api import DashboardError, dashboard_url, ray_token, token_auth_enabled
 
 # Serve's application states that need a new deploy to change.
 FAILED_STATES = {"DEPLOY_FAILED", "UNHEALTHY"}

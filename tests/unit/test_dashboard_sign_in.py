@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from raytorch.dashboard import SERVE_TAB, SignInLink, banner, token_auth_enabled
+from raytorch.dashboard import SignInLink, banner
+from raytorch.dashboard_api import SERVE_TAB, token_auth_enabled
 
 TOKEN = "cluster-token-1234"
 
