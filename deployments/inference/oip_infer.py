@@ -115,8 +115,8 @@ async def infer_tensors(
     if not request.inputs:
         raise BadInputError("'inputs' must hold at least one tensor")
     if request.outputs:  # an unknown name costs the client a 400, not a model run
-        _, signature = await signature(model, version)
-        _known(request.outputs, [o["name"] for o in signature["outputs"]])
+        _, declared = await signature(model, version)
+        _known(request.outputs, [o["name"] for o in declared["outputs"]])
     if all(t.datatype == BYTES for t in request.inputs):
         elements = [element for tensor in request.inputs for element in tensor.data]
         if not elements:
@@ -124,8 +124,8 @@ async def infer_tensors(
         check_media_elements([(BYTES, (len(elements),))])
         inputs = [RequestInput(element, None) for element in elements]
         answers = await infer(record, model, version, inputs, "inputs")
-        _, signature = await signature(model, answers[0].version)
-        name = signature["outputs"][0]["name"]
+        _, declared = await signature(model, answers[0].version)
+        name = declared["outputs"][0]["name"]
         outputs = [Tensor(name, BYTES, (len(answers),), [as_bytes(a.result) for a in answers])]
     else:
         tensors = RequestInput(TensorRequest(tuple(request.inputs)), None)

@@ -180,6 +180,19 @@ def test_v2_infer_bytes_inputs_answers_json_strings(client: TestClient, cat_png:
     assert client.post("/v2/models/tiny/versions/1.0/infer", json=request).status_code == 200
 
 
+def test_v2_bytes_inputs_with_requested_outputs(client: TestClient, cat_png: bytes) -> None:
+    """The requested outputs are checked against the declared ones before the run and select
+    the answer after it (a name shadowed between the two once made this a 500)."""
+    request = {
+        "inputs": [{"name": "data", "shape": [1], "datatype": "BYTES", "data": [b64(cat_png)]}],
+        "outputs": [{"name": "output-0"}],
+    }
+    response = client.post("/v2/models/tiny/infer", json=request)
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    assert output["name"] == "output-0" and output["shape"] == [1]
+
+
 def test_v2_infer_every_numeric_datatype_as_json(client: TestClient) -> None:
     request = echo_request()
     response = client.post("/v2/models/echo/infer", json=request)
